@@ -1,0 +1,201 @@
+"""The `kdnas-deploy` command line: argument parsing and display over the library API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from kdnas_deploy import __version__
+from kdnas_deploy.errors import KdnasError
+
+app = typer.Typer(
+    name="kdnas-deploy",
+    help="Find, distil and ship the best small student of a BERT-family teacher for your hardware.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+HwOpt = Annotated[list[str], typer.Option("--hw", help="Hardware profile: shipped name (cpu, cpu-int8, cuda) or a .toml path. Repeatable.")]
+TableOpt = Annotated[Optional[Path], typer.Option("--table", help="Latency table (SQLite). Default: the user cache dir.")]
+
+
+def _resolve_space(space: str, teacher: str | None) -> Any:
+    from kdnas_deploy.space import SearchSpace
+
+    if space != "auto":
+        return SearchSpace.from_toml(space)
+    if teacher:
+        from kdnas_deploy.teacher_config import load_teacher_config
+
+        return SearchSpace.from_teacher_config(load_teacher_config(teacher))
+    return SearchSpace.default()
+
+
+@app.command()
+def profile(
+    hw: HwOpt = ["cpu"],
+    table: TableOpt = None,
+    space: Annotated[str, typer.Option(help="'auto' (from --teacher, else the BERT-base space) or a space TOML file.")] = "auto",
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher (hub id or folder): derive the space from its config and predict its latency.")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Override the profile's batch size.", min=1)] = None,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Override the profile's sequence length.", min=1)] = None,
+    calibration: Annotated[int, typer.Option(help="Whole models timed to calibrate block composition.", min=0)] = 12,
+    arch: Annotated[list[str], typer.Option("--arch", help="Also predict this architecture (L4-H312-A12-I1200). Repeatable.")] = [],
+    verify: Annotated[int, typer.Option(help="Time N random whole architectures and report the prediction error.", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for calibration and verification samples.")] = 0,
+    references: Annotated[bool, typer.Option(help="Predict the reference shapes (BERT-base, 6x384, 4x312).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Fill the latency lookup table for a search space on hardware profiles, and summarise it."""
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.profiler import error_stats, plan, profile_items, verify_sample
+    from kdnas_deploy.latency.profiler import verify as run_verify
+    from kdnas_deploy.latency.predictor import LatencyModel, items_for
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.space import REFERENCE_ARCHS, StudentArch
+
+    profiles = [load_profile(h).with_shape(batch, seq_len) for h in hw]
+    extra = [StudentArch.parse(a) for a in arch]
+    the_space = _resolve_space(space, teacher)
+    teacher_arch = None
+    if teacher:
+        from kdnas_deploy.teacher_config import load_teacher_config
+
+        teacher_arch = StudentArch.from_config(load_teacher_config(teacher))
+    for p in profiles:
+        p.check_runnable()
+    table_path = table or default_table_path()
+    summaries = []
+    with LatencyTable(table_path) as tbl:
+        for prof in profiles:
+            model = LatencyModel(tbl, prof)
+            refs = [*(REFERENCE_ARCHS if references else ()), *extra] + ([teacher_arch] if teacher_arch else [])
+            items = plan(the_space, calibration, seed) + [it for a in refs for it in items_for(a)]
+            with _progress() as bar:
+                task = bar.add_task(f"{escape(prof.name)}: timing", total=len(dict.fromkeys(items)))
+
+                def tick(item: Any, cached: bool) -> None:
+                    bar.update(task, advance=1, description=f"{escape(prof.name)}: {'cached' if cached else 'timed'} {item[0]} {item[1]}")
+
+                result = profile_items(model, items, seed=seed, progress=tick)
+            cal = model.calibration()
+            preds = [model.predict(a) for a in dict.fromkeys(refs)]
+            summary: dict[str, Any] = {
+                "profile": prof.name,
+                "precision": prof.precision.value,
+                "batch": prof.shape.batch_size,
+                "seq_len": prof.shape.seq_len,
+                "fingerprint": model.fingerprint,
+                "machine": {k: model.info[k] for k in ("cpu", "cpu_count", "onnxruntime") if k in model.info}
+                | ({"gpu": model.info["gpu"]} if "gpu" in model.info else {}),
+                "table": str(table_path),
+                "space": {"name": the_space.name, "architectures": len(the_space), "layer_shapes": len(the_space.blocks())},
+                "timings": {"needed": result.total, "measured": len(result.measured), "cached": len(result.cached),
+                            "unfused": [str(a) for a in result.unfused], "noisy": [str(a) for a in result.noisy]},
+                "wall_s": round(result.wall_s, 2),
+                "calibration": {"scale": cal.scale, "exponent": cal.exponent, "points": cal.points},
+                "predictions": [{"arch": str(p.arch), "ms": p.ms, "composed_ms": p.composed_ms, "source": p.source,
+                                 "params": p.arch.parameter_count()} for p in preds],
+            }
+            if teacher_arch:
+                summary["teacher"] = str(teacher_arch)
+            if verify:
+                sample = verify_sample(model, the_space, verify, seed + 1)
+                with _progress() as bar:
+                    task = bar.add_task(f"{escape(prof.name)}: verifying", total=len(sample))
+                    rows = run_verify(model, sample, progress=lambda a: bar.update(task, advance=1))
+                stats = error_stats([r.prediction.ms for r in rows], [r.timing.median_ms for r in rows])
+                summary["verify"] = stats.to_dict() | {
+                    "rows": [{"arch": str(r.prediction.arch), "predicted_ms": r.prediction.ms,
+                              "measured_ms": r.timing.median_ms, "error_pct": r.error_pct} for r in rows]
+                }
+            summaries.append(summary)
+            if not as_json:
+                _print_summary(summary)
+    if as_json:
+        print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2))
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    t = s["timings"]
+    m = s["machine"]
+    out.print(
+        f"[bold]{s['profile']}[/] ({s['precision']}, batch {s['batch']}, seq {s['seq_len']}) on "
+        f"{m.get('gpu') or m['cpu']} x{m['cpu_count']}, onnxruntime {m['onnxruntime']}; fingerprint {s['fingerprint']}"
+    )
+    out.print(
+        f"space {s['space']['name']}: {s['space']['architectures']} architectures, {s['space']['layer_shapes']} layer shapes; "
+        f"table {s['table']}"
+    )
+    out.print(
+        f"timings: {t['needed']} needed, {t['measured']} measured now, {t['cached']} from cache, in {s['wall_s']:.1f} s"
+        + (f"; [yellow]unfused: {', '.join(t['unfused'])}[/]" if t["unfused"] else "")
+        + (f"; noisy: {len(t['noisy'])}" if t["noisy"] else "")
+    )
+    c = s["calibration"]
+    out.print(f"calibration: measured = {c['scale']:.3f} x composed ^ {c['exponent']:.3f} ({c['points']} whole models)")
+    tab = Table(title="predicted latency")
+    for col in ("architecture", "params (M)", "latency (ms)", "source"):
+        tab.add_column(col, justify="right" if col != "architecture" else "left")
+    for p in s["predictions"]:
+        name = p["arch"] + (" (teacher)" if p["arch"] == s.get("teacher") else "")
+        tab.add_row(name, f"{p['params'] / 1e6:.1f}", f"{p['ms']:.2f}", p["source"])
+    out.print(tab)
+    if "verify" in s:
+        v = s["verify"]
+        out.print(
+            f"verify on {v['n']} random architectures: MAPE {v['mape_pct']:.1f}%, {v['within_10pct'] * 100:.0f}% within 10%, "
+            f"Spearman {v['spearman']:.3f}, worst {v['max_ape_pct']:.1f}%"
+        )
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of kdnas-deploy and the runtime it measures with."""
+    import onnxruntime
+    import torch
+    import transformers
+
+    print(f"kdnas-deploy {__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})")
+
+
+def main() -> None:
+    _setup_logging()
+    try:
+        app()
+    except KdnasError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; finished timings are kept in the table")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The machine fingerprint that keys every latency-table entry.
+
+A timing is only valid on the machine, software and profile that produced it, so the key covers
+the CPU (model, cores), the GPU (name, driver) when the profile uses one, ONNX Runtime (version and
+providers), the exporter stack (torch, transformers, onnx, opset) and the profile's content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from kdnas_deploy.hardware import HardwareProfile, gpu_name
+
+#: Bump when the way graphs are built or timed changes, so old timings stop matching.
+TIMING_METHOD_VERSION = 1
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def _gpu() -> str | None:
+    return gpu_name()
+
+
+def machine_fingerprint(profile: HardwareProfile) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "os": platform.system(),
+        "onnxruntime": ort.__version__,
+        "onnxruntime_providers": sorted(ort.get_available_providers()),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "onnx": _version("onnx"),
+        "opset": profile.model.opset,
+        "profile": profile.name,
+        "profile_hash": profile.content_hash(),
+        "timing_method": TIMING_METHOD_VERSION,
+    }
+    if profile.uses_gpu:
+        info["gpu"] = _gpu()
+    return info
+
+
+def fingerprint_id(info: dict[str, Any]) -> str:
+    # The profile's name is for people; two identically configured profiles share timings.
+    keyed = {k: v for k, v in info.items() if k != "profile"}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:20]

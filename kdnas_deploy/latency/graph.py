@@ -1,0 +1,164 @@
+"""One function turns a model into the graph a profile runs: export -> optimize -> precision.
+
+The latency table times what `build_profile_graph` writes, and the shipped artifact is written by
+the same function, so what is timed is what is shipped.
+
+Why these choices:
+- TorchScript exporter (`dynamo=False`) of an eager-attention model: ONNX Runtime's transformer
+  optimizer recognises its attention subgraph and fuses it into one `Attention` node per layer; the
+  dynamo exporter's and sdpa graphs stay unfused and run markedly slower.
+- int8 is dynamic quantization of the *fused* graph; symbolic shape inference must run first or the
+  quantizer cannot type the fused nodes' outputs.
+- fp16 keeps fp32 inputs/outputs (`keep_io_types`) so callers feed the same tensors on every profile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.hardware import HardwareProfile, Precision
+from kdnas_deploy.space import BERT_MAX_POSITIONS, BERT_TYPE_VOCAB, BERT_VOCAB_SIZE, StudentArch
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT_NAMES = ("logits",)
+_DYNAMIC_AXES = {name: {0: "batch_size", 1: "sequence_length"} for name in INPUT_NAMES} | {
+    "logits": {0: "batch_size"}
+}
+
+FP32_FILE = "model_optimized.onnx"
+FILE_FOR_PRECISION = {Precision.fp32: FP32_FILE, Precision.int8: "model_quantized.onnx", Precision.fp16: "model_fp16.onnx"}
+
+
+@dataclass(frozen=True)
+class ProfileGraph:
+    """The graph a profile runs, with the evidence that fusion happened."""
+
+    path: Path
+    precision: Precision
+    layers: int
+    fused_attention: int
+    fusion_stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fused(self) -> bool:
+        return self.fused_attention == self.layers
+
+
+def random_model(arch: StudentArch, num_labels: int = 2, seq_len: int = BERT_MAX_POSITIONS, seed: int = 0) -> Any:
+    """A random-weight BERT classifier of this shape; weights do not change latency."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=BERT_VOCAB_SIZE,
+        hidden_size=arch.hidden,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+        intermediate_size=arch.ffn,
+        max_position_embeddings=max(BERT_MAX_POSITIONS, seq_len),
+        type_vocab_size=BERT_TYPE_VOCAB,
+        num_labels=num_labels,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(config).eval()
+
+
+def export_onnx(model: Any, path: Path, opset: int) -> Path:
+    """TorchScript export with dynamic batch and sequence axes."""
+    import torch
+
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        raise KdnasError(
+            "the model must be loaded with attn_implementation='eager' for export: "
+            "ONNX Runtime fuses attention only in the eager graph"
+        )
+    ids = torch.ones((1, 8), dtype=torch.long)
+    args = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    with warnings.catch_warnings(), torch.inference_mode():
+        # The TorchScript exporter is deprecated upstream but is the one whose graphs fuse; its
+        # deprecation and tracer warnings would drown the progress output.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), args, str(path), dynamo=False, input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES), dynamic_axes=_DYNAMIC_AXES, opset_version=opset,
+            do_constant_folding=True,
+        )
+    return path
+
+
+def _optimize(raw: Path, out: Path, profile: HardwareProfile, arch: StudentArch) -> tuple[int, dict[str, int]]:
+    from onnxruntime.transformers import optimizer
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    opt = optimizer.optimize_model(
+        str(raw), model_type="bert", num_heads=arch.heads, hidden_size=arch.hidden,
+        opt_level=0, use_gpu=profile.uses_gpu,
+    )
+    stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+    opt.save_model_to_file(str(out))
+    return stats.get("Attention", 0) + stats.get("MultiHeadAttention", 0), stats
+
+
+def _quantize(fp32: Path, out: Path, profile: HardwareProfile) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    inferred = out.with_suffix(".shapes.onnx")
+    quant_pre_process(str(fp32), str(inferred), skip_optimization=True, auto_merge=True)
+    try:
+        quantize_dynamic(
+            inferred, out, weight_type=QuantType.QInt8,
+            per_channel=profile.model.per_channel, reduce_range=profile.model.reduce_range,
+        )
+    finally:
+        inferred.unlink(missing_ok=True)
+
+
+def _to_fp16(fp32: Path, out: Path) -> None:
+    from onnxruntime.transformers.onnx_model import OnnxModel
+    import onnx
+
+    model = OnnxModel(onnx.load(str(fp32)))
+    model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(out))
+
+
+def build_profile_graph(
+    model: Any, profile: HardwareProfile, out_dir: str | os.PathLike[str], *, keep_intermediate: bool = False
+) -> ProfileGraph:
+    """Export `model` (a BERT-family classifier) and turn it into the graph `profile` runs.
+
+    The fusion check is made on the fp32 graph, before precision changes: one fused attention
+    node per encoder layer. An unfused graph is still returned (it runs, only slower) and logged.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arch = StudentArch.from_config(model.config)
+    raw = export_onnx(model, out_dir / "model.onnx", profile.model.opset)
+    fp32 = out_dir / FP32_FILE
+    if profile.model.optimize:
+        attention, stats = _optimize(raw, fp32, profile, arch)
+        if not keep_intermediate:
+            raw.unlink()
+    else:
+        raw.rename(fp32)
+        attention, stats = 0, {}
+    if attention != arch.layers:
+        log.warning("graph for %s is not fully fused: %d attention nodes for %d layers", arch, attention, arch.layers)
+    final = out_dir / FILE_FOR_PRECISION[profile.precision]
+    if profile.precision is Precision.int8:
+        _quantize(fp32, final, profile)
+    elif profile.precision is Precision.fp16:
+        _to_fp16(fp32, final)
+    if final != fp32 and not keep_intermediate:
+        fp32.unlink()
+    return ProfileGraph(final, profile.precision, arch.layers, attention, stats)

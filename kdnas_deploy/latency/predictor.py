@@ -1,0 +1,208 @@
+"""Whole-model latency composed from per-block timings and calibrated on whole-model timings.
+
+latency(L, h, a, i) = base(h) + L * layer(h, a, i), with
+- base(h): a 0-layer model of width h (embeddings, pooler, head, session overhead), and
+- layer(h, a, i) = (block(h, a, i) - base(h)) / BLOCK_LAYERS, from a model of BLOCK_LAYERS layers.
+
+Encoder latency is close to linear in depth, so this composition ranks shapes well on its own;
+whole-model timings in the table then fit a calibration (measured = scale * composed ** exponent,
+least squares in log space) that absorbs what composition misses, such as cache pressure of deep
+models. An architecture timed whole is answered from its own timing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.fingerprint import fingerprint_id, machine_fingerprint
+from kdnas_deploy.hardware import HardwareProfile
+from kdnas_deploy.latency.measure import Measurement, measure_arch
+from kdnas_deploy.latency.table import Entry, LatencyTable
+from kdnas_deploy.space import StudentArch
+
+log = logging.getLogger(__name__)
+
+#: Layers in a block-timing model: two layers average out per-layer jitter at little extra cost.
+BLOCK_LAYERS = 2
+#: Whole-model timings needed before the calibration is trusted over the raw composition.
+MIN_CALIBRATION = 3
+
+Item = tuple[str, StudentArch]  # (kind, arch of the graph that is timed)
+
+
+def base_arch(hidden: int) -> StudentArch:
+    return StudentArch(0, hidden, 1, hidden)
+
+
+def block_arch(hidden: int, heads: int, ffn: int) -> StudentArch:
+    return StudentArch(BLOCK_LAYERS, hidden, heads, ffn)
+
+
+def items_for(arch: StudentArch) -> list[Item]:
+    """The block timings `arch`'s composed latency needs."""
+    return [("base", base_arch(arch.hidden)), ("block", block_arch(*arch.block))]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    arch: StudentArch
+    ms: float
+    composed_ms: float
+    source: str  # "measured" (timed whole), "calibrated" or "composed"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """measured = scale * composed ** exponent: positive everywhere, exact at the identity.
+
+    A power law rather than an affine fit: an offset fitted on large models goes negative and
+    wrecks sub-millisecond ones, while the exponent captures what composition misses on both ends
+    (deep, wide models pay cache pressure per layer; tiny ones pay dispatch overhead).
+    """
+
+    scale: float = 1.0
+    exponent: float = 1.0
+    points: int = 0
+
+    def apply(self, composed_ms: float) -> float:
+        return self.scale * max(composed_ms, 1e-6) ** self.exponent
+
+
+def fit_calibration(composed: Iterable[float], measured: Iterable[float]) -> Calibration:
+    """Least squares in log space (so every point counts by its relative error).
+
+    The exponent is kept within [0.8, 1.2]: beyond that the fit is chasing noise, and a wild
+    exponent would extrapolate badly to shapes outside the calibration set.
+    """
+    x = np.log(np.maximum(np.asarray(list(composed), dtype=float), 1e-6))
+    y = np.log(np.maximum(np.asarray(list(measured), dtype=float), 1e-6))
+    if len(x) < MIN_CALIBRATION:
+        return Calibration(points=len(x))
+    if np.ptp(x) < 1e-9:
+        return Calibration(float(np.exp(np.mean(y - x))), 1.0, len(x))
+    exponent, log_scale = np.polyfit(x, y, 1)
+    exponent = float(np.clip(exponent, 0.8, 1.2))
+    return Calibration(float(np.exp(np.mean(y - exponent * x))), exponent, len(x))
+
+
+class LatencyModel:
+    """Latency of any architecture on one profile, from (and filling) a latency table.
+
+    With `measure_missing`, timings the table lacks are measured on this machine and stored;
+    without it (a frozen table) a missing timing is an error.
+    """
+
+    def __init__(
+        self,
+        table: LatencyTable,
+        profile: HardwareProfile,
+        *,
+        measure_missing: bool = True,
+        measure: Callable[[StudentArch, HardwareProfile], Measurement] = measure_arch,
+    ) -> None:
+        self.table = table
+        self.profile = profile
+        self.measure_missing = measure_missing and not table.readonly
+        self._measure = measure
+        self.info = machine_fingerprint(profile)
+        self.fingerprint = fingerprint_id(self.info)
+        self.batch = profile.shape.batch_size
+        self.seq_len = profile.shape.seq_len
+        self._calibration: Calibration | None = None
+        table.register(self.fingerprint, self.info)
+
+    # -- table access ---------------------------------------------------------------------------
+    def lookup(self, kind: str, arch: StudentArch) -> Entry | None:
+        return self.table.get(self.fingerprint, kind, arch, self.batch, self.seq_len)
+
+    def missing(self, items: Iterable[Item]) -> list[Item]:
+        seen: set[Item] = set()
+        out = []
+        for item in items:
+            if item not in seen and self.lookup(*item) is None:
+                out.append(item)
+            seen.add(item)
+        return out
+
+    def measure(self, kind: str, arch: StudentArch) -> Entry:
+        """Time `arch` now and store it (replacing an older timing of the same key)."""
+        if not self.measure_missing:
+            raise KdnasError(f"latency table {self.table.path} has no {kind} timing for {arch} and is frozen")
+        self.profile.check_runnable()
+        m = self._measure(arch, self.profile)
+        if not m.fused:
+            log.warning("%s timed unfused: %d fused attention nodes for %d layers", arch, m.fused_attention, arch.layers)
+        self.table.put(self.fingerprint, kind, arch, self.batch, self.seq_len, m.timing, m.fused_attention, m.build_s)
+        if kind == "model":
+            self._calibration = None
+        entry = self.lookup(kind, arch)
+        assert entry is not None
+        return entry
+
+    def time_whole(self, arch: StudentArch) -> Measurement:
+        """Time `arch` whole without storing it: a verification must not feed the table it checks."""
+        self.profile.check_runnable()
+        return self._measure(arch, self.profile)
+
+    def ensure(self, kind: str, arch: StudentArch) -> Entry:
+        entry = self.lookup(kind, arch)
+        return entry if entry is not None else self.measure(kind, arch)
+
+    # -- prediction -----------------------------------------------------------------------------
+    def layer_ms(self, hidden: int, heads: int, ffn: int) -> float:
+        base = self.ensure("base", base_arch(hidden)).timing.median_ms
+        block = self.ensure("block", block_arch(hidden, heads, ffn)).timing.median_ms
+        return max(block - base, 0.0) / BLOCK_LAYERS
+
+    def composed_ms(self, arch: StudentArch) -> float:
+        base = self.ensure("base", base_arch(arch.hidden)).timing.median_ms
+        return base + arch.layers * self.layer_ms(*arch.block)
+
+    def calibration(self) -> Calibration:
+        if self._calibration is None:
+            pairs = []
+            for entry in self.table.entries(self.fingerprint, self.batch, self.seq_len, kind="model"):
+                items = items_for(entry.arch)
+                if all(self.lookup(*it) is not None for it in items):
+                    pairs.append((self.composed_ms(entry.arch), entry.timing.median_ms))
+            self._calibration = fit_calibration([p[0] for p in pairs], [p[1] for p in pairs])
+        return self._calibration
+
+    def predict(self, arch: StudentArch, *, use_whole: bool = True) -> Prediction:
+        """Predicted latency (ms) of `arch`, measuring missing blocks when allowed."""
+        composed = self.composed_ms(arch)
+        whole = self.lookup("model", arch) if use_whole else None
+        if whole is not None:
+            return Prediction(arch, whole.timing.median_ms, composed, "measured")
+        cal = self.calibration()
+        if cal.points >= MIN_CALIBRATION:
+            return Prediction(arch, cal.apply(composed), composed, "calibrated")
+        return Prediction(arch, composed, composed, "composed")
+
+
+def predict_latency(
+    arch: StudentArch | str,
+    profile: HardwareProfile | str,
+    table: LatencyTable | str | None = None,
+) -> float:
+    """Latency in ms of any valid architecture on a profile, measuring what the table lacks.
+
+    A notebook-friendly entry point: `predict_latency("L4-H312-A12-I1200", "cpu-int8")`.
+    """
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.table import default_table_path
+
+    arch = StudentArch.parse(arch) if isinstance(arch, str) else arch
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    own = not isinstance(table, LatencyTable)
+    tbl = LatencyTable(table or default_table_path()) if own else table
+    try:
+        return LatencyModel(tbl, profile).predict(arch).ms
+    finally:
+        if own:
+            tbl.close()

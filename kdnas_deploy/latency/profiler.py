@@ -1,0 +1,152 @@
+"""Fill the latency table for a search space, and check its predictions against fresh timings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from kdnas_deploy.latency.predictor import Item, LatencyModel, Prediction, base_arch, block_arch
+from kdnas_deploy.latency.timing import Timing
+from kdnas_deploy.space import SearchSpace, StudentArch
+
+#: Whole models timed per space to calibrate the composition.
+DEFAULT_CALIBRATION = 12
+
+ProgressFn = Callable[[Item, bool], None]  # (item, came_from_cache)
+
+
+def calibration_archs(space: SearchSpace, n: int, seed: int = 0) -> list[StudentArch]:
+    """`n` whole models spread evenly over depth (calibration errors grow with depth), random blocks."""
+    if n <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    blocks = space.blocks()
+    depths = np.linspace(0, len(space.layers) - 1, n).round().astype(int)
+    out: list[StudentArch] = []
+    for d in depths:
+        for _ in range(20):  # avoid duplicates where the space allows
+            arch = StudentArch(space.layers[d], *blocks[rng.integers(len(blocks))])
+            if arch not in out:
+                break
+        out.append(arch)
+    return sorted(set(out))
+
+
+def plan(space: SearchSpace, calibration: int = DEFAULT_CALIBRATION, seed: int = 0) -> list[Item]:
+    """Every timing a space needs: one base per width, one block per layer shape, whole models."""
+    items: list[Item] = [("base", base_arch(h)) for h in space.hidden]
+    items += [("block", block_arch(*b)) for b in space.blocks()]
+    items += [("model", a) for a in calibration_archs(space, calibration, seed)]
+    return items
+
+
+@dataclass
+class ProfileResult:
+    measured: list[Item] = field(default_factory=list)
+    cached: list[Item] = field(default_factory=list)
+    unfused: list[StudentArch] = field(default_factory=list)
+    noisy: list[StudentArch] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return len(self.measured) + len(self.cached)
+
+
+def profile_items(
+    model: LatencyModel, items: Sequence[Item], *, seed: int = 0, progress: ProgressFn | None = None
+) -> ProfileResult:
+    """Measure every item the table lacks, each committed as soon as it is timed.
+
+    Items are timed in a seeded random order so that a slow spell of the machine (another
+    process, frequency scaling) scatters over shapes instead of biasing one width or depth.
+    """
+    t0 = time.perf_counter()
+    result = ProfileResult()
+    missing = set(model.missing(items))
+    order = list(dict.fromkeys(items))
+    cached = [it for it in order if it not in missing]
+    todo = [it for it in order if it in missing]
+    np.random.default_rng(seed).shuffle(todo)
+    for item in cached:
+        result.cached.append(item)
+        if progress:
+            progress(item, True)
+    for item in todo:
+        entry = model.ensure(*item)
+        result.measured.append(item)
+        if not entry.fused:
+            result.unfused.append(entry.arch)
+        if entry.timing.noisy:
+            result.noisy.append(entry.arch)
+        if progress:
+            progress(item, False)
+    result.wall_s = time.perf_counter() - t0
+    return result
+
+
+def profile_space(
+    model: LatencyModel,
+    space: SearchSpace,
+    *,
+    calibration: int = DEFAULT_CALIBRATION,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> ProfileResult:
+    return profile_items(model, plan(space, calibration, seed), seed=seed, progress=progress)
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    n: int
+    mape: float  # mean absolute percentage error, in percent
+    within_10: float  # share of predictions within 10% of the measurement
+    spearman: float
+    max_ape: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"n": self.n, "mape_pct": self.mape, "within_10pct": self.within_10,
+                "spearman": self.spearman, "max_ape_pct": self.max_ape}
+
+
+def error_stats(predicted: Sequence[float], measured: Sequence[float]) -> ErrorStats:
+    p = np.asarray(predicted, dtype=float)
+    m = np.asarray(measured, dtype=float)
+    ape = np.abs(p - m) / m * 100
+    rho = float(spearmanr(p, m).statistic) if len(p) > 2 else float("nan")
+    return ErrorStats(len(p), float(ape.mean()), float((ape <= 10).mean()), rho, float(ape.max()))
+
+
+@dataclass(frozen=True)
+class VerifyRow:
+    prediction: Prediction
+    timing: Timing
+
+    @property
+    def error_pct(self) -> float:
+        return (self.prediction.ms - self.timing.median_ms) / self.timing.median_ms * 100
+
+
+def verify_sample(model: LatencyModel, space: SearchSpace, n: int, seed: int = 1) -> list[StudentArch]:
+    """`n` random architectures that the table has not timed whole (so it cannot just look them up)."""
+    timed = {e.arch for e in model.table.entries(model.fingerprint, model.batch, model.seq_len, "model")}
+    pool = [a for a in space.sample(len(space), seed) if a not in timed]
+    return pool[:n]
+
+
+def verify(
+    model: LatencyModel, archs: Sequence[StudentArch], progress: Callable[[StudentArch], None] | None = None
+) -> list[VerifyRow]:
+    """Time each architecture whole (not stored) and set it beside the table's prediction."""
+    rows = []
+    for arch in archs:
+        pred = model.predict(arch, use_whole=False)
+        timing = model.time_whole(arch).timing
+        rows.append(VerifyRow(pred, timing))
+        if progress:
+            progress(arch)
+    return rows

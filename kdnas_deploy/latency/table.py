@@ -1,0 +1,220 @@
+"""The latency lookup table: an SQLite file of timings keyed by machine fingerprint.
+
+Rows are keyed by (fingerprint, kind, architecture, batch, sequence length). Kinds:
+- `base`:  a 0-layer model of one width (embeddings, pooler, classifier head, session overhead);
+- `block`: a model of `BLOCK_LAYERS` identical layers, from which one layer's cost is derived;
+- `model`: a whole architecture, used to calibrate the composition and returned as is when asked.
+
+Each row is committed on its own, in WAL mode with a busy timeout, so a process killed at any
+moment keeps every finished row and two processes can fill one table at once. Rows from another
+fingerprint are never read for this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.latency.timing import Timing
+from kdnas_deploy.space import StudentArch
+
+APP_ID = "kdnas-deploy latency table"
+SCHEMA_VERSION = 1
+KINDS = ("base", "block", "model")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fingerprints (id TEXT PRIMARY KEY, info TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS timings (
+    fingerprint TEXT NOT NULL REFERENCES fingerprints(id),
+    kind TEXT NOT NULL CHECK (kind IN ('base', 'block', 'model')),
+    arch TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    seq_len INTEGER NOT NULL,
+    median_ms REAL NOT NULL,
+    p10_ms REAL NOT NULL,
+    p90_ms REAL NOT NULL,
+    spread REAL NOT NULL,
+    samples INTEGER NOT NULL,
+    rounds INTEGER NOT NULL,
+    noisy INTEGER NOT NULL,
+    sessions INTEGER NOT NULL,
+    session_range REAL NOT NULL,
+    fused_attention INTEGER NOT NULL,
+    layers INTEGER NOT NULL,
+    build_s REAL NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (fingerprint, kind, arch, batch, seq_len)
+);
+"""
+_COLUMNS = (
+    "kind, arch, batch, seq_len, median_ms, p10_ms, p90_ms, spread, samples, rounds, noisy, "
+    "sessions, session_range, fused_attention, build_s"
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    arch: StudentArch
+    batch: int
+    seq_len: int
+    timing: Timing
+    fused_attention: int
+    build_s: float
+
+    @property
+    def fused(self) -> bool:
+        return self.fused_attention == self.arch.layers
+
+
+def _parse_arch(text: str) -> StudentArch:
+    layers, hidden, heads, ffn = (int(part[1:]) for part in text.split("-"))
+    return StudentArch(layers, hidden, heads, ffn)
+
+
+class LatencyTable:
+    """Open (creating unless `readonly`) a latency table at `path`."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False, timeout_s: float = 60.0) -> None:
+        self.path = Path(path).expanduser()
+        self.readonly = readonly
+        if readonly and not self.path.exists():
+            raise KdnasError(f"latency table not found: {self.path}")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"file:{self.path}?mode={'ro' if readonly else 'rwc'}"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None)
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            raise KdnasError(f"latency table {self.path} is unreadable or damaged ({exc})") from None
+
+    def _init_schema(self) -> None:
+        names = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if names and "meta" not in names:
+            raise KdnasError(f"{self.path} is an SQLite file but not a kdnas-deploy latency table")
+        if not names:
+            if self.readonly:
+                raise KdnasError(f"latency table {self.path} is empty")
+            with self._write() as db:
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(stmt)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?)", (APP_ID,))
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        # A quick_check reads every page (milliseconds for a table of this size) so that a damaged
+        # file is reported now, not as a confusing error in the middle of a search.
+        if self._db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise KdnasError(f"latency table {self.path} is damaged; move it aside or use another --table")
+        meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        if meta.get("app") != APP_ID:
+            raise KdnasError(f"{self.path} is an SQLite file but not a kdnas-deploy latency table")
+        if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
+            raise KdnasError(
+                f"latency table {self.path} was written by a newer kdnas-deploy (schema "
+                f"{meta['schema_version']} > {SCHEMA_VERSION}); upgrade kdnas-deploy or use another --table"
+            )
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise KdnasError(f"latency table {self.path} is open read-only")
+        # BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue on the busy
+        # timeout instead of failing half-way through a transaction.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> LatencyTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- fingerprints ---------------------------------------------------------------------------
+    def register(self, fingerprint: str, info: dict[str, Any]) -> None:
+        if self.readonly:
+            return
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO fingerprints VALUES (?, ?, ?)",
+                (fingerprint, json.dumps(info, sort_keys=True), time.time()),
+            )
+
+    def fingerprints(self) -> dict[str, dict[str, Any]]:
+        return {fid: json.loads(info) for fid, info in self._db.execute("SELECT id, info FROM fingerprints")}
+
+    # -- entries --------------------------------------------------------------------------------
+    def put(
+        self, fingerprint: str, kind: str, arch: StudentArch, batch: int, seq_len: int,
+        timing: Timing, fused_attention: int, build_s: float,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO timings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    fingerprint, kind, str(arch), batch, seq_len, timing.median_ms, timing.p10_ms,
+                    timing.p90_ms, timing.spread, timing.samples, timing.rounds, int(timing.noisy),
+                    timing.sessions, timing.session_range, fused_attention, arch.layers, build_s, time.time(),
+                ),
+            )
+
+    def get(self, fingerprint: str, kind: str, arch: StudentArch, batch: int, seq_len: int) -> Entry | None:
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM timings WHERE fingerprint = ? AND kind = ? AND arch = ? AND batch = ? AND seq_len = ?",
+            (fingerprint, kind, str(arch), batch, seq_len),
+        ).fetchone()
+        return self._entry(row) if row else None
+
+    def entries(self, fingerprint: str, batch: int, seq_len: int, kind: str | None = None) -> list[Entry]:
+        sql = f"SELECT {_COLUMNS} FROM timings WHERE fingerprint = ? AND batch = ? AND seq_len = ?"
+        args: tuple[Any, ...] = (fingerprint, batch, seq_len)
+        if kind:
+            sql += " AND kind = ?"
+            args += (kind,)
+        return [self._entry(r) for r in self._db.execute(sql + " ORDER BY kind, arch", args)]
+
+    def count(self, fingerprint: str | None = None) -> int:
+        if fingerprint is None:
+            return self._db.execute("SELECT COUNT(*) FROM timings").fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM timings WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
+
+    def integrity_ok(self) -> bool:
+        return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    @staticmethod
+    def _entry(row: tuple[Any, ...]) -> Entry:
+        kind, arch, batch, seq_len, med, p10, p90, spread, samples, rounds, noisy, sessions, srange, fused, build_s = row
+        timing = Timing(med, p10, p90, spread, samples, rounds, bool(noisy), sessions, srange)
+        return Entry(kind, _parse_arch(arch), batch, seq_len, timing, fused, build_s)
+
+
+def default_table_path() -> Path:
+    """The user's cache dir (`KDNAS_CACHE_DIR` overrides it, as tests do)."""
+    import os
+
+    from platformdirs import user_cache_dir
+
+    root = os.environ.get("KDNAS_CACHE_DIR") or user_cache_dir("kdnas-deploy")
+    return Path(root) / "latency.sqlite"

@@ -1,0 +1,140 @@
+"""Timing an ONNX graph with an ONNX Runtime session configured from a hardware profile."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.hardware import HardwareProfile, TimingSection
+
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Robust statistics of one measurement (milliseconds per `session.run`)."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    spread: float  # (p90 - p10) / median of the kept round
+    samples: int  # timed calls per round
+    rounds: int
+    noisy: bool  # every round stayed above the profile's max_spread
+    sessions: int = 1
+    session_range: float = 0.0  # (max - min) / median of the sessions' medians
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def session_options(profile: HardwareProfile) -> Any:
+    import onnxruntime as ort
+
+    rt = profile.runtime
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = rt.intra_op_threads
+    so.inter_op_num_threads = rt.inter_op_threads
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[rt.graph_optimization_level])
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if rt.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if rt.allow_spinning else "0")
+    so.log_severity_level = 3
+    return so
+
+
+def make_session(path: str | Path, profile: HardwareProfile) -> Any:
+    """An InferenceSession that really runs on the profile's provider (no silent CPU fallback)."""
+    import onnxruntime as ort
+
+    profile.check_runnable()
+    try:
+        sess = ort.InferenceSession(str(path), session_options(profile), providers=profile.providers())
+    except Exception as exc:  # ORT raises its own exception types per failure
+        raise KdnasError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+    if sess.get_providers()[0] != profile.runtime.provider:
+        raise KdnasError(
+            f"ONNX Runtime fell back to {sess.get_providers()[0]} instead of {profile.runtime.provider} "
+            f"for profile {profile.name!r}"
+        )
+    return sess
+
+
+def dummy_feeds(session: Any, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Full-length random token ids: the worst case a padded batch of that shape costs."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in session.get_inputs():
+        if inp.name == "input_ids":
+            feeds[inp.name] = rng.integers(1000, 30000, size=(batch, seq_len), dtype=np.int64)
+        elif inp.name == "attention_mask":
+            feeds[inp.name] = np.ones((batch, seq_len), dtype=np.int64)
+        else:
+            feeds[inp.name] = np.zeros((batch, seq_len), dtype=np.int64)
+    return feeds
+
+
+def _stats(samples: np.ndarray) -> tuple[float, float, float, float]:
+    p10, med, p90 = np.percentile(samples, [10, 50, 90])
+    return float(med), float(p10), float(p90), float((p90 - p10) / med) if med > 0 else 0.0
+
+
+def time_callable(run: Any, timing: TimingSection, clock: Any = time.perf_counter) -> Timing:
+    """Warm up, then rounds of `repeats` timed calls until one round's spread is calm enough."""
+    warm = []
+    for _ in range(max(timing.warmup, 1 if timing.min_round_ms else 0)):
+        t0 = clock()
+        run()
+        warm.append(clock() - t0)
+    repeats = timing.repeats
+    if timing.min_round_ms and warm:
+        per_call_ms = max(float(np.median(warm)) * 1e3, 1e-3)
+        repeats = max(repeats, min(int(np.ceil(timing.min_round_ms / per_call_ms)), 100 * timing.repeats))
+    best: tuple[float, float, float, float] | None = None
+    rounds = 0
+    for rounds in range(1, timing.max_rounds + 1):
+        samples = np.empty(repeats)
+        for k in range(repeats):
+            t0 = clock()
+            run()
+            samples[k] = clock() - t0
+        stats = _stats(samples * 1e3)
+        if best is None or stats[3] < best[3]:
+            best = stats
+        if stats[3] <= timing.max_spread:
+            break
+    assert best is not None
+    med, p10, p90, spread = best
+    return Timing(med, p10, p90, spread, repeats, rounds, spread > timing.max_spread)
+
+
+def combine_sessions(timings: list[Timing]) -> Timing:
+    """One measurement from several sessions: the median session's statistics, and their range."""
+    if len(timings) == 1:
+        return timings[0]
+    meds = np.array([t.median_ms for t in timings])
+    mid = timings[int(np.argsort(meds)[len(meds) // 2])]
+    med = float(np.median(meds))
+    return Timing(
+        med, float(np.median([t.p10_ms for t in timings])), float(np.median([t.p90_ms for t in timings])),
+        mid.spread, mid.samples, sum(t.rounds for t in timings), all(t.noisy for t in timings),
+        len(timings), float((meds.max() - meds.min()) / med) if med > 0 else 0.0,
+    )
+
+
+def time_graph(path: str | Path, profile: HardwareProfile, *, seed: int = 0, sessions: int | None = None) -> Timing:
+    """Time `path` in fresh sessions (the profile's count unless given) on its provider, threads and shape."""
+    timings = []
+    for s in range(sessions or profile.timing.sessions):
+        sess = make_session(path, profile)
+        feeds = dummy_feeds(sess, profile.shape.batch_size, profile.shape.seq_len, seed + s)
+        outputs = [o.name for o in sess.get_outputs()]
+        timings.append(time_callable(lambda: sess.run(outputs, feeds), profile.timing))
+        del sess
+    return combine_sessions(timings)

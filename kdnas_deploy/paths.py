@@ -1,0 +1,16 @@
+"""Where the project finds data that does not ship with it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The one setting that points tests and benchmarks at GLUE-format task folders.
+GLUE_DIR_ENV = "KDNAS_GLUE_DIR"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def glue_dir() -> Path:
+    """`$KDNAS_GLUE_DIR`, else `../shared/data/glue` beside the source checkout."""
+    env = os.environ.get(GLUE_DIR_ENV)
+    return Path(env).expanduser() if env else (_REPO_ROOT.parent / "shared" / "data" / "glue").resolve()

@@ -1,0 +1,27 @@
+"""Reading a teacher's architecture from its config (hub id or local folder), without its weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdnas_deploy.errors import KdnasError
+
+#: Model types whose encoder is BERT's: students are built as BERT and inherit weights layer by layer.
+SUPPORTED_MODEL_TYPES = ("bert",)
+
+
+def load_teacher_config(teacher: str) -> Any:
+    """The transformers config of `teacher`; BERT-architecture models only (BERT, MiniLM, TinyBERT...)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(teacher)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KdnasError(f"cannot load the teacher config from {teacher!r}: {first}") from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise KdnasError(
+            f"teacher {teacher!r} is a {config.model_type!r} model; supported: BERT-architecture models "
+            "(model_type 'bert': BERT, MiniLM, TinyBERT and the like)"
+        )
+    return config

@@ -1,0 +1,123 @@
+"""Composition and calibration logic, over a deterministic cost model standing in for the clock.
+
+Real graphs and sessions are exercised in test_graph.py and test_cli.py; here the measuring
+function is replaced by a known cost so that the arithmetic can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.latency.measure import Measurement
+from kdnas_deploy.latency.predictor import LatencyModel, base_arch, block_arch, fit_calibration, predict_latency
+from kdnas_deploy.latency.profiler import calibration_archs, error_stats, plan, profile_space
+from kdnas_deploy.latency.table import LatencyTable
+from kdnas_deploy.latency.timing import Timing
+from kdnas_deploy.space import SearchSpace, StudentArch
+
+SPACE = SearchSpace(layers=(1, 3, 4, 6, 8), hidden=(64, 128), heads=(2, 4), ffn_ratios=(2, 4))
+
+
+def layer_cost(h, a, i):
+    return 1e-4 * h * (h + i) + 0.05 * a
+
+
+class CostModel:
+    """Latency = overhead(h) + layers * layer_cost, optionally distorted like a real machine."""
+
+    def __init__(self, scale=1.0, exponent=1.0):
+        self.scale, self.exponent, self.calls = scale, exponent, []
+
+    def true_ms(self, arch):
+        composed = 0.02 + 1e-4 * arch.hidden + arch.layers * layer_cost(*arch.block)
+        # Blocks and bases are timed exactly; only whole models feel the distortion.
+        return composed if arch.layers in (0, 2) else self.scale * composed**self.exponent
+
+    def __call__(self, arch, profile):
+        self.calls.append(arch)
+        ms = self.true_ms(arch)
+        return Measurement(arch, Timing(ms, ms, ms, 0.0, 3, 1, False), arch.layers, 0.01)
+
+
+@pytest.fixture
+def table(tmp_path):
+    with LatencyTable(tmp_path / "t.sqlite") as t:
+        yield t
+
+
+def test_composition_is_exact_for_linear_costs(table, fast_profile):
+    cost = CostModel()
+    model = LatencyModel(table, fast_profile, measure=cost)
+    arch = StudentArch(6, 128, 4, 512)
+    pred = model.predict(arch)
+    assert pred.source == "composed"
+    assert pred.ms == pytest.approx(cost.true_ms(arch))
+    assert cost.calls == [base_arch(128), block_arch(128, 4, 512)]
+    model.predict(StudentArch(3, 128, 4, 512))  # same blocks: nothing new is timed
+    assert len(cost.calls) == 2
+
+
+def test_calibration_recovers_a_systematic_distortion(table, fast_profile):
+    cost = CostModel(scale=1.2, exponent=1.05)
+    model = LatencyModel(table, fast_profile, measure=cost)
+    result = profile_space(model, SPACE, calibration=6, seed=0)
+    assert len(result.measured) == len(plan(SPACE, 6, 0)) and not result.cached
+    cal = model.calibration()
+    assert cal.points == 6
+    assert cal.scale == pytest.approx(1.2, rel=1e-6) and cal.exponent == pytest.approx(1.05, rel=1e-6)
+    unseen = [a for a in SPACE if a not in calibration_archs(SPACE, 6, 0)]
+    stats = error_stats([model.predict(a).ms for a in unseen], [cost.true_ms(a) for a in unseen])
+    assert stats.mape < 1e-6 and stats.within_10 == 1.0 and stats.spearman > 0.999
+    # A whole-model timing is answered as measured, not predicted.
+    timed = calibration_archs(SPACE, 6, 0)[0]
+    assert model.predict(timed).source == "measured"
+
+
+def test_second_profile_run_is_served_from_the_table(table, fast_profile):
+    LatencyModel(table, fast_profile, measure=CostModel()).predict(StudentArch(2, 64, 2, 128))
+    cost = CostModel()
+    model = LatencyModel(table, fast_profile, measure=cost)
+    result = profile_space(model, SPACE, calibration=4)
+    assert len(result.cached) == 2 and len(result.measured) == len(plan(SPACE, 4)) - 2
+    again = profile_space(LatencyModel(table, fast_profile, measure=cost), SPACE, calibration=4)
+    assert not again.measured and len(again.cached) == again.total
+
+
+def test_frozen_table_refuses_to_measure(tmp_path, fast_profile):
+    path = tmp_path / "t.sqlite"
+    with LatencyTable(path) as t:
+        LatencyModel(t, fast_profile, measure=CostModel()).predict(StudentArch(2, 64, 2, 128))
+    with LatencyTable(path, readonly=True) as frozen:
+        model = LatencyModel(frozen, fast_profile, measure=CostModel())
+        assert model.predict(StudentArch(5, 64, 2, 128)).ms > 0  # same blocks: fine
+        with pytest.raises(KdnasError, match="frozen"):
+            model.predict(StudentArch(1, 128, 2, 256))
+
+
+def test_fit_calibration_needs_enough_points():
+    assert fit_calibration([1.0, 2.0], [1.1, 2.2]).points == 2
+    assert fit_calibration([1.0, 2.0], [1.1, 2.2]).apply(10.0) == 10.0  # identity until trusted
+    cal = fit_calibration([1, 2, 4, 8], [2, 4, 8, 16])
+    assert cal.scale == pytest.approx(2.0) and cal.exponent == pytest.approx(1.0)
+    assert cal.apply(0.01) == pytest.approx(0.02)  # stays positive and proportional for tiny models
+    wild = fit_calibration([1, 2, 4, 8], [1, 8, 64, 512])  # exponent 3: noise, not physics
+    assert wild.exponent == pytest.approx(1.2)
+
+
+def test_error_stats_by_hand():
+    s = error_stats([11, 20, 27], [10, 20, 30])
+    assert s.mape == pytest.approx((10 + 0 + 10) / 3)
+    assert s.within_10 == 1.0 and s.max_ape == pytest.approx(10)
+    assert s.spearman == pytest.approx(1.0)
+    assert error_stats([12, 20, 40], [10, 20, 30]).within_10 == pytest.approx(1 / 3)
+
+
+def test_predict_latency_on_real_graphs_outside_the_space(tmp_path, fast_profile):
+    """The library entry point on a shape no space holds: real export, session and table."""
+    path = tmp_path / "t.sqlite"
+    ms = predict_latency("L2-H48-A3-I100", fast_profile, path)
+    assert ms > 0
+    with LatencyTable(path, readonly=True) as t:
+        assert t.count() == 2  # one base, one block
+    assert predict_latency(StudentArch(2, 48, 3, 100), fast_profile, path) == ms  # from the table

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+
+import pytest
+
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.latency.table import LatencyTable, default_table_path
+from kdnas_deploy.latency.timing import Timing
+from kdnas_deploy.space import StudentArch
+
+T = Timing(median_ms=2.5, p10_ms=2.4, p90_ms=2.9, spread=0.2, samples=30, rounds=2, noisy=False)
+A = StudentArch(2, 64, 2, 128)
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "t.sqlite"
+    with LatencyTable(path) as table:
+        table.register("fp1", {"cpu": "x"})
+        table.put("fp1", "block", A, 1, 128, T, 2, 1.5)
+        table.put("fp1", "base", StudentArch(0, 64, 1, 64), 1, 128, T, 0, 0.5)
+    with LatencyTable(path, readonly=True) as table:
+        entry = table.get("fp1", "block", A, 1, 128)
+        assert entry is not None and entry.timing == T and entry.arch == A and entry.fused
+        assert entry.build_s == 1.5
+        assert table.get("fp1", "block", A, 1, 64) is None  # another input shape is another key
+        assert [e.kind for e in table.entries("fp1", 1, 128)] == ["base", "block"]
+        assert table.fingerprints() == {"fp1": {"cpu": "x"}}
+        with pytest.raises(KdnasError, match="read-only"):
+            table.put("fp1", "model", A, 1, 128, T, 2, 1.0)
+
+
+def test_fingerprints_are_isolated(tmp_path):
+    with LatencyTable(tmp_path / "t.sqlite") as table:
+        table.put("this-machine", "block", A, 1, 128, T, 2, 1.0)
+        assert table.get("other-machine", "block", A, 1, 128) is None
+        assert table.entries("other-machine", 1, 128) == []
+        assert table.count("this-machine") == 1 and table.count("other-machine") == 0
+
+
+def test_damaged_foreign_and_newer_files_give_clear_errors(tmp_path):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database at all" * 200)
+    with pytest.raises(KdnasError, match="unreadable or damaged"):
+        LatencyTable(junk)
+
+    foreign = tmp_path / "foreign.sqlite"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE users (name TEXT)")
+    con.commit()
+    con.close()
+    with pytest.raises(KdnasError, match="not a kdnas-deploy latency table"):
+        LatencyTable(foreign)
+
+    newer = tmp_path / "newer.sqlite"
+    LatencyTable(newer).close()
+    con = sqlite3.connect(newer)
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(KdnasError, match="newer kdnas-deploy"):
+        LatencyTable(newer)
+
+    with pytest.raises(KdnasError, match="not found"):
+        LatencyTable(tmp_path / "absent.sqlite", readonly=True)
+
+
+def test_truncated_table_is_reported_not_crashed(tmp_path):
+    path = tmp_path / "t.sqlite"
+    with LatencyTable(path) as table:
+        for layers in range(1, 60):
+            table.put("fp", "model", StudentArch(layers, 64, 2, 128), 1, 128, T, layers, 1.0)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3] + b"\x00" * 100)
+    with pytest.raises(KdnasError, match="damaged"):
+        LatencyTable(path)
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    with LatencyTable(path) as table:
+        table.register(f"fp{worker}", {"worker": worker})
+        for k in range(n):
+            arch = StudentArch(k + 1, 64, 2, 128)
+            table.put(f"fp{worker}", "model", arch, 1, 128, T, arch.layers, 0.1)
+            table.put("shared", "model", arch, 1, 128, T, arch.layers, 0.1)  # both write the same keys
+
+
+def test_two_concurrent_writers_lose_nothing(tmp_path):
+    path = tmp_path / "t.sqlite"
+    LatencyTable(path).close()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(path), w, 80)) for w in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with LatencyTable(path, readonly=True) as table:
+        assert table.integrity_ok()
+        assert table.count("fp1") == table.count("fp2") == table.count("shared") == 80
+
+
+def test_default_table_lives_in_the_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDNAS_CACHE_DIR", str(tmp_path))
+    assert default_table_path() == tmp_path / "latency.sqlite"
