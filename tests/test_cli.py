@@ -14,7 +14,7 @@ import pytest
 from conftest import FAST_PROFILE, TINY_SPACE, cli
 
 BASE = ["profile", "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--no-references", "--calibration", "3", "--json"]
-NEEDED = 2 + 2 + 3  # bases for 2 widths, 2 layer shapes, 3 calibration models
+NEEDED = 4 + 2 + 3  # base and stem for 2 widths, 2 layer shapes, 3 calibration models
 
 
 def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -36,14 +36,14 @@ def test_profile_fills_then_serves_from_cache(tmp_path):
     first = run(*BASE, "--table", str(table), "--arch", "L3-H48-A3-I100", "--verify", "5")
     assert first.returncode == 0, first.stderr
     s = json.loads(first.stdout)
-    # The extra shape lies outside the space: its base and block are timed too.
-    assert s["timings"] == {"needed": NEEDED + 2, "measured": NEEDED + 2, "cached": 0, "unfused": [], "noisy": s["timings"]["noisy"]}
+    # The extra shape lies outside the space: its base, stem and block are timed too.
+    assert s["timings"] == {"needed": NEEDED + 3, "measured": NEEDED + 3, "cached": 0, "unfused": [], "noisy": s["timings"]["noisy"]}
     assert s["calibration"]["points"] == 3
     (pred,) = s["predictions"]
     assert pred["arch"] == "L3-H48-A3-I100" and pred["ms"] > 0 and pred["source"] == "calibrated"
     # 4 shapes in the space, 3 timed whole for calibration: one is left to verify on.
     assert s["verify"]["n"] == 1 and len(s["verify"]["rows"]) == 1
-    assert rows(table) == NEEDED + 2  # verification timings are not stored
+    assert rows(table) == NEEDED + 3  # verification timings are not stored
 
     second = run(*BASE, "--table", str(table))
     assert second.returncode == 0, second.stderr
@@ -54,7 +54,7 @@ def test_profile_fills_then_serves_from_cache(tmp_path):
 def test_human_summary_and_progress(tmp_path):
     done = run(*BASE[:-1], "--table", str(tmp_path / "t.sqlite"), "--arch", "L2-H64-A2-I128")
     assert done.returncode == 0, done.stderr
-    assert "timings: 7 needed, 7 measured now, 0 from cache" in done.stdout
+    assert f"timings: {NEEDED} needed, {NEEDED} measured now, 0 from cache" in done.stdout
     assert "L2-H64-A2-I128" in done.stdout and "calibration:" in done.stdout
     assert "fast-cpu" in done.stderr  # the progress bar names the profile
 
@@ -127,4 +127,4 @@ def test_two_profile_processes_share_one_table(tmp_path):
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     # Shared blocks are stored once; each seed adds its own calibration models.
     kinds = dict(con.execute("SELECT kind, COUNT(*) FROM timings GROUP BY kind"))
-    assert kinds["base"] == 2 and kinds["block"] == 2 and 3 <= kinds["model"] <= 6
+    assert kinds["base"] == kinds["stem"] == kinds["block"] == 2 and 3 <= kinds["model"] <= 6

@@ -9,12 +9,16 @@ from __future__ import annotations
 import pytest
 
 from kdnas_deploy.errors import KdnasError
-from kdnas_deploy.latency.measure import Measurement
-from kdnas_deploy.latency.predictor import LatencyModel, base_arch, block_arch, fit_calibration, predict_latency
+from kdnas_deploy.latency.measure import BuiltGraph
+from kdnas_deploy.hardware import parse_profile
+from kdnas_deploy.latency.predictor import (
+    BLOCK_VOCAB, LatencyModel, base_arch, block_arch, fit_calibration, predict_latency,
+)
+from kdnas_deploy.latency.profiler import profile_items
 from kdnas_deploy.latency.profiler import calibration_archs, error_stats, plan, profile_space
 from kdnas_deploy.latency.table import LatencyTable
 from kdnas_deploy.latency.timing import Timing
-from kdnas_deploy.space import SearchSpace, StudentArch
+from kdnas_deploy.space import BERT_VOCAB_SIZE, SearchSpace, StudentArch
 
 SPACE = SearchSpace(layers=(1, 3, 4, 6, 8), hidden=(64, 128), heads=(2, 4), ffn_ratios=(2, 4))
 
@@ -27,17 +31,23 @@ class CostModel:
     """Latency = overhead(h) + layers * layer_cost, optionally distorted like a real machine."""
 
     def __init__(self, scale=1.0, exponent=1.0):
-        self.scale, self.exponent, self.calls = scale, exponent, []
+        self.scale, self.exponent, self.calls, self.vocabs, self.events = scale, exponent, [], [], []
 
     def true_ms(self, arch):
         composed = 0.02 + 1e-4 * arch.hidden + arch.layers * layer_cost(*arch.block)
         # Blocks and bases are timed exactly; only whole models feel the distortion.
         return composed if arch.layers in (0, 2) else self.scale * composed**self.exponent
 
-    def __call__(self, arch, profile):
+    def build(self, arch, profile, out_dir, vocab_size):
         self.calls.append(arch)
-        ms = self.true_ms(arch)
-        return Measurement(arch, Timing(ms, ms, ms, 0.0, 3, 1, False), arch.layers, 0.01)
+        self.vocabs.append(vocab_size)
+        self.events.append(("build", out_dir.name))
+        return BuiltGraph(arch, out_dir, vocab_size, arch.layers, 0.01)
+
+    def time(self, graph, profile, seed=0):
+        self.events.append(("time", graph.path.name))
+        ms = self.true_ms(graph.arch)
+        return Timing(ms, ms, ms, 0.0, 3, 1, False)
 
 
 @pytest.fixture
@@ -48,19 +58,20 @@ def table(tmp_path):
 
 def test_composition_is_exact_for_linear_costs(table, fast_profile):
     cost = CostModel()
-    model = LatencyModel(table, fast_profile, measure=cost)
+    model = LatencyModel(table, fast_profile, measurer=cost)
     arch = StudentArch(6, 128, 4, 512)
     pred = model.predict(arch)
     assert pred.source == "composed"
     assert pred.ms == pytest.approx(cost.true_ms(arch))
-    assert cost.calls == [base_arch(128), block_arch(128, 4, 512)]
+    assert cost.calls == [base_arch(128), base_arch(128), block_arch(128, 4, 512)]  # base, stem, block
+    assert cost.vocabs == [BERT_VOCAB_SIZE, BLOCK_VOCAB, BLOCK_VOCAB]  # layers never read the embedding table
     model.predict(StudentArch(3, 128, 4, 512))  # same blocks: nothing new is timed
-    assert len(cost.calls) == 2
+    assert len(cost.calls) == 3
 
 
 def test_calibration_recovers_a_systematic_distortion(table, fast_profile):
     cost = CostModel(scale=1.2, exponent=1.05)
-    model = LatencyModel(table, fast_profile, measure=cost)
+    model = LatencyModel(table, fast_profile, measurer=cost)
     result = profile_space(model, SPACE, calibration=6, seed=0)
     assert len(result.measured) == len(plan(SPACE, 6, 0)) and not result.cached
     cal = model.calibration()
@@ -75,21 +86,21 @@ def test_calibration_recovers_a_systematic_distortion(table, fast_profile):
 
 
 def test_second_profile_run_is_served_from_the_table(table, fast_profile):
-    LatencyModel(table, fast_profile, measure=CostModel()).predict(StudentArch(2, 64, 2, 128))
+    LatencyModel(table, fast_profile, measurer=CostModel()).predict(StudentArch(2, 64, 2, 128))
     cost = CostModel()
-    model = LatencyModel(table, fast_profile, measure=cost)
+    model = LatencyModel(table, fast_profile, measurer=cost)
     result = profile_space(model, SPACE, calibration=4)
-    assert len(result.cached) == 2 and len(result.measured) == len(plan(SPACE, 4)) - 2
-    again = profile_space(LatencyModel(table, fast_profile, measure=cost), SPACE, calibration=4)
+    assert len(result.cached) == 3 and len(result.measured) == len(plan(SPACE, 4)) - 3
+    again = profile_space(LatencyModel(table, fast_profile, measurer=cost), SPACE, calibration=4)
     assert not again.measured and len(again.cached) == again.total
 
 
 def test_frozen_table_refuses_to_measure(tmp_path, fast_profile):
     path = tmp_path / "t.sqlite"
     with LatencyTable(path) as t:
-        LatencyModel(t, fast_profile, measure=CostModel()).predict(StudentArch(2, 64, 2, 128))
+        LatencyModel(t, fast_profile, measurer=CostModel()).predict(StudentArch(2, 64, 2, 128))
     with LatencyTable(path, readonly=True) as frozen:
-        model = LatencyModel(frozen, fast_profile, measure=CostModel())
+        model = LatencyModel(frozen, fast_profile, measurer=CostModel())
         assert model.predict(StudentArch(5, 64, 2, 128)).ms > 0  # same blocks: fine
         with pytest.raises(KdnasError, match="frozen"):
             model.predict(StudentArch(1, 128, 2, 256))
@@ -119,5 +130,23 @@ def test_predict_latency_on_real_graphs_outside_the_space(tmp_path, fast_profile
     ms = predict_latency("L2-H48-A3-I100", fast_profile, path)
     assert ms > 0
     with LatencyTable(path, readonly=True) as t:
-        assert t.count() == 2  # one base, one block
+        assert t.count() == 3  # base, stem, block
     assert predict_latency(StudentArch(2, 48, 3, 100), fast_profile, path) == ms  # from the table
+
+
+def test_sessions_of_one_graph_are_spread_over_time(table, fast_profile):
+    data = fast_profile.model_dump(mode="json")
+    data["timing"]["sessions"] = 3
+    profile = parse_profile(data, "three-sessions")
+    cost = CostModel()
+    items = plan(SPACE, 4)
+    result = profile_items(LatencyModel(table, profile, measurer=cost), items, lag=5)
+    assert len(result.measured) == len(items) and table.count() == len(items)
+    events = cost.events
+    builds = [name for kind, name in events if kind == "build"]
+    for k, graph in enumerate(builds):
+        at = [i for i, (kind, name) in enumerate(events) if kind == "time" and name == graph]
+        assert len(at) == 3
+        between = [sum(1 for kind, _ in events[a:b] if kind == "build") for a, b in zip(at, at[1:])]
+        if k + 2 * 5 < len(builds):  # the tail has no later graphs left to build in between
+            assert between == [5, 5], (k, between)

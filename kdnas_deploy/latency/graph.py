@@ -52,13 +52,16 @@ class ProfileGraph:
         return self.fused_attention == self.layers
 
 
-def random_model(arch: StudentArch, num_labels: int = 2, seq_len: int = BERT_MAX_POSITIONS, seed: int = 0) -> Any:
+def random_model(
+    arch: StudentArch, num_labels: int = 2, seq_len: int = BERT_MAX_POSITIONS, seed: int = 0,
+    vocab_size: int = BERT_VOCAB_SIZE,
+) -> Any:
     """A random-weight BERT classifier of this shape; weights do not change latency."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
-        vocab_size=BERT_VOCAB_SIZE,
+        vocab_size=vocab_size,
         hidden_size=arch.hidden,
         num_hidden_layers=arch.layers,
         num_attention_heads=arch.heads,

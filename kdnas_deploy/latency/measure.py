@@ -1,22 +1,30 @@
-"""Measure one architecture on one profile: random weights -> profile graph -> timed session."""
+"""Measure architectures on a profile: random weights -> profile graph -> timed sessions.
+
+Building a graph and timing it are separate steps so that a profiler can spread one graph's
+sessions over time (see `profiler.profile_items`): on shared or throttled machines slow spells last
+tens of seconds, and sessions timed back to back all fall into the same one.
+"""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from kdnas_deploy.hardware import HardwareProfile
 from kdnas_deploy.latency.graph import build_profile_graph, random_model
-from kdnas_deploy.latency.timing import Timing, time_graph
-from kdnas_deploy.space import StudentArch
+from kdnas_deploy.latency.timing import Timing, combine_sessions, time_graph
+from kdnas_deploy.space import BERT_VOCAB_SIZE, StudentArch
 
 
 @dataclass(frozen=True)
-class Measurement:
+class BuiltGraph:
     arch: StudentArch
-    timing: Timing
+    path: Path
+    vocab_size: int
     fused_attention: int
     build_s: float  # export + optimize + precision, for planning estimates
 
@@ -25,15 +33,50 @@ class Measurement:
         return self.fused_attention == self.arch.layers
 
 
+@dataclass(frozen=True)
+class Measurement:
+    arch: StudentArch
+    timing: Timing
+    fused_attention: int
+    build_s: float
+
+    @property
+    def fused(self) -> bool:
+        return self.fused_attention == self.arch.layers
+
+
+class Measurer(Protocol):
+    def build(self, arch: StudentArch, profile: HardwareProfile, out_dir: Path, vocab_size: int) -> BuiltGraph: ...
+
+    def time(self, graph: BuiltGraph, profile: HardwareProfile, seed: int) -> Timing: ...
+
+
+class OnnxMeasurer:
+    """The real thing: the profile graph of a random-weight model, timed in one fresh session."""
+
+    def build(self, arch: StudentArch, profile: HardwareProfile, out_dir: Path, vocab_size: int = BERT_VOCAB_SIZE) -> BuiltGraph:
+        t0 = time.perf_counter()
+        model = random_model(arch, seq_len=profile.shape.seq_len, vocab_size=vocab_size)
+        graph = build_profile_graph(model, profile, out_dir)
+        return BuiltGraph(arch, graph.path, vocab_size, graph.fused_attention, time.perf_counter() - t0)
+
+    def time(self, graph: BuiltGraph, profile: HardwareProfile, seed: int = 0) -> Timing:
+        return time_graph(graph.path, profile, seed=seed, sessions=1, vocab_size=graph.vocab_size)
+
+
+def measure_now(
+    measurer: Measurer, arch: StudentArch, profile: HardwareProfile, vocab_size: int = BERT_VOCAB_SIZE
+) -> Measurement:
+    """Build and time `arch` with the profile's sessions back to back (one-off measurements)."""
+    tmp = Path(tempfile.mkdtemp(prefix="kdnas-lat-"))
+    try:
+        graph = measurer.build(arch, profile, tmp, vocab_size)
+        timing = combine_sessions([measurer.time(graph, profile, s) for s in range(profile.timing.sessions)])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Measurement(arch, timing, graph.fused_attention, graph.build_s)
+
+
 def build_arch_graph(arch: StudentArch, profile: HardwareProfile, out_dir: str | Path):
     """The profile graph of a random-weight model of shape `arch` (weights do not change latency)."""
     return build_profile_graph(random_model(arch, seq_len=profile.shape.seq_len), profile, out_dir)
-
-
-def measure_arch(arch: StudentArch, profile: HardwareProfile) -> Measurement:
-    with tempfile.TemporaryDirectory(prefix="kdnas-lat-") as tmp:
-        t0 = time.perf_counter()
-        graph = build_arch_graph(arch, profile, tmp)
-        build_s = time.perf_counter() - t0
-        timing = time_graph(graph.path, profile)
-    return Measurement(arch, timing, graph.fused_attention, build_s)

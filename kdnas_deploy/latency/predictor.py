@@ -2,7 +2,10 @@
 
 latency(L, h, a, i) = base(h) + L * layer(h, a, i), with
 - base(h): a 0-layer model of width h (embeddings, pooler, head, session overhead), and
-- layer(h, a, i) = (block(h, a, i) - base(h)) / BLOCK_LAYERS, from a model of BLOCK_LAYERS layers.
+- layer(h, a, i) = (block(h, a, i) - stem(h)) / BLOCK_LAYERS, from a model of BLOCK_LAYERS layers
+  and its 0-layer stem. Blocks and stems use a small vocabulary (BLOCK_VOCAB): a layer never reads
+  the embedding table, and the full 30k-row table would make every block graph 15-94 MB to export,
+  optimize and quantize. The embedding cost itself comes from `base`, timed at the full vocabulary.
 
 Encoder latency is close to linear in depth, so this composition ranks shapes well on its own;
 whole-model timings in the table then fit a calibration (measured = scale * composed ** exponent,
@@ -13,7 +16,8 @@ models. An architecture timed whole is answered from its own timing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,14 +25,17 @@ import numpy as np
 from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.fingerprint import fingerprint_id, machine_fingerprint
 from kdnas_deploy.hardware import HardwareProfile
-from kdnas_deploy.latency.measure import Measurement, measure_arch
+from kdnas_deploy.latency.measure import BuiltGraph, Measurement, Measurer, OnnxMeasurer, measure_now
 from kdnas_deploy.latency.table import Entry, LatencyTable
-from kdnas_deploy.space import StudentArch
+from kdnas_deploy.latency.timing import Timing
+from kdnas_deploy.space import BERT_VOCAB_SIZE, StudentArch
 
 log = logging.getLogger(__name__)
 
 #: Layers in a block-timing model: two layers average out per-layer jitter at little extra cost.
 BLOCK_LAYERS = 2
+#: Vocabulary of block and stem graphs (see the module docstring).
+BLOCK_VOCAB = 1024
 #: Whole-model timings needed before the calibration is trusted over the raw composition.
 MIN_CALIBRATION = 3
 
@@ -43,9 +50,13 @@ def block_arch(hidden: int, heads: int, ffn: int) -> StudentArch:
     return StudentArch(BLOCK_LAYERS, hidden, heads, ffn)
 
 
+def vocab_for(kind: str) -> int:
+    return BLOCK_VOCAB if kind in ("stem", "block") else BERT_VOCAB_SIZE
+
+
 def items_for(arch: StudentArch) -> list[Item]:
     """The block timings `arch`'s composed latency needs."""
-    return [("base", base_arch(arch.hidden)), ("block", block_arch(*arch.block))]
+    return [("base", base_arch(arch.hidden)), ("stem", base_arch(arch.hidden)), ("block", block_arch(*arch.block))]
 
 
 @dataclass(frozen=True)
@@ -103,12 +114,12 @@ class LatencyModel:
         profile: HardwareProfile,
         *,
         measure_missing: bool = True,
-        measure: Callable[[StudentArch, HardwareProfile], Measurement] = measure_arch,
+        measurer: Measurer | None = None,
     ) -> None:
         self.table = table
         self.profile = profile
         self.measure_missing = measure_missing and not table.readonly
-        self._measure = measure
+        self.measurer: Measurer = measurer or OnnxMeasurer()
         self.info = machine_fingerprint(profile)
         self.fingerprint = fingerprint_id(self.info)
         self.batch = profile.shape.batch_size
@@ -121,33 +132,42 @@ class LatencyModel:
         return self.table.get(self.fingerprint, kind, arch, self.batch, self.seq_len)
 
     def missing(self, items: Iterable[Item]) -> list[Item]:
-        seen: set[Item] = set()
-        out = []
-        for item in items:
-            if item not in seen and self.lookup(*item) is None:
-                out.append(item)
-            seen.add(item)
-        return out
+        return [item for item in dict.fromkeys(items) if self.lookup(*item) is None]
 
-    def measure(self, kind: str, arch: StudentArch) -> Entry:
-        """Time `arch` now and store it (replacing an older timing of the same key)."""
+    # -- measuring ------------------------------------------------------------------------------
+    def _check_can_measure(self, kind: str, arch: StudentArch) -> None:
         if not self.measure_missing:
             raise KdnasError(f"latency table {self.table.path} has no {kind} timing for {arch} and is frozen")
         self.profile.check_runnable()
-        m = self._measure(arch, self.profile)
-        if not m.fused:
-            log.warning("%s timed unfused: %d fused attention nodes for %d layers", arch, m.fused_attention, arch.layers)
-        self.table.put(self.fingerprint, kind, arch, self.batch, self.seq_len, m.timing, m.fused_attention, m.build_s)
+
+    def build(self, item: Item, out_dir: Path) -> BuiltGraph:
+        kind, arch = item
+        self._check_can_measure(kind, arch)
+        return self.measurer.build(arch, self.profile, out_dir, vocab_for(kind))
+
+    def time_session(self, graph: BuiltGraph, seed: int = 0) -> Timing:
+        return self.measurer.time(graph, self.profile, seed)
+
+    def store(self, kind: str, arch: StudentArch, timing: Timing, fused_attention: int, build_s: float) -> Entry:
+        if fused_attention != arch.layers:
+            log.warning("%s timed unfused: %d fused attention nodes for %d layers", arch, fused_attention, arch.layers)
+        self.table.put(self.fingerprint, kind, arch, self.batch, self.seq_len, timing, fused_attention, build_s)
         if kind == "model":
             self._calibration = None
         entry = self.lookup(kind, arch)
         assert entry is not None
         return entry
 
+    def measure(self, kind: str, arch: StudentArch) -> Entry:
+        """Time `arch` now, sessions back to back, and store it (replacing an older timing)."""
+        self._check_can_measure(kind, arch)
+        m = measure_now(self.measurer, arch, self.profile, vocab_for(kind))
+        return self.store(kind, arch, m.timing, m.fused_attention, m.build_s)
+
     def time_whole(self, arch: StudentArch) -> Measurement:
         """Time `arch` whole without storing it: a verification must not feed the table it checks."""
         self.profile.check_runnable()
-        return self._measure(arch, self.profile)
+        return measure_now(self.measurer, arch, self.profile)
 
     def ensure(self, kind: str, arch: StudentArch) -> Entry:
         entry = self.lookup(kind, arch)
@@ -155,9 +175,9 @@ class LatencyModel:
 
     # -- prediction -----------------------------------------------------------------------------
     def layer_ms(self, hidden: int, heads: int, ffn: int) -> float:
-        base = self.ensure("base", base_arch(hidden)).timing.median_ms
+        stem = self.ensure("stem", base_arch(hidden)).timing.median_ms
         block = self.ensure("block", block_arch(hidden, heads, ffn)).timing.median_ms
-        return max(block - base, 0.0) / BLOCK_LAYERS
+        return max(block - stem, 0.0) / BLOCK_LAYERS
 
     def composed_ms(self, arch: StudentArch) -> float:
         base = self.ensure("base", base_arch(arch.hidden)).timing.median_ms

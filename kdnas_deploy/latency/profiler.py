@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from kdnas_deploy.latency.measure import BuiltGraph
 from kdnas_deploy.latency.predictor import Item, LatencyModel, Prediction, base_arch, block_arch
-from kdnas_deploy.latency.timing import Timing
+from kdnas_deploy.latency.timing import Timing, combine_sessions
 from kdnas_deploy.space import SearchSpace, StudentArch
 
 #: Whole models timed per space to calibrate the composition.
@@ -37,8 +41,8 @@ def calibration_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Student
 
 
 def plan(space: SearchSpace, calibration: int = DEFAULT_CALIBRATION, seed: int = 0) -> list[Item]:
-    """Every timing a space needs: one base per width, one block per layer shape, whole models."""
-    items: list[Item] = [("base", base_arch(h)) for h in space.hidden]
+    """Every timing a space needs: base and stem per width, one block per layer shape, whole models."""
+    items: list[Item] = [(kind, base_arch(h)) for h in space.hidden for kind in ("base", "stem")]
     items += [("block", block_arch(*b)) for b in space.blocks()]
     items += [("model", a) for a in calibration_archs(space, calibration, seed)]
     return items
@@ -57,34 +61,60 @@ class ProfileResult:
         return len(self.measured) + len(self.cached)
 
 
-def profile_items(
-    model: LatencyModel, items: Sequence[Item], *, seed: int = 0, progress: ProgressFn | None = None
-) -> ProfileResult:
-    """Measure every item the table lacks, each committed as soon as it is timed.
+#: Items built between two sessions of one graph (see `profile_items`).
+SESSION_LAG = 16
 
-    Items are timed in a seeded random order so that a slow spell of the machine (another
-    process, frequency scaling) scatters over shapes instead of biasing one width or depth.
+
+def profile_items(
+    model: LatencyModel, items: Sequence[Item], *, seed: int = 0, progress: ProgressFn | None = None,
+    lag: int = SESSION_LAG,
+) -> ProfileResult:
+    """Measure every item the table lacks; each is committed as soon as its last session is timed.
+
+    Two defences against a machine whose speed drifts (other tenants, frequency scaling):
+    - items are timed in a seeded random order, so a slow spell scatters over shapes instead of
+      biasing one width or depth;
+    - a graph's sessions are spread out: session s of item k is timed after item k + s * lag is
+      built, so they fall tens of seconds apart and the median across sessions rejects a spell
+      that one of them met. At most lag * (sessions - 1) + 1 graphs wait on disk meanwhile.
+    A kill loses only the graphs still waiting; every committed timing stays.
     """
     t0 = time.perf_counter()
     result = ProfileResult()
     missing = set(model.missing(items))
     order = list(dict.fromkeys(items))
-    cached = [it for it in order if it not in missing]
     todo = [it for it in order if it in missing]
     np.random.default_rng(seed).shuffle(todo)
-    for item in cached:
-        result.cached.append(item)
-        if progress:
-            progress(item, True)
-    for item in todo:
-        entry = model.ensure(*item)
-        result.measured.append(item)
-        if not entry.fused:
-            result.unfused.append(entry.arch)
-        if entry.timing.noisy:
-            result.noisy.append(entry.arch)
-        if progress:
-            progress(item, False)
+    for item in order:
+        if item not in missing:
+            result.cached.append(item)
+            if progress:
+                progress(item, True)
+    sessions = model.profile.timing.sessions
+    waiting: dict[int, tuple[BuiltGraph, list[Timing]]] = {}
+    with tempfile.TemporaryDirectory(prefix="kdnas-profile-") as tmp:
+        last_step = len(todo) - 1 + lag * (sessions - 1)
+        for step in range(last_step + 1):
+            if step < len(todo):
+                waiting[step] = (model.build(todo[step], Path(tmp) / str(step)), [])
+            for s in range(sessions):
+                k = step - s * lag
+                if k not in waiting or len(waiting[k][1]) != s:
+                    continue
+                graph, timings = waiting[k]
+                timings.append(model.time_session(graph, seed=s))
+                if s == sessions - 1:
+                    kind, arch = todo[k]
+                    entry = model.store(kind, arch, combine_sessions(timings), graph.fused_attention, graph.build_s)
+                    shutil.rmtree(Path(tmp) / str(k), ignore_errors=True)
+                    del waiting[k]
+                    result.measured.append(todo[k])
+                    if not entry.fused:
+                        result.unfused.append(entry.arch)
+                    if entry.timing.noisy:
+                        result.noisy.append(entry.arch)
+                    if progress:
+                        progress(todo[k], False)
     result.wall_s = time.perf_counter() - t0
     return result
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.hardware import HardwareProfile, TimingSection
+from kdnas_deploy.space import BERT_VOCAB_SIZE
 
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
@@ -66,13 +67,15 @@ def make_session(path: str | Path, profile: HardwareProfile) -> Any:
     return sess
 
 
-def dummy_feeds(session: Any, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+def dummy_feeds(
+    session: Any, batch: int, seq_len: int, seed: int = 0, vocab_size: int = BERT_VOCAB_SIZE
+) -> dict[str, np.ndarray]:
     """Full-length random token ids: the worst case a padded batch of that shape costs."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for inp in session.get_inputs():
         if inp.name == "input_ids":
-            feeds[inp.name] = rng.integers(1000, 30000, size=(batch, seq_len), dtype=np.int64)
+            feeds[inp.name] = rng.integers(vocab_size // 30, vocab_size, size=(batch, seq_len), dtype=np.int64)
         elif inp.name == "attention_mask":
             feeds[inp.name] = np.ones((batch, seq_len), dtype=np.int64)
         else:
@@ -128,12 +131,15 @@ def combine_sessions(timings: list[Timing]) -> Timing:
     )
 
 
-def time_graph(path: str | Path, profile: HardwareProfile, *, seed: int = 0, sessions: int | None = None) -> Timing:
+def time_graph(
+    path: str | Path, profile: HardwareProfile, *, seed: int = 0, sessions: int | None = None,
+    vocab_size: int = BERT_VOCAB_SIZE,
+) -> Timing:
     """Time `path` in fresh sessions (the profile's count unless given) on its provider, threads and shape."""
     timings = []
     for s in range(sessions or profile.timing.sessions):
         sess = make_session(path, profile)
-        feeds = dummy_feeds(sess, profile.shape.batch_size, profile.shape.seq_len, seed + s)
+        feeds = dummy_feeds(sess, profile.shape.batch_size, profile.shape.seq_len, seed + s, vocab_size)
         outputs = [o.name for o in sess.get_outputs()]
         timings.append(time_callable(lambda: sess.run(outputs, feeds), profile.timing))
         del sess
