@@ -44,18 +44,6 @@ HwOpt = Annotated[list[str], typer.Option("--hw", help="Hardware profile: shippe
 TableOpt = Annotated[Optional[Path], typer.Option("--table", help="Latency table (SQLite). Default: the user cache dir.")]
 
 
-def _resolve_space(space: str, teacher: str | None) -> Any:
-    from kdnas_deploy.space import SearchSpace
-
-    if space != "auto":
-        return SearchSpace.from_toml(space)
-    if teacher:
-        from kdnas_deploy.teacher_config import load_teacher_config
-
-        return SearchSpace.from_teacher_config(load_teacher_config(teacher))
-    return SearchSpace.default()
-
-
 @app.command()
 def profile(
     hw: HwOpt = ["cpu"],
@@ -73,20 +61,18 @@ def profile(
 ) -> None:
     """Fill the latency lookup table for a search space on hardware profiles, and summarise it."""
     from kdnas_deploy.hardware import load_profile
-    from kdnas_deploy.latency.profiler import error_stats, plan, profile_items, verify_sample
+    from kdnas_deploy.latency.profiler import plan, profile_items, summarize, verify_sample
     from kdnas_deploy.latency.profiler import verify as run_verify
     from kdnas_deploy.latency.predictor import LatencyModel, items_for
     from kdnas_deploy.latency.table import LatencyTable, default_table_path
-    from kdnas_deploy.space import REFERENCE_ARCHS, StudentArch
+    from kdnas_deploy.space import REFERENCE_ARCHS, SearchSpace, StudentArch
+    from kdnas_deploy.teacher_config import load_teacher_config
 
     profiles = [load_profile(h).with_shape(batch, seq_len) for h in hw]
     extra = [StudentArch.parse(a) for a in arch]
-    the_space = _resolve_space(space, teacher)
-    teacher_arch = None
-    if teacher:
-        from kdnas_deploy.teacher_config import load_teacher_config
-
-        teacher_arch = StudentArch.from_config(load_teacher_config(teacher))
+    teacher_config = load_teacher_config(teacher) if teacher else None
+    teacher_arch = StudentArch.from_config(teacher_config) if teacher_config else None
+    the_space = SearchSpace.resolve(space, teacher_config)
     for p in profiles:
         p.check_runnable()
     table_path = table or default_table_path()
@@ -103,37 +89,13 @@ def profile(
                     bar.update(task, advance=1, description=f"{escape(prof.name)}: {'cached' if cached else 'timed'} {item[0]} {item[1]}")
 
                 result = profile_items(model, items, seed=seed, progress=tick)
-            cal = model.calibration()
-            preds = [model.predict(a) for a in dict.fromkeys(refs)]
-            summary: dict[str, Any] = {
-                "profile": prof.name,
-                "precision": prof.precision.value,
-                "batch": prof.shape.batch_size,
-                "seq_len": prof.shape.seq_len,
-                "fingerprint": model.fingerprint,
-                "machine": {k: model.info[k] for k in ("cpu", "cpu_count", "onnxruntime") if k in model.info}
-                | ({"gpu": model.info["gpu"]} if "gpu" in model.info else {}),
-                "table": str(table_path),
-                "space": {"name": the_space.name, "architectures": len(the_space), "layer_shapes": len(the_space.blocks())},
-                "timings": {"needed": result.total, "measured": len(result.measured), "cached": len(result.cached),
-                            "unfused": [str(a) for a in result.unfused], "noisy": [str(a) for a in result.noisy]},
-                "wall_s": round(result.wall_s, 2),
-                "calibration": {"scale": cal.scale, "exponent": cal.exponent, "points": cal.points},
-                "predictions": [{"arch": str(p.arch), "ms": p.ms, "composed_ms": p.composed_ms, "source": p.source,
-                                 "params": p.arch.parameter_count()} for p in preds],
-            }
-            if teacher_arch:
-                summary["teacher"] = str(teacher_arch)
+            rows = []
             if verify:
                 sample = verify_sample(model, the_space, verify, seed + 1)
                 with _progress() as bar:
                     task = bar.add_task(f"{escape(prof.name)}: verifying", total=len(sample))
                     rows = run_verify(model, sample, progress=lambda a: bar.update(task, advance=1))
-                stats = error_stats([r.prediction.ms for r in rows], [r.timing.median_ms for r in rows])
-                summary["verify"] = stats.to_dict() | {
-                    "rows": [{"arch": str(r.prediction.arch), "predicted_ms": r.prediction.ms,
-                              "measured_ms": r.timing.median_ms, "error_pct": r.error_pct} for r in rows]
-                }
+            summary = summarize(model, the_space, result, refs, rows, teacher=teacher_arch)
             summaries.append(summary)
             if not as_json:
                 _print_summary(summary)
@@ -145,7 +107,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     t = s["timings"]
     m = s["machine"]
     out.print(
-        f"[bold]{s['profile']}[/] ({s['precision']}, batch {s['batch']}, seq {s['seq_len']}) on "
+        f"[bold]{escape(s['profile'])}[/] ({s['precision']}, batch {s['batch']}, seq {s['seq_len']}) on "
         f"{m.get('gpu') or m['cpu']} x{m['cpu_count']}, onnxruntime {m['onnxruntime']}; fingerprint {s['fingerprint']}"
     )
     out.print(

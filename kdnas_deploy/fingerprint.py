@@ -40,11 +40,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-@lru_cache(maxsize=1)
-def _gpu() -> str | None:
-    return gpu_name()
-
-
 def machine_fingerprint(profile: HardwareProfile) -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -64,7 +59,7 @@ def machine_fingerprint(profile: HardwareProfile) -> dict[str, Any]:
         "timing_method": TIMING_METHOD_VERSION,
     }
     if profile.uses_gpu:
-        info["gpu"] = _gpu()
+        info["gpu"] = gpu_name()
     return info
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import tomllib
 from enum import Enum
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,6 +199,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     return parse_profile(data, str(path))
 
 
+@lru_cache(maxsize=1)
 def gpu_name() -> str | None:
     """Name and driver of the first NVIDIA GPU, or None (no GPU, or no driver)."""
     import shutil

@@ -230,6 +230,13 @@ class SearchSpace:
         return cls.from_teacher(arch.layers, arch.hidden, arch.heads, name=f"auto-{arch}")
 
     @classmethod
+    def resolve(cls, spec: str | Path, teacher_config: Any = None) -> SearchSpace:
+        """The CLI's `--space auto|FILE`: auto derives from the teacher, else the default space."""
+        if str(spec) != "auto":
+            return cls.from_toml(spec)
+        return cls.from_teacher_config(teacher_config) if teacher_config is not None else cls.default()
+
+    @classmethod
     def default(cls) -> SearchSpace:
         """The space under a BERT-base teacher (12 layers, 768 wide, 12 heads)."""
         return cls.from_teacher(12, 768, 12, name="bert-base")

@@ -35,14 +35,8 @@ class BuiltGraph:
 
 @dataclass(frozen=True)
 class Measurement:
-    arch: StudentArch
+    graph: BuiltGraph
     timing: Timing
-    fused_attention: int
-    build_s: float
-
-    @property
-    def fused(self) -> bool:
-        return self.fused_attention == self.arch.layers
 
 
 class Measurer(Protocol):
@@ -74,9 +68,4 @@ def measure_now(
         timing = combine_sessions([measurer.time(graph, profile, s) for s in range(profile.timing.sessions)])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Measurement(arch, timing, graph.fused_attention, graph.build_s)
-
-
-def build_arch_graph(arch: StudentArch, profile: HardwareProfile, out_dir: str | Path):
-    """The profile graph of a random-weight model of shape `arch` (weights do not change latency)."""
-    return build_profile_graph(random_model(arch, seq_len=profile.shape.seq_len), profile, out_dir)
+    return Measurement(graph, timing)

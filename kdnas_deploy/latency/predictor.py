@@ -148,10 +148,11 @@ class LatencyModel:
     def time_session(self, graph: BuiltGraph, seed: int = 0) -> Timing:
         return self.measurer.time(graph, self.profile, seed)
 
-    def store(self, kind: str, arch: StudentArch, timing: Timing, fused_attention: int, build_s: float) -> Entry:
-        if fused_attention != arch.layers:
-            log.warning("%s timed unfused: %d fused attention nodes for %d layers", arch, fused_attention, arch.layers)
-        self.table.put(self.fingerprint, kind, arch, self.batch, self.seq_len, timing, fused_attention, build_s)
+    def store(self, kind: str, graph: BuiltGraph, timing: Timing) -> Entry:
+        arch = graph.arch
+        if not graph.fused:
+            log.warning("%s timed unfused: %d fused attention nodes for %d layers", arch, graph.fused_attention, arch.layers)
+        self.table.put(self.fingerprint, kind, arch, self.batch, self.seq_len, timing, graph.fused_attention, graph.build_s)
         if kind == "model":
             self._calibration = None
         entry = self.lookup(kind, arch)
@@ -162,7 +163,7 @@ class LatencyModel:
         """Time `arch` now, sessions back to back, and store it (replacing an older timing)."""
         self._check_can_measure(kind, arch)
         m = measure_now(self.measurer, arch, self.profile, vocab_for(kind))
-        return self.store(kind, arch, m.timing, m.fused_attention, m.build_s)
+        return self.store(kind, m.graph, m.timing)
 
     def time_whole(self, arch: StudentArch) -> Measurement:
         """Time `arch` whole without storing it: a verification must not feed the table it checks."""

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -104,8 +105,7 @@ def profile_items(
                 graph, timings = waiting[k]
                 timings.append(model.time_session(graph, seed=s))
                 if s == sessions - 1:
-                    kind, arch = todo[k]
-                    entry = model.store(kind, arch, combine_sessions(timings), graph.fused_attention, graph.build_s)
+                    entry = model.store(todo[k][0], graph, combine_sessions(timings))
                     shutil.rmtree(Path(tmp) / str(k), ignore_errors=True)
                     del waiting[k]
                     result.measured.append(todo[k])
@@ -180,3 +180,44 @@ def verify(
         if progress:
             progress(arch)
     return rows
+
+
+def summarize(
+    model: LatencyModel,
+    space: SearchSpace,
+    result: ProfileResult,
+    archs: Sequence[StudentArch] = (),
+    verified: Sequence[VerifyRow] = (),
+    teacher: StudentArch | None = None,
+) -> dict[str, Any]:
+    """A JSON-ready account of one profiling run: what was timed, calibration, predictions, errors."""
+    cal = model.calibration()
+    info = model.info
+    out: dict[str, Any] = {
+        "profile": model.profile.name,
+        "precision": model.profile.precision.value,
+        "batch": model.batch,
+        "seq_len": model.seq_len,
+        "fingerprint": model.fingerprint,
+        "machine": {k: info[k] for k in ("cpu", "cpu_count", "onnxruntime", "gpu") if k in info},
+        "table": str(model.table.path),
+        "space": {"name": space.name, "architectures": len(space), "layer_shapes": len(space.blocks())},
+        "timings": {"needed": result.total, "measured": len(result.measured), "cached": len(result.cached),
+                    "unfused": [str(a) for a in result.unfused], "noisy": [str(a) for a in result.noisy]},
+        "wall_s": round(result.wall_s, 2),
+        "calibration": {"scale": cal.scale, "exponent": cal.exponent, "points": cal.points},
+        "predictions": [
+            {"arch": str(p.arch), "ms": p.ms, "composed_ms": p.composed_ms, "source": p.source,
+             "params": p.arch.parameter_count()}
+            for p in (model.predict(a) for a in dict.fromkeys(archs))
+        ],
+    }
+    if teacher is not None:
+        out["teacher"] = str(teacher)
+    if verified:
+        stats = error_stats([r.prediction.ms for r in verified], [r.timing.median_ms for r in verified])
+        out["verify"] = stats.to_dict() | {
+            "rows": [{"arch": str(r.prediction.arch), "predicted_ms": r.prediction.ms,
+                      "measured_ms": r.timing.median_ms, "error_pct": r.error_pct} for r in verified]
+        }
+    return out
