@@ -118,6 +118,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"timings: {t['needed']} needed, {t['measured']} measured now, {t['cached']} from cache, in {s['wall_s']:.1f} s"
         + (f"; [yellow]unfused: {', '.join(t['unfused'])}[/]" if t["unfused"] else "")
         + (f"; noisy: {len(t['noisy'])}" if t["noisy"] else "")
+        + (f"; slow spells: {t['extra_sessions']} extra sessions, {t['remeasured']} re-measured"
+           if t["extra_sessions"] or t["remeasured"] else "")
     )
     c = s["calibration"]
     out.print(f"calibration: measured = {c['scale']:.3f} x composed ^ {c['exponent']:.3f} ({c['points']} whole models)")

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from kdnas_deploy.latency.measure import BuiltGraph
-from kdnas_deploy.latency.predictor import Item, LatencyModel, Prediction, base_arch, block_arch
+from kdnas_deploy.latency.predictor import BLOCK_VOCAB, Item, LatencyModel, Prediction, base_arch, block_arch
 from kdnas_deploy.latency.timing import Timing, combine_sessions
 from kdnas_deploy.space import SearchSpace, StudentArch
 
@@ -55,6 +55,8 @@ class ProfileResult:
     cached: list[Item] = field(default_factory=list)
     unfused: list[StudentArch] = field(default_factory=list)
     noisy: list[StudentArch] = field(default_factory=list)
+    extra_sessions: int = 0  # sessions added because the probe showed a slow spell
+    remeasured: list[Item] = field(default_factory=list)  # committed before the probe's best was known
     wall_s: float = 0.0
 
     @property
@@ -64,20 +66,59 @@ class ProfileResult:
 
 #: Items built between two sessions of one graph (see `profile_items`).
 SESSION_LAG = 16
+#: A session counts as calm while the probe runs within this factor of its fastest time.
+CALM_RATIO = 1.15
+#: Sessions an item may take beyond the profile's count while waiting for calm ones.
+MAX_EXTRA_SESSIONS = 3
+#: The probe: a small fixed graph whose timing shows the machine's state at each session.
+PROBE = StudentArch(2, 256, 4, 1024)
+
+
+@dataclass
+class _Pending:
+    item: Item
+    graph: BuiltGraph
+    workdir: Path
+    due: int
+    sessions: list[tuple[Timing, float]] = field(default_factory=list)  # (timing, probe ms)
+
+
+class _Probe:
+    def __init__(self, model: LatencyModel, workdir: Path) -> None:
+        self.model = model
+        self.graph = model.measurer.build(PROBE, model.profile, workdir / "probe", BLOCK_VOCAB)
+        self.best = float("inf")
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        ms = self.model.measurer.time(self.graph, self.model.profile, self.calls).median_ms
+        self.best = min(self.best, ms)
+        return ms
+
+    def calm(self, probe_ms: float) -> bool:
+        return probe_ms <= CALM_RATIO * self.best
 
 
 def profile_items(
     model: LatencyModel, items: Sequence[Item], *, seed: int = 0, progress: ProgressFn | None = None,
     lag: int = SESSION_LAG,
 ) -> ProfileResult:
-    """Measure every item the table lacks; each is committed as soon as its last session is timed.
+    """Measure every item the table lacks; each is committed as soon as its sessions are done.
 
-    Two defences against a machine whose speed drifts (other tenants, frequency scaling):
+    Defences against a machine whose speed drifts (measured on a 2-vCPU VM here: the same graph
+    flips between two speeds 40% apart for minutes at a time):
     - items are timed in a seeded random order, so a slow spell scatters over shapes instead of
       biasing one width or depth;
-    - a graph's sessions are spread out: session s of item k is timed after item k + s * lag is
-      built, so they fall tens of seconds apart and the median across sessions rejects a spell
-      that one of them met. At most lag * (sessions - 1) + 1 graphs wait on disk meanwhile.
+    - a graph's sessions are spread out: each next session is due `lag` builds later, tens of
+      seconds apart, so one slow spell rarely meets all of them;
+    - a probe graph is timed before and after every session; a session whose probes ran more than
+      CALM_RATIO above the probe's best counts as slowed, and the item gets up to
+      MAX_EXTRA_SESSIONS more sessions to collect a majority of calm ones. The median of the calm
+      sessions is stored (of all, flagged noisy, if calm ones never came);
+    - if the probe's best improved after an item was committed (the run began in a slow spell),
+      that item is measured again once at the end.
+    With sessions = 1 in the profile, each item is built, timed once and committed: no probe.
     A kill loses only the graphs still waiting; every committed timing stays.
     """
     t0 = time.perf_counter()
@@ -92,31 +133,60 @@ def profile_items(
             if progress:
                 progress(item, True)
     sessions = model.profile.timing.sessions
-    waiting: dict[int, tuple[BuiltGraph, list[Timing]]] = {}
     with tempfile.TemporaryDirectory(prefix="kdnas-profile-") as tmp:
-        last_step = len(todo) - 1 + lag * (sessions - 1)
-        for step in range(last_step + 1):
-            if step < len(todo):
-                waiting[step] = (model.build(todo[step], Path(tmp) / str(step)), [])
-            for s in range(sessions):
-                k = step - s * lag
-                if k not in waiting or len(waiting[k][1]) != s:
-                    continue
-                graph, timings = waiting[k]
-                timings.append(model.time_session(graph, seed=s))
-                if s == sessions - 1:
-                    entry = model.store(todo[k][0], graph, combine_sessions(timings))
-                    shutil.rmtree(Path(tmp) / str(k), ignore_errors=True)
-                    del waiting[k]
-                    result.measured.append(todo[k])
-                    if not entry.fused:
-                        result.unfused.append(entry.arch)
-                    if entry.timing.noisy:
-                        result.noisy.append(entry.arch)
-                    if progress:
-                        progress(todo[k], False)
+        probe = _Probe(model, Path(tmp)) if sessions > 1 and todo else None
+        committed = _measure_all(model, todo, Path(tmp), probe, lag, result, progress)
+        if probe is not None:
+            redo = [item for item, worst in committed if not probe.calm(worst)]
+            _measure_all(model, redo, Path(tmp), probe, lag, ProfileResult(), None)
+            result.remeasured = redo
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def _measure_all(
+    model: LatencyModel, todo: Sequence[Item], tmp: Path, probe: _Probe | None, lag: int,
+    result: ProfileResult, progress: ProgressFn | None,
+) -> list[tuple[Item, float]]:
+    """The scheduling loop of `profile_items`; returns (item, slowest probe it relied on)."""
+    want = model.profile.timing.sessions
+    need_calm = want // 2 + 1
+    pending: list[_Pending] = []
+    committed: list[tuple[Item, float]] = []
+    step = built = 0
+    while built < len(todo) or pending:
+        if built < len(todo):
+            workdir = tmp / f"g{built}-{step}"
+            pending.append(_Pending(todo[built], model.build(todo[built], workdir), workdir, due=step))
+            built += 1
+        for p in [p for p in pending if p.due <= step]:
+            before = probe() if probe else 0.0
+            timing = model.time_session(p.graph, seed=len(p.sessions))
+            # Bracketed: a spell that starts or ends during the session shows in one of the two.
+            p.sessions.append((timing, max(before, probe() if probe else 0.0)))
+            calm = [(t, pr) for t, pr in p.sessions if probe is None or probe.calm(pr)]
+            done = len(p.sessions) >= want and (len(calm) >= need_calm or len(p.sessions) >= want + MAX_EXTRA_SESSIONS)
+            if not done:
+                p.due = step + lag
+                continue
+            kept = calm if len(calm) >= need_calm else p.sessions
+            timing = combine_sessions([t for t, _ in kept])
+            if kept is p.sessions and probe is not None:
+                timing = replace(timing, noisy=True)
+            entry = model.store(p.item[0], p.graph, timing)
+            shutil.rmtree(p.workdir, ignore_errors=True)
+            pending.remove(p)
+            committed.append((p.item, max(pr for _, pr in kept)))
+            result.measured.append(p.item)
+            result.extra_sessions += len(p.sessions) - want
+            if not entry.fused:
+                result.unfused.append(entry.arch)
+            if entry.timing.noisy:
+                result.noisy.append(entry.arch)
+            if progress:
+                progress(p.item, False)
+        step += 1
+    return committed
 
 
 def profile_space(
@@ -203,7 +273,8 @@ def summarize(
         "table": str(model.table.path),
         "space": {"name": space.name, "architectures": len(space), "layer_shapes": len(space.blocks())},
         "timings": {"needed": result.total, "measured": len(result.measured), "cached": len(result.cached),
-                    "unfused": [str(a) for a in result.unfused], "noisy": [str(a) for a in result.noisy]},
+                    "unfused": [str(a) for a in result.unfused], "noisy": [str(a) for a in result.noisy],
+                    "extra_sessions": result.extra_sessions, "remeasured": len(result.remeasured)},
         "wall_s": round(result.wall_s, 2),
         "calibration": {"scale": cal.scale, "exponent": cal.exponent, "points": cal.points},
         "predictions": [
