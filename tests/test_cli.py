@@ -142,5 +142,6 @@ def test_multi_session_profile_with_probe(tmp_path):
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["timings"]["measured"] == NEEDED
     con = sqlite3.connect(table)
-    sessions = [r[0] for r in con.execute("SELECT sessions FROM timings")]
+    sessions = [r[0] for r in con.execute("SELECT sessions FROM timings WHERE kind != 'probe'")]
+    assert con.execute("SELECT COUNT(*) FROM timings WHERE kind = 'probe'").fetchone()[0] == 1
     assert len(sessions) == NEEDED and all(n >= 2 for n in sessions)  # median of the calm majority

@@ -34,7 +34,9 @@ import numpy as np
 from kdnas_deploy.hardware import load_profile
 from kdnas_deploy.latency.measure import OnnxMeasurer
 from kdnas_deploy.latency.predictor import LatencyModel, items_for
-from kdnas_deploy.latency.profiler import DEFAULT_CALIBRATION, error_stats, plan, profile_items
+from kdnas_deploy.latency.profiler import (
+    CALM_RATIO, DEFAULT_CALIBRATION, PROBE, Probe, error_stats, plan, profile_items,
+)
 from kdnas_deploy.latency.table import LatencyTable
 from kdnas_deploy.space import REFERENCE_ARCHS, SearchSpace, StudentArch
 
@@ -44,34 +46,54 @@ def held_out_archs(space: SearchSpace, model: LatencyModel, n: int, seed: int) -
     return [a for a in space.sample(len(space), seed) if a not in timed][:n]
 
 
-PROBE = StudentArch(4, 256, 4, 1024)
+def measure_interleaved(archs, model: LatencyModel, sessions: int, max_rounds: int, seed: int, workdir: Path):
+    """One fresh session per (round, arch), arch order shuffled per round, each bracketed by the probe.
 
-
-def measure_interleaved(archs, profile, sessions: int, seed: int, workdir: Path) -> np.ndarray:
-    """medians[round, arch]: one fresh session per (round, arch), arch order shuffled per round.
-
-    The last column is the probe graph (PROBE), timed in every round like the others.
+    Returns medians[round, arch] and probe[round, arch] (the slower of the two bracketing probe
+    times). Rounds continue past `sessions` (up to `max_rounds`) until every architecture has
+    `sessions` calm sessions, judged against the probe's best stored in the table.
     """
-    measurer = OnnxMeasurer()
+    profile, measurer = model.profile, model.measurer
     graphs = []
-    for k, arch in enumerate([*archs, PROBE]):
+    for k, arch in enumerate(archs):
         graphs.append(measurer.build(arch, profile, workdir / f"{k}"))
         print(f"  built {k + 1}/{len(archs)} {arch}", file=sys.stderr, end="\r")
+    probe = Probe(model, workdir)
     rng = np.random.default_rng(seed)
-    medians = np.zeros((sessions, len(graphs)))
-    for r in range(sessions):
+    medians, probes = [], []
+    for r in range(max_rounds):
+        row, prow = np.zeros(len(graphs)), np.zeros(len(graphs))
         for k in rng.permutation(len(graphs)):
-            medians[r, k] = measurer.time(graphs[k], profile, seed=r).median_ms
-        print(f"  session round {r + 1}/{sessions}            ", file=sys.stderr, end="\r")
+            before = probe()
+            row[k] = measurer.time(graphs[k], profile, seed=r).median_ms
+            prow[k] = max(before, probe())
+        medians.append(row)
+        probes.append(prow)
+        calm = np.array([[probe.calm(x) for x in pr] for pr in probes])
+        print(f"  round {r + 1}: {int(calm[-1].sum())}/{len(graphs)} calm sessions      ", file=sys.stderr, end="\r")
+        if r + 1 >= sessions and calm.sum(axis=0).min() >= sessions:
+            break
     print(file=sys.stderr)
-    return medians
+    return np.array(medians), np.array(probes), probe.best_ms
+
+
+def halves(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column: median of the kept sessions, and of their first and second half (in time)."""
+    full, first, second = [], [], []
+    for col, keep in zip(values.T, mask.T):
+        kept = col[keep] if keep.sum() >= 2 else col
+        h = len(kept) // 2
+        full.append(np.median(kept))
+        first.append(np.median(kept[:h]))
+        second.append(np.median(kept[h:]))
+    return np.array(full), np.array(first), np.array(second)
 
 
 def cli_warm_seconds(profile: str, table: Path, args: argparse.Namespace) -> float:
     t0 = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "kdnas_deploy.cli", "profile", "--hw", profile, "--table", str(table), "--json",
-         "--calibration", str(args.calibration), "--seed", str(args.seed)],
+         "--calibration", str(args.calibration), "--seed", str(args.seed), "--space", str(args.space)],
         check=True, capture_output=True,
     )
     return time.perf_counter() - t0
@@ -79,7 +101,7 @@ def cli_warm_seconds(profile: str, table: Path, args: argparse.Namespace) -> flo
 
 def bench_profile(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     profile = load_profile(name)
-    space = SearchSpace.default()
+    space = SearchSpace.resolve(args.space)
     table_path = Path(args.table or workdir / f"{name}.sqlite")
     # Exactly what `kdnas-deploy profile --hw NAME` needs, so the CLI's warm run below is warm.
     items = plan(space, args.calibration, args.seed) + [it for a in REFERENCE_ARCHS for it in items_for(a)]
@@ -98,13 +120,15 @@ def bench_profile(name: str, args: argparse.Namespace, workdir: Path) -> dict:
         archs = held_out_archs(space, model, args.n, args.seed + 1000)
         preds = [model.predict(a) for a in archs]
         cal = model.calibration()
-    print(f"[{name}] measuring {len(archs)} held-out architectures, {args.sessions} interleaved sessions each", file=sys.stderr)
-    timed = measure_interleaved(archs, profile, args.sessions, args.seed, workdir / f"graphs-{name}")
-    medians, probe = timed[:, :-1], timed[:, -1]
-    measured = np.median(medians, axis=0)
-    half = args.sessions // 2
+        print(f"[{name}] measuring {len(archs)} held-out architectures, {args.sessions}+ interleaved sessions each",
+              file=sys.stderr)
+        medians, probes, probe_best = measure_interleaved(
+            archs, model, args.sessions, args.max_rounds, args.seed, workdir / f"graphs-{name}")
+    calm = probes <= CALM_RATIO * probe_best
+    everything = np.ones_like(calm)
+    measured, first, second = halves(medians, everything)
+    calm_measured, calm_first, calm_second = halves(medians, calm)
     even, odd = np.median(medians[0::2], axis=0), np.median(medians[1::2], axis=0)
-    first, second = np.median(medians[:half], axis=0), np.median(medians[half:], axis=0)
     pred_ms = np.array([p.ms for p in preds])
     composed_ms = np.array([p.composed_ms for p in preds])
     stats = error_stats(pred_ms, measured)
@@ -130,12 +154,19 @@ def bench_profile(name: str, args: argparse.Namespace, workdir: Path) -> dict:
         "noise_floor_time_separated": error_stats(first, second).to_dict(),
         "prediction_vs_first_half": error_stats(pred_ms, first).to_dict(),
         "prediction_vs_second_half": error_stats(pred_ms, second).to_dict(),
+        "calm": {
+            "prediction": error_stats(pred_ms, calm_measured).to_dict(),
+            "noise_floor_time_separated": error_stats(calm_first, calm_second).to_dict(),
+            "sessions": int(calm.sum()), "of_sessions": int(calm.size),
+        },
         "median_session_range_pct": float(session_spread * 100),
-        "probe": {"arch": str(PROBE), "round_medians_ms": [float(x) for x in probe],
-                  "range_pct": float((probe.max() - probe.min()) / np.median(probe) * 100)},
+        "probe": {"arch": str(PROBE), "best_ms_in_table": probe_best,
+                  "round_medians_ms": [float(x) for x in np.median(probes, axis=1)],
+                  "slowest_over_best_pct": float((probes.max() / probe_best - 1) * 100)},
         "rows": [
             {"arch": str(a), "predicted_ms": float(p), "composed_ms": float(c), "measured_ms": float(m),
-             "session_medians_ms": [float(x) for x in medians[:, k]]}
+             "session_medians_ms": [float(x) for x in medians[:, k]],
+             "session_probe_ms": [float(x) for x in probes[:, k]]}
             for k, (a, p, c, m) in enumerate(zip(archs, pred_ms, composed_ms, measured))
         ],
     }
@@ -147,18 +178,19 @@ def markdown(results: list[dict], meta: dict) -> str:
 
     lines = [
         f"Machine: {meta['cpu']} x{meta['cpu_count']}, onnxruntime {meta['onnxruntime']}, torch {meta['torch']}, "
-        f"{meta['date']}; {meta['n']} held-out architectures, {meta['sessions']} interleaved sessions each; "
-        f"total {meta['total_s'] / 60:.1f} min.",
+        f"{meta['date']}; space {meta['space']}; {meta['n']} held-out architectures, at least {meta['sessions']} interleaved sessions each; "
+        f"total {meta['total_s'] / 60:.1f} min. Cells: MAPE / share within 10%.",
         "",
-        "| profile | MAPE / within 10% | Spearman | worst | composition only | noise floor: even/odd sessions | noise floor: first/second half | prediction vs first half | prediction vs second half | probe drift over rounds | cold profile | warm (library / CLI) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| profile | predicted vs measured (all sessions) | Spearman | worst | composition only | noise floor: even/odd | noise floor: first/second half | calm sessions | predicted vs measured (calm sessions) | noise floor, calm: first/second half | slowest probe over its best | cold profile | warm (library / CLI) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        p = r["prediction"]
+        p, c = r["prediction"], r["calm"]
         lines.append(
             f"| {r['profile']} | {pct(p)} | {p['spearman']:.3f} | {p['max_ape_pct']:.1f}% | {pct(r['composition_only'])} | "
             f"{pct(r['noise_floor_test_retest'])} | {pct(r['noise_floor_time_separated'])} | "
-            f"{pct(r['prediction_vs_first_half'])} | {pct(r['prediction_vs_second_half'])} | {r['probe']['range_pct']:.0f}% | "
+            f"{c['sessions']}/{c['of_sessions']} | {pct(c['prediction'])} (Spearman {c['prediction']['spearman']:.3f}) | "
+            f"{pct(c['noise_floor_time_separated'])} | {r['probe']['slowest_over_best_pct']:.0f}% | "
             f"{r['cold_s'] / 60:.1f} min ({r['timings_in_table']} timings) | {r['warm_s']:.2f} s / {r['warm_cli_s']:.1f} s |"
         )
     return "\n".join(lines) + "\n"
@@ -167,15 +199,17 @@ def markdown(results: list[dict], meta: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profiles", default="cpu,cpu-int8")
+    ap.add_argument("--space", default="auto", help="search space TOML (default: the BERT-base space)")
     ap.add_argument("--n", type=int, default=30, help="held-out architectures per profile")
     ap.add_argument("--sessions", type=int, default=6, help="fresh sessions per architecture (>= 3)")
+    ap.add_argument("--max-rounds", type=int, default=12, help="cap on rounds while collecting calm sessions")
     ap.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table", help="reuse this table instead of a fresh one (then 'cold' is not cold)")
     ap.add_argument("--out", default="bench-out/latency")
     args = ap.parse_args()
-    if args.sessions < 6:
-        ap.error("--sessions must be at least 6 (two halves of at least 3 for the noise floor)")
+    if args.sessions < 6 or args.max_rounds < args.sessions:
+        ap.error("--sessions must be at least 6 (two halves of at least 3) and at most --max-rounds")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import onnxruntime
@@ -189,7 +223,7 @@ def main() -> None:
         for name in args.profiles.split(","):
             results.append(bench_profile(name.strip(), args, Path(tmp)))
     meta = {"cpu": cpu_model(), "cpu_count": __import__("os").cpu_count(), "onnxruntime": onnxruntime.__version__,
-            "torch": torch.__version__, "python": platform.python_version(), "n": args.n, "sessions": args.sessions,
+            "torch": torch.__version__, "python": platform.python_version(), "n": args.n, "sessions": args.sessions, "space": SearchSpace.resolve(args.space).name,
             "total_s": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d")}
     (out / "latency.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     md = markdown(results, meta)

@@ -4,7 +4,8 @@ Rows are keyed by (fingerprint, kind, architecture, batch, sequence length). Kin
 - `base`:  a 0-layer model of one width (embeddings, pooler, classifier head, session overhead);
 - `stem`:  the same at the small vocabulary block graphs use;
 - `block`: a model of `BLOCK_LAYERS` identical layers, from which one layer's cost is derived;
-- `model`: a whole architecture, used to calibrate the composition and returned as is when asked.
+- `model`: a whole architecture, used to calibrate the composition and returned as is when asked;
+- `probe`: the best time of the probe graph that tells calm sessions from slowed ones.
 
 Each row is committed on its own, in WAL mode with a busy timeout, so a process killed at any
 moment keeps every finished row and two processes can fill one table at once. Rows from another
@@ -28,14 +29,14 @@ from kdnas_deploy.space import StudentArch
 
 APP_ID = "kdnas-deploy latency table"
 SCHEMA_VERSION = 1
-KINDS = ("base", "stem", "block", "model")
+KINDS = ("base", "stem", "block", "model", "probe")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fingerprints (id TEXT PRIMARY KEY, info TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS timings (
     fingerprint TEXT NOT NULL REFERENCES fingerprints(id),
-    kind TEXT NOT NULL CHECK (kind IN ('base', 'stem', 'block', 'model')),
+    kind TEXT NOT NULL CHECK (kind IN ('base', 'stem', 'block', 'model', 'probe')),
     arch TEXT NOT NULL,
     batch INTEGER NOT NULL,
     seq_len INTEGER NOT NULL,
