@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from kdnas_deploy.hardware import load_profile
-from kdnas_deploy.latency.measure import OnnxMeasurer
 from kdnas_deploy.latency.predictor import LatencyModel, items_for
 from kdnas_deploy.latency.profiler import (
     CALM_RATIO, DEFAULT_CALIBRATION, PROBE, Probe, error_stats, plan, profile_items,

@@ -96,7 +96,7 @@ def fit_calibration(composed: Iterable[float], measured: Iterable[float]) -> Cal
         return Calibration(points=len(x))
     if np.ptp(x) < 1e-9:
         return Calibration(float(np.exp(np.mean(y - x))), 1.0, len(x))
-    exponent, log_scale = np.polyfit(x, y, 1)
+    exponent, _ = np.polyfit(x, y, 1)
     exponent = float(np.clip(exponent, 0.8, 1.2))
     return Calibration(float(np.exp(np.mean(y - exponent * x))), exponent, len(x))
 
@@ -209,7 +209,7 @@ class LatencyModel:
 def predict_latency(
     arch: StudentArch | str,
     profile: HardwareProfile | str,
-    table: LatencyTable | str | None = None,
+    table: LatencyTable | str | Path | None = None,
 ) -> float:
     """Latency in ms of any valid architecture on a profile, measuring what the table lacks.
 

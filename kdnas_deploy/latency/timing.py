@@ -136,11 +136,14 @@ def time_graph(
     vocab_size: int = BERT_VOCAB_SIZE,
 ) -> Timing:
     """Time `path` in fresh sessions (the profile's count unless given) on its provider, threads and shape."""
-    timings = []
-    for s in range(sessions or profile.timing.sessions):
-        sess = make_session(path, profile)
-        feeds = dummy_feeds(sess, profile.shape.batch_size, profile.shape.seq_len, seed + s, vocab_size)
-        outputs = [o.name for o in sess.get_outputs()]
-        timings.append(time_callable(lambda: sess.run(outputs, feeds), profile.timing))
-        del sess
-    return combine_sessions(timings)
+    return combine_sessions(
+        [_time_session(path, profile, seed + s, vocab_size) for s in range(sessions or profile.timing.sessions)]
+    )
+
+
+def _time_session(path: str | Path, profile: HardwareProfile, seed: int, vocab_size: int) -> Timing:
+    # One session per call, released on return, so consecutive sessions never overlap in memory.
+    sess = make_session(path, profile)
+    feeds = dummy_feeds(sess, profile.shape.batch_size, profile.shape.seq_len, seed, vocab_size)
+    outputs = [o.name for o in sess.get_outputs()]
+    return time_callable(lambda: sess.run(outputs, feeds), profile.timing)
