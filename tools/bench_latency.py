@@ -7,8 +7,9 @@ For each profile (default: cpu and cpu-int8):
 3. freeze the table (opened read-only) and predict N random architectures it has never timed whole;
 4. measure each of them whole: `--sessions` fresh ONNX Runtime sessions per architecture,
    interleaved round by round over all N so that a slow spell of the machine hits every
-   architecture alike; the measurement is the median over sessions. A fixed probe graph is timed
-   in every round too: its per-round median shows the machine's state while measuring;
+   architecture alike; the measurement is the median over sessions. Each session is bracketed by
+   the profiler's probe, so sessions met by a slow spell are known (and more rounds run, up to
+   --max-rounds, until every architecture has enough calm ones);
 5. the noise floor, two ways: the rounds split into interleaved halves (even/odd: jitter between
    sessions) and into time-separated halves (first/second: also the machine's drift over
    minutes). Each half is itself a measurement of at least 3 sessions; their disagreement is the
@@ -63,9 +64,8 @@ def measure_interleaved(archs, model: LatencyModel, sessions: int, max_rounds: i
     for r in range(max_rounds):
         row, prow = np.zeros(len(graphs)), np.zeros(len(graphs))
         for k in rng.permutation(len(graphs)):
-            before = probe()
-            row[k] = measurer.time(graphs[k], profile, seed=r).median_ms
-            prow[k] = max(before, probe())
+            timing, prow[k] = probe.bracket(lambda: measurer.time(graphs[k], profile, seed=r))
+            row[k] = timing.median_ms
         medians.append(row)
         probes.append(prow)
         calm = np.array([[probe.calm(x) for x in pr] for pr in probes])
@@ -98,9 +98,8 @@ def cli_warm_seconds(profile: str, table: Path, args: argparse.Namespace) -> flo
     return time.perf_counter() - t0
 
 
-def bench_profile(name: str, args: argparse.Namespace, workdir: Path) -> dict:
+def bench_profile(name: str, space: SearchSpace, args: argparse.Namespace, workdir: Path) -> dict:
     profile = load_profile(name)
-    space = SearchSpace.resolve(args.space)
     table_path = Path(args.table or workdir / f"{name}.sqlite")
     # Exactly what `kdnas-deploy profile --hw NAME` needs, so the CLI's warm run below is warm.
     items = plan(space, args.calibration, args.seed) + [it for a in REFERENCE_ARCHS for it in items_for(a)]
@@ -216,13 +215,14 @@ def main() -> None:
 
     from kdnas_deploy.fingerprint import cpu_model
 
+    space = SearchSpace.resolve(args.space)
     t0 = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="kdnas-bench-") as tmp:
         for name in args.profiles.split(","):
-            results.append(bench_profile(name.strip(), args, Path(tmp)))
+            results.append(bench_profile(name.strip(), space, args, Path(tmp)))
     meta = {"cpu": cpu_model(), "cpu_count": __import__("os").cpu_count(), "onnxruntime": onnxruntime.__version__,
-            "torch": torch.__version__, "python": platform.python_version(), "n": args.n, "sessions": args.sessions, "space": SearchSpace.resolve(args.space).name,
+            "torch": torch.__version__, "python": platform.python_version(), "n": args.n, "sessions": args.sessions, "space": space.name,
             "total_s": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d")}
     (out / "latency.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     md = markdown(results, meta)

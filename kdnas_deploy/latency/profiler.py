@@ -109,6 +109,15 @@ class Probe:
             self.best, self.improved = timing, True
         return timing.median_ms
 
+    def bracket(self, run: Callable[[], Timing]) -> tuple[Timing, float]:
+        """Run one timed session between two probe timings; returns it with the slower probe.
+
+        A spell that starts or ends during the session shows in one of the two.
+        """
+        before = self()
+        timing = run()
+        return timing, max(before, self())
+
     def calm(self, probe_ms: float) -> bool:
         return probe_ms <= CALM_RATIO * self.best_ms
 
@@ -178,10 +187,10 @@ def _measure_all(
             pending.append(_Pending(todo[built], model.build(todo[built], workdir), workdir, due=step))
             built += 1
         for p in [p for p in pending if p.due <= step]:
-            before = probe() if probe else 0.0
-            timing = model.time_session(p.graph, seed=len(p.sessions))
-            # Bracketed: a spell that starts or ends during the session shows in one of the two.
-            p.sessions.append((timing, max(before, probe() if probe else 0.0)))
+            def run(p: _Pending = p) -> Timing:
+                return model.time_session(p.graph, seed=len(p.sessions))
+
+            p.sessions.append(probe.bracket(run) if probe else (run(), 0.0))
             calm = [(t, pr) for t, pr in p.sessions if probe is None or probe.calm(pr)]
             done = len(p.sessions) >= want and (len(calm) >= need_calm or len(p.sessions) >= want + MAX_EXTRA_SESSIONS)
             if not done:
