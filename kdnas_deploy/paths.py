@@ -14,3 +14,10 @@ def glue_dir() -> Path:
     """`$KDNAS_GLUE_DIR`, else `../shared/data/glue` beside the source checkout."""
     env = os.environ.get(GLUE_DIR_ENV)
     return Path(env).expanduser() if env else (_REPO_ROOT.parent / "shared" / "data" / "glue").resolve()
+
+
+def cache_dir() -> Path:
+    """The user's cache dir for latency tables and tokenised data (`KDNAS_CACHE_DIR` overrides it, as tests do)."""
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("KDNAS_CACHE_DIR") or user_cache_dir("kdnas-deploy"))

@@ -213,10 +213,7 @@ class LatencyTable:
 
 
 def default_table_path() -> Path:
-    """The user's cache dir (`KDNAS_CACHE_DIR` overrides it, as tests do)."""
-    import os
+    """`latency.sqlite` in the user's cache dir."""
+    from kdnas_deploy.paths import cache_dir
 
-    from platformdirs import user_cache_dir
-
-    root = os.environ.get("KDNAS_CACHE_DIR") or user_cache_dir("kdnas-deploy")
-    return Path(root) / "latency.sqlite"
+    return cache_dir() / "latency.sqlite"
