@@ -1,0 +1,305 @@
+"""The distillation engine as a library: make a teacher, distil a student, evaluate; what the CLI calls.
+
+`distill_student` is the core the search calls for every candidate (teacher and encoded data already in
+memory); `distill` and `make_teacher` wrap it and fine-tuning with loading, proxy sampling, evaluation on the
+dev split and saving a model folder.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdnas_deploy.data import DataSource, TaskData, load_task_data, stratified_split, subsample
+from kdnas_deploy.distill.objective import DistillationObjective, DistillConfig, SupervisedObjective
+from kdnas_deploy.distill.student import Init, build_student
+from kdnas_deploy.distill.trainer import (
+    TrainConfig,
+    TrainProgress,
+    TrainResult,
+    evaluate_model,
+    resolve_device,
+    run_key,
+    seed_everything,
+    train,
+)
+from kdnas_deploy.encode import EncodedData, encode
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.model_folder import (
+    ModelInfo,
+    load_classifier,
+    load_tokenizer,
+    model_ref,
+    read_info,
+    save_model_folder,
+    versions,
+)
+from kdnas_deploy.space import StudentArch
+from kdnas_deploy.tasks import Task
+from kdnas_deploy.teacher_config import load_teacher_config
+
+#: Held-out rows a proxy run is scored on, unless told otherwise (fewer when the training set is small).
+DEFAULT_HELD_OUT = 1000
+
+
+@dataclass
+class Prepared:
+    """A task's data, encoded with a tokenizer: what every run on the same teacher and task shares."""
+
+    data: TaskData
+    tokenizer: Any
+    encoded: EncodedData
+    source: DataSource
+
+    @property
+    def task(self) -> Task:
+        return self.data.task
+
+
+def prepare(model_path: str, source: DataSource, max_length: int = 128, cache: Path | bool = True) -> Prepared:
+    """Loads the task's data and tokenises it with `model_path`'s tokenizer (cached between runs)."""
+    if max_length < 8:
+        raise KdnasError(f"--max-length {max_length} is too short; use at least 8 tokens")
+    data = load_task_data(source)
+    tokenizer = load_tokenizer(model_path)
+    return Prepared(data, tokenizer, encode(data, tokenizer, max_length, cache), source)
+
+
+@dataclass
+class ProxySplit:
+    """The fixed rows of a proxy run: a label-stratified training sample and a disjoint held-out slice."""
+
+    train_rows: list[int]
+    held_out_rows: list[int]
+    seed: int
+
+
+def proxy_split(prepared: Prepared, n: int, held_out: int | None = None, seed: int = 0) -> ProxySplit:
+    """Same data, n, held-out size and seed: same rows, for every candidate of a search."""
+    labels = np.asarray(prepared.encoded.train["labels"])
+    total = len(labels)
+    if n < 2:
+        raise KdnasError(f"--proxy {n}: a proxy set needs at least 2 rows")
+    if held_out is None:
+        held_out = min(DEFAULT_HELD_OUT, max(1, (total - n) // 2), max(1, total // 5))
+    if n + held_out > total:
+        raise KdnasError(f"--proxy {n} plus {held_out} held-out rows needs {n + held_out} training rows; the task has {total}")
+    train_rows, held_rows = stratified_split(labels, n, held_out, seed, prepared.task.is_regression)
+    return ProxySplit(train_rows, held_rows, seed)
+
+
+@dataclass
+class DistillResult:
+    student: Any
+    arch: StudentArch
+    metrics: dict[str, float]
+    train: TrainResult
+    wall_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def distill_student(
+    teacher: Any,
+    prepared: Prepared,
+    arch: StudentArch,
+    train_set: Any,
+    eval_set: Any,
+    *,
+    init: Init = "inherit",
+    train_config: TrainConfig | None = None,
+    distill_config: DistillConfig | None = None,
+    checkpoint_dir: Path | None = None,
+    key: str = "",
+    progress: TrainProgress | None = None,
+) -> DistillResult:
+    """Builds a student of `arch` from `teacher`, distils it on `train_set`, scores it on `eval_set`."""
+    train_config = train_config or TrainConfig()
+    distill_config = distill_config or DistillConfig()
+    _check_teacher_fits(teacher, prepared.task)
+    tic = time.perf_counter()
+    seed_everything(train_config.seed)
+    student = build_student(teacher, arch, init, seed=train_config.seed, layers=distill_config.layer_map)
+    objective = DistillationObjective(student, teacher, distill_config, prepared.task.is_regression)
+    device = resolve_device(train_config.device)
+    pad = prepared.encoded.pad_token_id
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_model(student, eval_set, prepared.task, train_config.eval_batch_size, pad, device)
+
+    try:
+        result = train(objective, train_set, train_config, pad_token_id=pad, evaluate=evaluate,
+                       checkpoint_dir=checkpoint_dir, key=key, progress=progress)
+    finally:
+        objective.close()
+    student.cpu().eval()
+    teacher.cpu()
+    return DistillResult(student, arch, result.final_metrics, result, time.perf_counter() - tic)
+
+
+def _check_teacher_fits(teacher: Any, task: Task) -> None:
+    if teacher.config.num_labels != task.num_labels:
+        raise KdnasError(f"the teacher has {teacher.config.num_labels} output(s) but task {task.name} needs "
+                         f"{task.num_labels}; use a teacher fine-tuned on this task (kdnas-deploy teacher)")
+
+
+def source_from_teacher(teacher: str, source: DataSource) -> DataSource:
+    """No data flags: the data the teacher was fine-tuned on, as its kdnas.json records it."""
+    if any(v is not None for v in asdict(source).values()):
+        return source
+    info = read_info(teacher)
+    if info is None or not info.data:
+        raise KdnasError("no data: give --task and/or --data-dir (the teacher folder does not record its task)")
+    return DataSource.from_dict(info.data)
+
+
+def _label_config(model: Any, task: Task) -> None:
+    if task.is_regression:
+        model.config.problem_type = "regression"
+        return
+    model.config.id2label = dict(enumerate(task.label_names))
+    model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
+
+
+def distill(
+    teacher_path: str,
+    source: DataSource,
+    arch: str | StudentArch,
+    out: Path,
+    *,
+    init: Init = "inherit",
+    proxy: int | None = None,
+    held_out: int | None = None,
+    train_samples: int | None = None,
+    max_length: int = 128,
+    train_config: TrainConfig | None = None,
+    distill_config: DistillConfig | None = None,
+    evaluate_dev: bool = True,
+    progress: TrainProgress | None = None,
+) -> ModelInfo:
+    """Distils a student of `arch` from a teacher folder or hub id and saves it as a model folder in `out`.
+
+    `proxy=N` trains on a seeded, label-stratified sample of N training rows and scores on a held-out slice
+    of the training set; otherwise it trains on the whole training set (or `train_samples` seeded rows)
+    and scores on the dev split. `evaluate_dev` adds dev-split metrics to a proxy run's folder.
+    A checkpoint is kept in `out` after every epoch; running the same command again resumes from it.
+    """
+    train_config = train_config or TrainConfig()
+    distill_config = distill_config or DistillConfig()
+    student_arch = arch if isinstance(arch, StudentArch) else StudentArch.parse(arch)
+    teacher_path = model_ref(teacher_path)
+    source = source_from_teacher(teacher_path, source)
+    teacher = load_classifier(teacher_path)
+    if distill_config.layer_map is not None and len(distill_config.layer_map) != student_arch.layers:
+        raise KdnasError(f"the layer map names {len(distill_config.layer_map)} teacher layers; {student_arch} has {student_arch.layers}")
+    prepared = prepare(teacher_path, source, max_length)
+    encoded = prepared.encoded
+    if proxy is not None:
+        split = proxy_split(prepared, proxy, held_out, train_config.seed)
+        train_set, eval_set = encoded.train.select(split.train_rows), encoded.train.select(split.held_out_rows)
+        eval_name = "held_out"
+    else:
+        train_set, eval_set = subsample(encoded.train, train_samples, train_config.seed), encoded.dev
+        eval_name = "dev"
+    key = run_key({"teacher": teacher_path, "data": prepared.data.fingerprint, "arch": str(student_arch), "init": init,
+                   "proxy": proxy, "held_out": held_out, "train_samples": train_samples, "max_length": max_length,
+                   "train": asdict(train_config), "distill": asdict(distill_config)})
+    result = distill_student(teacher, prepared, student_arch, train_set, eval_set, init=init, train_config=train_config,
+                             distill_config=distill_config, checkpoint_dir=out, key=key, progress=progress)
+    metrics: dict[str, Any] = {eval_name: result.metrics}
+    if proxy is not None and evaluate_dev:
+        metrics["dev"] = evaluate_model(result.student, encoded.dev, prepared.task, train_config.eval_batch_size,
+                                        encoded.pad_token_id)
+    _label_config(result.student, prepared.task)
+    info = ModelInfo(
+        kind="student", arch=str(student_arch), teacher=teacher_path, task=prepared.task.name,
+        data={**source.to_dict(), "origin": prepared.data.origin}, label_names=list(prepared.task.label_names),
+        max_length=max_length, init=init, metrics=metrics,
+        training=_training_record(result.train, train_config, len(train_set), proxy, held_out, train_samples,
+                                  distill_config, result.wall_seconds),
+        versions=versions(),
+    )
+    save_model_folder(result.student, prepared.tokenizer, info, out)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    return info
+
+
+def _training_record(result: TrainResult, config: TrainConfig, rows: int, proxy: int | None, held_out: int | None,
+                     train_samples: int | None, distill_config: DistillConfig | None, wall: float) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "rows": rows, "proxy": proxy, "held_out": held_out, "train_samples": train_samples,
+        "config": asdict(config), "history": result.history, "steps": result.steps,
+        "train_seconds": round(result.train_seconds, 2), "wall_seconds": round(wall, 2),
+        "examples_per_second": round(result.examples_per_second, 1),
+    }
+    if distill_config is not None:
+        record["distill"] = asdict(distill_config)
+    return record
+
+
+def make_teacher(
+    backbone: str,
+    source: DataSource,
+    out: Path,
+    *,
+    train_samples: int | None = None,
+    max_length: int = 128,
+    train_config: TrainConfig | None = None,
+    progress: TrainProgress | None = None,
+) -> ModelInfo:
+    """Fine-tunes a pretrained BERT-family backbone on the task, evaluates it on dev and saves it in `out`."""
+    from transformers import AutoModelForSequenceClassification
+
+    train_config = train_config or TrainConfig(epochs=3, learning_rate=5e-5)
+    backbone = model_ref(backbone)
+    load_teacher_config(backbone)  # one-line errors for a missing or unsupported backbone, before any data work
+    prepared = prepare(backbone, source, max_length)
+    task = prepared.task
+    kwargs: dict[str, Any] = {"num_labels": task.num_labels}
+    if task.is_regression:
+        kwargs["problem_type"] = "regression"
+    else:
+        kwargs["id2label"] = dict(enumerate(task.label_names))
+        kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
+    seed_everything(train_config.seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            backbone, attn_implementation="sdpa", ignore_mismatched_sizes=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise KdnasError(f"cannot load backbone {backbone!r}: {str(exc).strip().splitlines()[0]}") from None
+    encoded = prepared.encoded
+    train_set = subsample(encoded.train, train_samples, train_config.seed)
+    device = resolve_device(train_config.device)
+    pad = encoded.pad_token_id
+    objective = SupervisedObjective(model, task.is_regression)
+    key = run_key({"backbone": backbone, "data": prepared.data.fingerprint, "train_samples": train_samples,
+                   "max_length": max_length, "train": asdict(train_config)})
+    tic = time.perf_counter()
+    result = train(objective, train_set, train_config, pad_token_id=pad,
+                   evaluate=lambda: evaluate_model(model, encoded.dev, task, train_config.eval_batch_size, pad, device),
+                   checkpoint_dir=out, key=key, progress=progress)
+    model.cpu().eval()
+    info = ModelInfo(
+        kind="teacher", arch=str(StudentArch.from_config(model.config)), backbone=backbone, task=task.name,
+        data={**source.to_dict(), "origin": prepared.data.origin}, label_names=list(task.label_names),
+        max_length=max_length, metrics={"dev": result.final_metrics},
+        training=_training_record(result, train_config, len(train_set), None, None, train_samples, None,
+                                  time.perf_counter() - tic),
+        versions=versions(),
+    )
+    save_model_folder(model, prepared.tokenizer, info, out)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    return info
+
+
+def evaluate_folder(model_path: str, source: DataSource, max_length: int | None = None, batch_size: int = 128) -> dict[str, float]:
+    """Dev-split metrics of a saved model folder (its kdnas.json supplies the task when no data flags are given)."""
+    info = read_info(model_path)
+    source = source_from_teacher(model_path, source)
+    model = load_classifier(model_path)
+    prepared = prepare(model_path, source, max_length or (info.max_length if info else 128))
+    _check_teacher_fits(model, prepared.task)
+    return evaluate_model(model, prepared.encoded.dev, prepared.task, batch_size, prepared.encoded.pad_token_id)

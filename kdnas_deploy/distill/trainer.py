@@ -1,0 +1,271 @@
+"""The training loop shared by teacher fine-tuning and distillation, and evaluation on a split.
+
+AdamW with linear warm-up and decay, gradient clipping, seeded batch order (one generator per epoch, so a
+resumed run sees the same batches), a checkpoint after every epoch written atomically, and bf16/fp16 autocast
+on CUDA. On CPU a run is deterministic: same seed, same data, same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdnas_deploy.encode import MODEL_INPUTS, collate
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.tasks import Task, compute_metrics
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    #: bf16 (or fp16 with loss scaling) autocast on CUDA; ignored on CPU.
+    mixed_precision: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise KdnasError("epochs and batch sizes must be at least 1")
+        if not self.learning_rate > 0:
+            raise KdnasError(f"learning rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise KdnasError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+class Objective(Protocol):
+    """A module whose parameters are trained and whose forward turns a batch into (loss, named loss parts)."""
+
+    model: nn.Module
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def parameters(self) -> Any: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+    def train(self, mode: bool = True) -> Any: ...
+    def to(self, device: Any) -> Any: ...
+
+
+class TrainProgress:
+    """Hooks for showing progress; the default shows nothing (library use)."""
+
+    def start(self, total_steps: int, done_steps: int) -> None: ...
+    def step(self, loss: float) -> None: ...
+    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    train_seconds: float = 0.0
+    examples: int = 0
+    resumed_from_epoch: int = 0
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        return self.history[-1].get("metrics", {}) if self.history else {}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KdnasError(f"device {name!r} asked for, but no CUDA GPU is visible to torch")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _optimizer(objective: Objective, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; biases and LayerNorm weights are not decayed (the BERT recipe)."""
+    decay, no_decay = [], []
+    for name, param in objective.named_parameters():  # type: ignore[attr-defined]
+        if param.requires_grad:
+            (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel is ~8x faster than the default on CPU, where the word-embedding matrix dominates the step.
+    fused = all(p.is_floating_point() for p in decay + no_decay)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, warmup, total)
+
+
+def _batches(dataset: Any, batch_size: int, pad_token_id: int, generator: torch.Generator | None) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+        collate_fn=lambda rows: collate(rows, pad_token_id), num_workers=0,
+    )
+
+
+def run_key(parts: dict[str, Any]) -> str:
+    """Identifies a training run's settings: a checkpoint is resumed only into the run that wrote it."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    objective: Objective,
+    train_set: Any,
+    config: TrainConfig,
+    *,
+    pad_token_id: int = 0,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    checkpoint_dir: Path | None = None,
+    key: str = "",
+    progress: TrainProgress | None = None,
+) -> TrainResult:
+    """Trains `objective` for `config.epochs` epochs, evaluating and checkpointing after each.
+
+    With `checkpoint_dir`, a checkpoint left there by the same run (`key`) is resumed from the epoch after it.
+    """
+    progress = progress or TrainProgress()
+    device = resolve_device(config.device)
+    objective.to(device)  # before the optimizer: fused AdamW wants its parameters on their final device
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    optimizer = _optimizer(objective, config)
+    scheduler = _schedule(optimizer, int(config.warmup_ratio * total), total)
+    result = TrainResult()
+    start_epoch = 0
+    ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
+    seed_everything(config.seed)
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state.get("key") != key:
+            raise KdnasError(f"{ckpt} was written by a run with other settings; remove it or use another --out")
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = result.resumed_from_epoch = state["epoch"]
+        result.history = state["history"]
+        result.steps = start_epoch * steps_per_epoch
+    autocast, scaler = _mixed_precision(device, config.mixed_precision)
+    progress.start(total, start_epoch * steps_per_epoch)
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            objective.train()
+            generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+            losses, parts_sum = [], {}
+            tic = time.perf_counter()
+            for batch in _batches(train_set, config.batch_size, pad_token_id, generator):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast():
+                    loss, parts = objective(batch)
+                if not torch.isfinite(loss):
+                    raise KdnasError(f"training diverged: loss is {loss.item()} at step {result.steps + 1}; try a lower learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                torch.nn.utils.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                result.steps += 1
+                result.examples += len(batch["labels"])
+                losses.append(loss.item())
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v
+                progress.step(losses[-1])
+            seconds = time.perf_counter() - tic
+            result.train_seconds += seconds
+            objective.train(False)
+            metrics = evaluate() if evaluate else {}
+            entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 2),
+                     "parts": {k: v / len(losses) for k, v in parts_sum.items()}, "metrics": metrics}
+            result.history.append(entry)
+            if ckpt is not None:
+                _save_checkpoint(ckpt, {
+                    "key": key, "epoch": epoch + 1, "objective": objective.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "history": result.history,
+                })
+            progress.epoch_end(epoch + 1, metrics)
+    finally:
+        progress.stop()
+    return result
+
+
+def _mixed_precision(device: torch.device, wanted: bool) -> tuple[Callable[[], Any], Any]:
+    import contextlib
+
+    if device.type != "cuda" or not wanted:
+        return contextlib.nullcontext, None
+    if torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16), None
+    return lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, dataset: Any, batch_size: int = 128, pad_token_id: int = 0,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """Logits for every row, computed in length-sorted batches (less padding) and returned in row order."""
+    was_training = model.training
+    model.eval()
+    lengths = np.array([len(ids) for ids in dataset["input_ids"]])
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(dataset), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate([dataset[int(i)] for i in idx], pad_token_id)
+        inputs = {k: batch[k].to(device) for k in MODEL_INPUTS}
+        out[idx] = model(**inputs).logits.float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def evaluate_model(model: nn.Module, dataset: Any, task: Task, batch_size: int = 128, pad_token_id: int = 0,
+                   device: torch.device | str = "cpu") -> dict[str, float]:
+    logits = predict_logits(model, dataset, batch_size, pad_token_id, device)
+    return compute_metrics(task, logits, np.asarray(dataset["labels"]))
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    return asdict(config)

