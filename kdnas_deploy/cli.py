@@ -33,6 +33,15 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
 
 
+def _quiet_libraries() -> None:
+    # Our own progress bars and one-line errors replace the libraries' per-map bars and load-time chatter.
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -138,6 +147,162 @@ def _print_summary(s: dict[str, Any]) -> None:
         )
 
 
+# --- data, teacher and distillation -------------------------------------------------------------
+
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli. Alone: load from the hub.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="GLUE-format folder (train.tsv, dev.tsv) or a folder with train/dev .csv/.jsonl/.parquet.")]
+TrainFileOpt = Annotated[Optional[Path], typer.Option("--train-file", help="Your own training file (.csv, .tsv, .jsonl, .parquet).")]
+DevFileOpt = Annotated[Optional[Path], typer.Option("--dev-file", help="Your own dev file, same format.")]
+TextColsOpt = Annotated[Optional[str], typer.Option("--text-columns", help="Column(s) holding the text: 'text' or 'sentence1,sentence2'.")]
+LabelColOpt = Annotated[Optional[str], typer.Option("--label-column", help="Column holding the label (default: the task's, else 'label').")]
+MaxLenOpt = Annotated[int, typer.Option("--max-length", help="Truncate inputs to this many tokens.", min=8)]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for sampling, initialisation and batch order.")]
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training rows.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")]
+SamplesOpt = Annotated[Optional[int], typer.Option("--train-samples", min=2, help="Train on a seeded sample of this many training rows.")]
+
+
+def _source(task: Optional[str], data_dir: Optional[Path], train_file: Optional[Path], dev_file: Optional[Path],
+            text_columns: Optional[str], label_column: Optional[str]) -> Any:
+    from kdnas_deploy.data import DataSource
+
+    cols = tuple(c.strip() for c in text_columns.split(",") if c.strip()) if text_columns else None
+    def absolute(path: Optional[Path]) -> Optional[str]:
+        return str(path.expanduser().resolve()) if path else None  # kdnas.json must work from any directory
+
+    return DataSource(task=task, data_dir=absolute(data_dir), train_file=absolute(train_file), dev_file=absolute(dev_file),
+                      text_columns=cols, label_column=label_column)
+
+
+class _BarProgress:
+    """Training progress on stderr: a bar with the running loss and the last evaluation."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = _progress()
+        self.task: Any = None
+        self.loss: float | None = None
+        self.metric = ""
+
+    def start(self, total_steps: int, done_steps: int) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task(self.label, total=total_steps, completed=done_steps)
+
+    def step(self, loss: float) -> None:
+        self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
+        self.bar.update(self.task, advance=1, description=f"{self.label} loss {self.loss:.4f}{self.metric}")
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if "score" in metrics:
+            self.metric = f" score {metrics['score']:.4f}"
+        console.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), highlight=False)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _report(info: Any, out_dir: Path, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info.model_dump(), indent=2))
+        return
+    out.print(f"[bold]{escape(info.kind)}[/] {info.arch} on {info.task} saved to {escape(str(out_dir))}")
+    for split, values in info.metrics.items():
+        out.print(f"  {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), highlight=False)
+    t = info.training
+    out.print(f"  {t['rows']} training rows, {t['steps']} steps in {t['train_seconds']:.0f} s "
+              f"({t['examples_per_second']:.0f} examples/s)", highlight=False)
+
+
+@app.command()
+def teacher(
+    backbone: Annotated[str, typer.Option("--backbone", help="Pretrained BERT-family model: hub id or folder.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the teacher to.")],
+    task: TaskOpt = None, data_dir: DataDirOpt = None, train_file: TrainFileOpt = None, dev_file: DevFileOpt = None,
+    text_columns: TextColsOpt = None, label_column: LabelColOpt = None, max_length: MaxLenOpt = 128,
+    epochs: EpochsOpt = 3, batch_size: BatchOpt = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-5,
+    train_samples: SamplesOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print kdnas.json on stdout.")] = False,
+) -> None:
+    """Fine-tune a pretrained backbone into a teacher for the task; evaluate it on dev and save it."""
+    _quiet_libraries()
+    from kdnas_deploy.distill.api import make_teacher
+    from kdnas_deploy.distill.trainer import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, device=device)
+    source = _source(task, data_dir, train_file, dev_file, text_columns, label_column)
+    info = make_teacher(backbone, source, out_dir, train_samples=train_samples, max_length=max_length,
+                        train_config=config, progress=_BarProgress("fine-tuning"))
+    _report(info, out_dir, as_json)
+
+
+@app.command()
+def distill(
+    teacher_path: Annotated[str, typer.Option("--teacher", help="Teacher: a folder from `kdnas-deploy teacher`, any BERT-family classifier folder, or a hub id.")],
+    arch: Annotated[str, typer.Option("--arch", help="Student architecture, e.g. L4-H256-A4-I1024 (any hidden divisible by heads).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the student to (a checkpoint there is resumed).")],
+    task: TaskOpt = None, data_dir: DataDirOpt = None, train_file: TrainFileOpt = None, dev_file: DevFileOpt = None,
+    text_columns: TextColsOpt = None, label_column: LabelColOpt = None, max_length: MaxLenOpt = 128,
+    init: Annotated[str, typer.Option("--init", help="inherit (teacher layers, sliced) or random.")] = "inherit",
+    proxy: Annotated[Optional[int], typer.Option("--proxy", min=2, help="Distil on a stratified sample of N training rows; score on a held-out slice.")] = None,
+    held_out: Annotated[Optional[int], typer.Option("--held-out", min=1, help="Held-out rows for --proxy scoring (default min(1000, 20%)).")] = None,
+    train_samples: SamplesOpt = None,
+    epochs: EpochsOpt = 3, batch_size: BatchOpt = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-4,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of the logit loss.")] = 1.0,
+    logit_weight: Annotated[float, typer.Option(help="Weight of the soft-target loss (KL; MSE for regression).")] = 1.0,
+    label_weight: Annotated[float, typer.Option(help="Weight of the gold-label loss.")] = 0.0,
+    hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state loss (learned projection).")] = 1.0,
+    relation_weight: Annotated[float, typer.Option(help="Weight of the MiniLMv2 attention-relation loss.")] = 1.0,
+    layer_map: Annotated[Optional[str], typer.Option("--layer-map", help="Teacher layer (1-based) per student layer, e.g. 2,4,6. Default: uniform, last to last.")] = None,
+    seed: SeedOpt = 0, device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print kdnas.json on stdout.")] = False,
+) -> None:
+    """Distil a student of any architecture from a teacher and save it as a model folder with kdnas.json."""
+    _quiet_libraries()
+    from kdnas_deploy.distill.api import distill as run_distill
+    from kdnas_deploy.distill.objective import DistillConfig
+    from kdnas_deploy.distill.student import parse_layer_map
+    from kdnas_deploy.distill.trainer import TrainConfig
+    from kdnas_deploy.space import StudentArch
+    from kdnas_deploy.teacher_config import load_teacher_config
+
+    student = StudentArch.parse(arch)
+    if init not in ("inherit", "random"):
+        raise KdnasError(f"--init {init!r}: use inherit or random")
+    layers = None
+    if layer_map:
+        layers = parse_layer_map(layer_map, student.layers, load_teacher_config(teacher_path).num_hidden_layers)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, device=device)
+    dconfig = DistillConfig(logit_weight=logit_weight, temperature=temperature, label_weight=label_weight,
+                            hidden_weight=hidden_weight, relation_weight=relation_weight, layer_map=layers)
+    source = _source(task, data_dir, train_file, dev_file, text_columns, label_column)
+    info = run_distill(teacher_path, source, student, out_dir, init=init, proxy=proxy, held_out=held_out,  # type: ignore[arg-type]
+                       train_samples=train_samples, max_length=max_length, train_config=config,
+                       distill_config=dconfig, progress=_BarProgress(f"distilling {student}"))
+    _report(info, out_dir, as_json)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Model folder (teacher or student) or hub id.")],
+    task: TaskOpt = None, data_dir: DataDirOpt = None, train_file: TrainFileOpt = None, dev_file: DevFileOpt = None,
+    text_columns: TextColsOpt = None, label_column: LabelColOpt = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", min=8, help="Default: the folder's own.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Score a model folder on the dev split (its kdnas.json names the task when no data flags are given)."""
+    _quiet_libraries()
+    from kdnas_deploy.distill.api import evaluate_folder
+
+    metrics = evaluate_folder(model, _source(task, data_dir, train_file, dev_file, text_columns, label_column), max_length)
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        out.print("dev: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), highlight=False)
+
+
 @app.command()
 def version() -> None:
     """Print the versions of kdnas-deploy and the runtime it measures with."""
@@ -157,7 +322,7 @@ def main() -> None:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print("interrupted; finished timings are kept in the table")
+        console.print("interrupted; finished work is kept (timings in the table, epochs in checkpoints): run again to resume")
         sys.exit(130)
 
 

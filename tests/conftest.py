@@ -15,6 +15,13 @@ FAST_PROFILE = DATA / "fast-cpu.toml"
 TINY_SPACE = DATA / "tiny-space.toml"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Session-scoped fixtures run before the per-test cache below exists: give them a throw-away cache too."""
+    import tempfile
+
+    os.environ["KDNAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdnas-test-cache-")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may write to the user's cache: point the default table at a temporary folder."""
@@ -39,3 +46,50 @@ def glue() -> Path:
 def cli(*args: str) -> list[str]:
     """The command line of the installed CLI, run with this interpreter."""
     return [sys.executable, "-m", "kdnas_deploy.cli", *args]
+
+
+@pytest.fixture(scope="session")
+def sst2_slice(glue: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GLUE-format SST-2 folder of 1,500 seeded real training rows and the first 300 dev rows."""
+    import random
+
+    out = tmp_path_factory.mktemp("SST-2")
+    head, *rows = (glue / "SST-2" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    (out / "train.tsv").write_text("\n".join([head, *random.Random(0).sample(rows, 1500)]) + "\n", encoding="utf-8")
+    dev = (glue / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    (out / "dev.tsv").write_text("\n".join(dev[:301]) + "\n", encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(sst2_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (if small) BERT backbone folder: a WordPiece tokenizer trained on the slice, a 2 x 64 random BERT."""
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("backbone")
+    texts = [line.split("\t")[0] for line in (sst2_slice / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(texts, vocab_size=1500, min_frequency=1, show_progress=False)
+    wordpiece.save_model(str(out))
+    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128)
+    BertModel(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tiny_backbone: Path, sst2_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny backbone fine-tuned on the SST-2 slice by `make_teacher` (about 10 s on 2 cores)."""
+    from kdnas_deploy.data import DataSource
+    from kdnas_deploy.distill.api import make_teacher
+    from kdnas_deploy.distill.trainer import TrainConfig
+
+    out = tmp_path_factory.mktemp("teacher")
+    make_teacher(str(tiny_backbone), DataSource(task="sst2", data_dir=str(sst2_slice)), out, max_length=64,
+                 train_config=TrainConfig(epochs=4, learning_rate=1e-3))
+    return out
