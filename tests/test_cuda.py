@@ -51,3 +51,16 @@ def test_cuda_latency_table_round_trip(tmp_path):
         assert model.info.get("gpu")
         pred = model.predict(StudentArch(4, 256, 4, 1024))
         assert pred.ms > 0 and table.count(model.fingerprint) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
+def test_distillation_on_cuda_with_mixed_precision(tiny_teacher_dir, sst2_slice, tmp_path):
+    from kdnas_deploy.data import DataSource
+    from kdnas_deploy.distill.api import distill
+    from kdnas_deploy.distill.trainer import TrainConfig
+
+    info = distill(str(tiny_teacher_dir), DataSource(task="sst2", data_dir=str(sst2_slice)), "L1-H32-A2-I64", tmp_path / "s",
+                   proxy=300, held_out=100, max_length=64, train_config=TrainConfig(epochs=2, device="cuda"))
+    history = info.training["history"]
+    assert all(np.isfinite(h["loss"]) for h in history) and history[-1]["loss"] < history[0]["loss"]
+    assert 0.0 <= info.metrics["dev"]["accuracy"] <= 1.0

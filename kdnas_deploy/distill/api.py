@@ -191,8 +191,8 @@ def distill(
     distill_config = distill_config or DistillConfig()
     student_arch = arch if isinstance(arch, StudentArch) else StudentArch.parse(arch)
     teacher_path = model_ref(teacher_path)
+    teacher = load_classifier(teacher_path)  # first: a wrong teacher is the error to report, not missing data
     source = source_from_teacher(teacher_path, source)
-    teacher = load_classifier(teacher_path)
     if distill_config.layer_map is not None and len(distill_config.layer_map) != student_arch.layers:
         raise KdnasError(f"the layer map names {len(distill_config.layer_map)} teacher layers; {student_arch} has {student_arch.layers}")
     prepared = prepare(teacher_path, source, max_length)
