@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.search.gp import GaussianProcess
+from kdnas_deploy.search.reward import RewardConfig, latency_factor, reward
+from kdnas_deploy.search.strategies import KdnasController, Observation, make_strategy
+from kdnas_deploy.space import SearchSpace, StudentArch
+
+SPACE = SearchSpace.default()
+
+
+def synthetic_latency(a: StudentArch) -> dict[str, float]:
+    """ms: linear in depth, quadratic-ish in width, like the measured table."""
+    return {"cpu": 0.2 + a.layers * (a.hidden * a.hidden * 4 + a.hidden * a.ffn * 2) / 2.5e6}
+
+
+def synthetic_score(a: StudentArch) -> float:
+    """Saturating in depth and width, penalised for head sizes far from 64 and FFN ratios far from 3."""
+    base = 0.95 - 0.3 * math.exp(-a.layers / 2.5) - 0.25 * math.exp(-a.hidden / 150)
+    return base - 0.01 * abs(math.log2(a.hidden / a.heads / 64)) - 0.015 * abs(a.ffn / a.hidden - 3)
+
+
+def test_soft_reward_is_mnasnet() -> None:
+    cfg = RewardConfig({"cpu": 10.0})
+    assert reward(0.8, {"cpu": 10.0}, cfg) == pytest.approx(0.8)
+    assert reward(0.8, {"cpu": 11.0}, cfg) == pytest.approx(0.8 * 1.1 ** -0.07)
+    assert reward(0.8, {"cpu": 5.0}, cfg) == pytest.approx(0.8 * 0.5 ** -0.07)
+    steep = RewardConfig({"cpu": 10.0}, alpha=0.0, beta=-1.0)  # MnasNet's "hard-ish" setting
+    assert reward(0.8, {"cpu": 5.0}, steep) == pytest.approx(0.8)
+    assert reward(0.8, {"cpu": 20.0}, steep) == pytest.approx(0.4)
+    two = RewardConfig({"cpu": 10.0, "cuda": 2.0})
+    assert latency_factor({"cpu": 20.0, "cuda": 1.0}, two) == pytest.approx(2 ** -0.07 * 0.5 ** -0.07)
+
+
+def test_hard_reward_and_speedup_targets() -> None:
+    cfg = RewardConfig.from_speedup({"cpu": 60.0}, 3.0, form="hard")
+    assert cfg.targets == {"cpu": 20.0}
+    assert reward(0.9, {"cpu": 19.9}, cfg) == 0.9
+    assert reward(0.9, {"cpu": 20.1}, cfg) is None
+    for bad in ({"targets": {}}, {"targets": {"cpu": -1.0}}, {"targets": {"cpu": 1.0}, "form": "medium"},
+                {"targets": {"cpu": 1.0}, "beta": 0.5}):
+        with pytest.raises(KdnasError):
+            RewardConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(KdnasError, match="no latency for hardware profile 'cuda'"):
+        reward(0.9, {"cpu": 1.0}, RewardConfig({"cuda": 1.0}))
+
+
+def test_gp_interpolates_and_knows_what_it_does_not_know() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (40, 2))
+    f = lambda p: np.sin(3 * p[:, 0]) + p[:, 1] ** 2  # noqa: E731
+    gp = GaussianProcess().fit(x, f(x))
+    test = rng.uniform(0, 1, (200, 2))
+    mean, std = gp.predict(test)
+    assert np.abs(mean - f(test)).mean() < 0.05
+    _, near = gp.predict(x[:5])
+    _, far = gp.predict(np.array([[3.0, 3.0]]))
+    assert far[0] > 10 * near.max()
+
+
+def _evaluations_to_optimum(name: str, seed: int, config: RewardConfig, k: int = 8, cap: int = 400) -> int:
+    rewards = {a: reward(synthetic_score(a), synthetic_latency(a), config) for a in SPACE.enumerate()}
+    best = max(rewards, key=lambda a: -1.0 if rewards[a] is None else rewards[a])  # type: ignore[operator]
+    strategy = make_strategy(name, SPACE, config, synthetic_latency, seed)
+    history: list[Observation] = []
+    while len(history) < cap:
+        batch = strategy.propose(k, history)
+        assert batch, "a strategy ran dry before the budget"
+        for p in batch:
+            assert p.arch not in {o.arch for o in history}, "repeated a distilled architecture"
+            history.append(Observation(p.arch, synthetic_score(p.arch), rewards[p.arch]))
+            if p.arch == best:
+                return len(history)
+    return cap
+
+
+@pytest.mark.parametrize("form", ["soft", "hard"])
+def test_controller_finds_the_optimum_faster_than_random(form: str) -> None:
+    """Known optimum over the real 1,152-architecture space; median over 10 seeds."""
+    config = RewardConfig({"cpu": 8.0}, form=form)  # type: ignore[arg-type]
+    kdnas = [_evaluations_to_optimum("kdnas", s, config) for s in range(10)]
+    random = [_evaluations_to_optimum("random", s, config) for s in range(10)]
+    assert np.median(kdnas) < np.median(random) / 3, (kdnas, random)
+
+
+def test_evolution_proposes_valid_unseen_architectures() -> None:
+    config = RewardConfig({"cpu": 8.0}, form="hard")
+    evo = make_strategy("evolution", SPACE, config, synthetic_latency, seed=1)
+    history: list[Observation] = []
+    for _ in range(10):
+        for p in evo.propose(8, history):
+            assert p.arch in SPACE and synthetic_latency(p.arch)["cpu"] <= 8.0
+            assert p.arch not in {o.arch for o in history}
+            history.append(Observation(p.arch, synthetic_score(p.arch), synthetic_score(p.arch)))
+    assert len(history) == 80
+
+
+def test_controller_first_batch_is_space_filling_then_predicts_with_uncertainty() -> None:
+    config = RewardConfig({"cpu": 8.0})
+    controller = KdnasController(SPACE, config, synthetic_latency, seed=0)
+    first = controller.propose(8, [])
+    x = SPACE.encode([p.arch for p in first])
+    spread = min(np.linalg.norm(x[i] - x[j]) for i in range(8) for j in range(i))
+    rand = SPACE.encode(SPACE.sample(8, 0))
+    assert spread > min(np.linalg.norm(rand[i] - rand[j]) for i in range(8) for j in range(i))
+    history = [Observation(p.arch, synthetic_score(p.arch), None) for p in first]
+    batch = controller.propose(4, history)
+    assert len({p.arch for p in batch}) == 4
+    assert all(p.uncertainty is not None and p.uncertainty >= 0 and p.predicted_reward is not None for p in batch)
+    with pytest.raises(KdnasError, match="unknown strategy"):
+        make_strategy("annealing", SPACE, config, synthetic_latency)
