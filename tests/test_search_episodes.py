@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.search.episodes import prediction_quality, run_episodes
+from kdnas_deploy.search.journal import Journal
+from kdnas_deploy.search.reward import RewardConfig
+from kdnas_deploy.search.strategies import make_strategy
+from kdnas_deploy.space import SearchSpace, StudentArch
+from test_search_strategies import synthetic_latency, synthetic_score
+
+SPACE = SearchSpace.default()
+CONFIG = RewardConfig({"cpu": 8.0})
+
+
+class Evaluator:
+    """Synthetic proxy scores; fails on chosen architectures; can be told to die at call N (like a kill)."""
+
+    def __init__(self, fail_on: set[StudentArch] = frozenset(), die_at: int | None = None):
+        self.calls: list[StudentArch] = []
+        self.fail_on, self.die_at = fail_on, die_at
+
+    def __call__(self, arch: StudentArch):
+        self.calls.append(arch)
+        if self.die_at is not None and len(self.calls) == self.die_at:
+            raise KeyboardInterrupt
+        if arch in self.fail_on:
+            raise RuntimeError("CUDA out of memory\nsecond line of a long trace")
+        return synthetic_score(arch), {"accuracy": synthetic_score(arch)}
+
+
+def test_episodes_journal_predictions_and_failures(tmp_path: Path) -> None:
+    strategy = make_strategy("kdnas", SPACE, CONFIG, synthetic_latency, seed=0)
+    first = make_strategy("kdnas", SPACE, CONFIG, synthetic_latency, seed=0).propose(4, [])
+    evaluator = Evaluator(fail_on={first[1].arch})
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        done = run_episodes(strategy, journal, evaluator, synthetic_latency, CONFIG, episodes=4, top_k=4)
+    assert len(done) == 16 and len({c.arch for c in done}) == 16
+    failed = [c for c in done if c.status == "failed"]
+    assert [c.arch for c in failed] == [first[1].arch] and failed[0].error == "RuntimeError: CUDA out of memory"
+    assert all(c.predicted_reward is not None and c.uncertainty is not None for c in done if c.episode > 1)
+    assert all(c.latency == synthetic_latency(c.arch) for c in done)
+    ok = [c for c in done if c.status == "done"]
+    assert all(c.reward == pytest.approx(c.score * (c.latency["cpu"] / 8.0) ** -0.07) for c in ok)
+    quality = prediction_quality(done)
+    assert quality[1] is None and all(isinstance(quality[e], float) for e in (3, 4))
+
+
+def test_resume_after_a_kill_redoes_only_the_candidate_in_flight(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    killer = Evaluator(die_at=7)
+    with Journal(path) as journal, pytest.raises(KeyboardInterrupt):
+        run_episodes(make_strategy("kdnas", SPACE, CONFIG, synthetic_latency, seed=3), journal, killer, synthetic_latency,
+                     CONFIG, episodes=3, top_k=4)
+    finished_before = {c.arch for c in Journal(path).candidates("done")}
+    assert len(finished_before) == 6
+    in_flight = killer.calls[-1]
+    resumed = Evaluator()
+    with Journal(path) as journal:
+        done = run_episodes(make_strategy("kdnas", SPACE, CONFIG, synthetic_latency, seed=3), journal, resumed,
+                            synthetic_latency, CONFIG, episodes=3, top_k=4)
+    assert len(done) == 12 and all(c.status == "done" for c in done)
+    assert resumed.calls[0] == in_flight and not finished_before & set(resumed.calls)
+    assert len(resumed.calls) == 12 - 6
+
+
+def test_journal_refuses_damaged_or_newer_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(KdnasError, match="not a usable search journal"):
+        Journal(bad)
+    newer = tmp_path / "newer.sqlite"
+    Journal(newer).close()
+    db = sqlite3.connect(newer)
+    db.execute("UPDATE meta SET value='99' WHERE key='schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(KdnasError, match="newer kdnas-deploy"):
+        Journal(newer)
+    with Journal(tmp_path / "j.sqlite") as journal:
+        arch = StudentArch.parse("L2-H128-A2-I256")
+        journal.add_pending(arch, 1, {"cpu": 1.0})
+        journal.finish(arch, 0.8, 0.8, {}, 1.0)
+        with pytest.raises(KdnasError, match="already in the journal as done"):
+            journal.add_pending(arch, 2, {"cpu": 1.0})
