@@ -87,3 +87,28 @@ def test_journal_refuses_damaged_or_newer_files(tmp_path: Path) -> None:
         journal.finish(arch, 0.8, 0.8, {}, 1.0)
         with pytest.raises(KdnasError, match="already in the journal as done"):
             journal.add_pending(arch, 2, {"cpu": 1.0})
+
+
+def test_real_proxy_distillation_search(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path: Path) -> None:
+    """Two episodes of two candidates, each distilled from a real (tiny) teacher on real SST-2 rows."""
+    from kdnas_deploy.data import DataSource
+    from kdnas_deploy.distill.api import prepare
+    from kdnas_deploy.distill.trainer import TrainConfig
+    from kdnas_deploy.model_folder import load_classifier
+    from kdnas_deploy.search.evaluator import ProxyEvaluator
+
+    space = SearchSpace.from_dict({"layers": [1, 2], "hidden": [32, 64], "heads": [2, 4], "ffn_ratios": [2]}, name="tiny")
+    prepared = prepare(str(tiny_teacher_dir), DataSource(task="sst2", data_dir=str(sst2_slice)), 64)
+    evaluate = ProxyEvaluator(load_classifier(str(tiny_teacher_dir)), prepared, proxy=200, held_out=200,
+                              train_config=TrainConfig(epochs=1))
+
+    def latency(a: StudentArch) -> dict[str, float]:
+        return {"cpu": 0.1 * a.layers * a.hidden / 32}
+
+    config = RewardConfig({"cpu": 0.2})
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        done = run_episodes(make_strategy("kdnas", space, config, latency, seed=0), journal, evaluate, latency, config,
+                            episodes=2, top_k=2)
+    assert len(done) == 4 and all(c.status == "done" for c in done), [c.error for c in done]
+    assert all(0.0 <= c.score <= 1.0 and c.metrics["accuracy"] == c.score for c in done)  # type: ignore[index, operator]
+    assert len({c.arch for c in done}) == 4
