@@ -112,3 +112,22 @@ def test_real_proxy_distillation_search(tiny_teacher_dir: Path, sst2_slice: Path
     assert len(done) == 4 and all(c.status == "done" for c in done), [c.error for c in done]
     assert all(0.0 <= c.score <= 1.0 and c.metrics["accuracy"] == c.score for c in done)  # type: ignore[index, operator]
     assert len({c.arch for c in done}) == 4
+
+
+def test_latency_oracle_fills_the_table_and_answers_every_candidate(tmp_path: Path, fast_profile) -> None:
+    from conftest import TINY_SPACE
+    from kdnas_deploy.latency.table import LatencyTable
+    from kdnas_deploy.search.latency import LatencyOracle
+
+    space = SearchSpace.from_toml(TINY_SPACE)
+    teacher = StudentArch.parse("L3-H64-A2-I128")
+    with LatencyTable(tmp_path / "lat.sqlite") as table:
+        oracle = LatencyOracle(table, [fast_profile])
+        seen = []
+        oracle.fill(space, extra=[teacher], calibration=3, progress=lambda name, item, cached: seen.append((name, cached)))
+        assert seen and all(name == "fast-cpu" for name, _ in seen)
+        count = table.count()
+        answers = {a: oracle(a) for a in [*space.enumerate(), teacher]}
+        assert table.count() == count  # every answer came from the filled table, nothing timed on demand
+    assert all(set(v) == {"fast-cpu"} and v["fast-cpu"] > 0 for v in answers.values())
+    assert answers[StudentArch.parse("L2-H64-A2-I128")]["fast-cpu"] > answers[StudentArch.parse("L1-H32-A2-I64")]["fast-cpu"]

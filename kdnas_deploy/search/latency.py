@@ -1,0 +1,41 @@
+"""Latency of any candidate on the search's hardware profiles, from the latency lookup table.
+
+The search asks for the latency of thousands of architectures; each answer is the table's prediction
+(measured whole model, else calibrated block composition), memoised, and the table is filled for the
+space before the first episode so no candidate waits on a timing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from kdnas_deploy.hardware import HardwareProfile
+from kdnas_deploy.latency.predictor import LatencyModel
+from kdnas_deploy.latency.profiler import DEFAULT_CALIBRATION
+from kdnas_deploy.latency.table import LatencyTable
+from kdnas_deploy.space import SearchSpace, StudentArch
+
+
+class LatencyOracle:
+    """`oracle(arch) -> {profile name: ms}` over one table and several profiles."""
+
+    def __init__(self, table: LatencyTable, profiles: Sequence[HardwareProfile]):
+        self.models = {p.name: LatencyModel(table, p) for p in profiles}
+        self._memo: dict[StudentArch, dict[str, float]] = {}
+
+    def fill(self, space: SearchSpace, extra: Sequence[StudentArch] = (), calibration: int = DEFAULT_CALIBRATION,
+             seed: int = 0, progress: Callable[[str, object, bool], None] | None = None) -> None:
+        """Times whatever the table lacks for `space` (and `extra` architectures, e.g. the teacher)."""
+        from kdnas_deploy.latency.predictor import items_for
+        from kdnas_deploy.latency.profiler import plan, profile_items
+
+        items = plan(space, calibration, seed) + [it for a in extra for it in items_for(a)]
+        for name, model in self.models.items():
+            tick = (lambda item, cached, n=name: progress(n, item, cached)) if progress else None
+            profile_items(model, items, seed=seed, progress=tick)
+        self._memo.clear()
+
+    def __call__(self, arch: StudentArch) -> dict[str, float]:
+        if arch not in self._memo:
+            self._memo[arch] = {name: model.predict(arch).ms for name, model in self.models.items()}
+        return self._memo[arch]
