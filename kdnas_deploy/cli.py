@@ -303,6 +303,107 @@ def evaluate(
         out.print("dev: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), highlight=False)
 
 
+class _SearchBar:
+    """Search progress on stderr: episode, candidates in flight and the best reward so far."""
+
+    def __init__(self, before: Progress | None = None) -> None:
+        self.bar = _progress()
+        self.task: Any = None
+        self.before = before  # the latency-table bar: rich shows one live display at a time
+
+    def episode_start(self, episode: int, episodes: int, candidates: list[Any]) -> None:
+        if self.task is None:
+            if self.before is not None:
+                self.before.stop()
+            self.bar.start()
+            self.task = self.bar.add_task("search", total=None)
+        self.bar.update(self.task, total=len(candidates), completed=0,
+                        description=f"episode {episode}/{episodes}: {', '.join(map(str, candidates))}")
+
+    def candidate_end(self, episode: int, candidate: Any, best: Any) -> None:
+        self.bar.update(self.task, advance=1)
+        got = f"score {candidate.score:.4f} reward {candidate.reward:.4f}" if candidate.status == "done" and candidate.reward is not None \
+            else (f"failed: {candidate.error}" if candidate.status == "failed" else "rejected")
+        console.print(f"episode {episode}: {candidate.arch} {got}" + (f"; best {best.arch} {best.reward:.4f}" if best else ""),
+                      highlight=False)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+@app.command()
+def search(
+    teacher_path: Annotated[Optional[str], typer.Option("--teacher", help="Teacher folder or hub id (not needed with --resume).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("kdnas-run"),
+    task: TaskOpt = None, data_dir: DataDirOpt = None, train_file: TrainFileOpt = None, dev_file: DevFileOpt = None,
+    text_columns: TextColsOpt = None, label_column: LabelColOpt = None, max_length: MaxLenOpt = 128,
+    hw: HwOpt = ["cpu"], table: TableOpt = None,
+    space: Annotated[str, typer.Option(help="'auto' (derived from the teacher) or a space TOML file.")] = "auto",
+    strategy: Annotated[str, typer.Option(help="kdnas (the controller), random or evolution.")] = "kdnas",
+    episodes: Annotated[int, typer.Option(min=1)] = 4,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Candidates distilled per episode.")] = 4,
+    proxy: Annotated[int, typer.Option(min=2, help="Proxy training rows per candidate.")] = 2000,
+    held_out: Annotated[Optional[int], typer.Option("--held-out", min=1, help="Held-out training rows that score candidates.")] = None,
+    proxy_epochs: Annotated[int, typer.Option(min=1)] = 3,
+    target_ms: Annotated[Optional[float], typer.Option("--target-ms", help="Latency target in ms on every profile.")] = None,
+    speedup: Annotated[Optional[float], typer.Option(help="Latency target as a speedup over the teacher (default 3).")] = None,
+    reward: Annotated[str, typer.Option(help="soft (MnasNet) or hard (over the target is rejected).")] = "soft",
+    final_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the final full-set distillation.")] = 3,
+    final: Annotated[bool, typer.Option(help="Distil the best candidate on the full training set at the end.")] = True,
+    calibration: Annotated[int, typer.Option(min=0, help="Whole models timed to calibrate the latency table.")] = 12,
+    seed: SeedOpt = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its run.json.")] = False,
+) -> None:
+    """Search the student space: latency from the table, proxy distillation, controller; final student and report."""
+    _quiet_libraries()
+    from kdnas_deploy.search.run import SearchSettings, load_settings, run_search
+
+    if resume:
+        settings = load_settings(out_dir)
+    else:
+        if not teacher_path:
+            raise KdnasError("give --teacher (or --resume with the --out of an earlier run)")
+        if reward not in ("soft", "hard"):
+            raise KdnasError(f"--reward {reward!r}: use soft or hard")
+        source = _source(task, data_dir, train_file, dev_file, text_columns, label_column)
+        from kdnas_deploy.distill.api import source_from_teacher
+        from kdnas_deploy.model_folder import model_ref
+
+        source = source_from_teacher(model_ref(teacher_path), source)
+        settings = SearchSettings(
+            teacher=teacher_path, data=source.to_dict(), max_length=max_length, hw=list(hw),
+            space=str(Path(space).resolve()) if space != "auto" else "auto", table=str(table) if table else None,
+            seed=seed, strategy=strategy, episodes=episodes, top_k=top_k, proxy=proxy, held_out=held_out,
+            proxy_epochs=proxy_epochs, target_ms=target_ms, speedup=speedup, reward=reward,  # type: ignore[arg-type]
+            calibration=calibration, final_epochs=final_epochs, final=final)
+    timing = _progress()
+    timing_task = timing.add_task("latency table", total=None)
+    bar = _SearchBar(before=timing)
+
+    def timed(profile_name: str, item: Any, cached: bool) -> None:
+        if not timing.live.is_started:
+            timing.start()
+        timing.update(timing_task, advance=1, description=f"{escape(profile_name)}: {'cached' if cached else 'timed'} {item[0]} {item[1]}")
+
+    try:
+        report = run_search(settings, out_dir, resume=resume, progress=bar, latency_progress=timed)
+    finally:
+        timing.stop()
+        bar.stop()
+    out.print(f"best: {report['best']}; report: {escape(str(out_dir / 'report.md'))}")
+    if report.get("final"):
+        out.print("final student dev: " + ", ".join(f"{k} {v:.4f}" for k, v in report["final"]["dev"].items()), highlight=False)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A search run directory.")]) -> None:
+    """Regenerate a search run's report from its journal."""
+    from kdnas_deploy.search.run import regenerate_report
+
+    result = regenerate_report(run_dir)
+    out.print(f"{len(result['candidates'])} candidates, best {result['best']}: {escape(str(run_dir / 'report.md'))}")
+
+
 @app.command()
 def version() -> None:
     """Print the versions of kdnas-deploy and the runtime it measures with."""

@@ -1,0 +1,202 @@
+"""One KD-NAS search run: settings -> latency table and teacher timing -> episodes -> final student -> report.
+
+The run directory holds everything needed to resume or audit it: `run.json` (every resolved setting with the
+teacher and profile hashes and the machine fingerprint), `journal.sqlite`, `students/<arch>/` and
+`report.{md,json}`. `--resume` reads `run.json` alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kdnas_deploy.data import DataSource
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.model_folder import model_ref, read_info, write_json_atomic
+from kdnas_deploy.search.episodes import SearchProgress, best_candidate, prediction_quality, run_episodes
+from kdnas_deploy.search.journal import Candidate, Journal
+from kdnas_deploy.search.reward import RewardConfig
+from kdnas_deploy.search.strategies import STRATEGIES, make_strategy
+
+RUN_FILE = "run.json"
+#: Without --target-ms or --speedup the search aims at the paper's CPU operating point.
+DEFAULT_SPEEDUP = 3.0
+
+
+@dataclass
+class SearchSettings:
+    teacher: str
+    data: dict[str, Any]
+    max_length: int = 128
+    hw: list[str] = field(default_factory=lambda: ["cpu"])
+    space: str = "auto"
+    table: str | None = None
+    seed: int = 0
+    strategy: str = "kdnas"
+    episodes: int = 4
+    top_k: int = 4
+    proxy: int = 2000
+    held_out: int | None = None
+    proxy_epochs: int = 3
+    target_ms: float | None = None
+    speedup: float | None = None
+    reward: Literal["soft", "hard"] = "soft"
+    calibration: int = 12
+    final_epochs: int = 3
+    final: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise KdnasError(f"unknown strategy {self.strategy!r}: use {', '.join(STRATEGIES)}")
+        if self.target_ms is not None and self.speedup is not None:
+            raise KdnasError("give --target-ms or --speedup, not both")
+        if self.episodes < 1 or self.top_k < 1:
+            raise KdnasError("--episodes and --top-k must be at least 1")
+        if not self.hw:
+            raise KdnasError("give at least one --hw profile")
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_settings(run_dir: Path) -> SearchSettings:
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise KdnasError(f"{run_dir} is not a search run directory (no {RUN_FILE}); start one with kdnas-deploy search")
+    return SearchSettings(**json.loads(path.read_text())["settings"])
+
+
+def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, progress: SearchProgress | None = None,
+               latency_progress: Any = None) -> dict[str, Any]:
+    """Runs (or resumes) a search into `out` and returns the report it writes."""
+    from kdnas_deploy.distill.api import distill, prepare
+    from kdnas_deploy.distill.trainer import TrainConfig
+    from kdnas_deploy.fingerprint import fingerprint_id, machine_fingerprint
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.model_folder import load_classifier
+    from kdnas_deploy.search.evaluator import ProxyEvaluator
+    from kdnas_deploy.search.latency import LatencyOracle
+    from kdnas_deploy.space import SearchSpace, StudentArch
+    from kdnas_deploy.teacher_config import load_teacher_config
+
+    settings.teacher = model_ref(settings.teacher)
+    if (out / RUN_FILE).exists() and not resume:
+        raise KdnasError(f"{out} already holds a search run: use --resume to continue it, or another --out")
+    teacher_config = load_teacher_config(settings.teacher)
+    teacher_arch = StudentArch.from_config(teacher_config)
+    space = SearchSpace.resolve(settings.space, teacher_config)
+    profiles = [load_profile(h) for h in settings.hw]
+    for p in profiles:
+        p.check_runnable()
+    record = {
+        "settings": asdict(settings),
+        "teacher_config_hash": _hash(teacher_config.to_dict()),
+        "profiles": {p.name: {"content_hash": p.content_hash(), "fingerprint": fingerprint_id(machine_fingerprint(p))} for p in profiles},
+        "space": space.to_dict(),
+    }
+    if resume:
+        before = json.loads((out / RUN_FILE).read_text())
+        if before.get("teacher_config_hash") != record["teacher_config_hash"] or before.get("profiles") != record["profiles"]:
+            raise KdnasError(f"{out}: the teacher, profiles or machine changed since this run started; start a new run")
+    write_json_atomic(out / RUN_FILE, record)
+
+    table_path = Path(settings.table) if settings.table else default_table_path()
+    with LatencyTable(table_path) as table:
+        oracle = LatencyOracle(table, profiles)
+        oracle.fill(space, extra=[teacher_arch], calibration=settings.calibration, seed=settings.seed, progress=latency_progress)
+        teacher_ms = oracle(teacher_arch)
+        if settings.target_ms is not None:
+            config = RewardConfig({p.name: settings.target_ms for p in profiles}, form=settings.reward)
+        else:
+            config = RewardConfig.from_speedup(teacher_ms, settings.speedup or DEFAULT_SPEEDUP, form=settings.reward)
+        source = DataSource.from_dict(settings.data)
+        teacher = load_classifier(settings.teacher)
+        prepared = prepare(settings.teacher, source, settings.max_length)
+        evaluate = ProxyEvaluator(teacher, prepared, settings.proxy, settings.held_out,
+                                  train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
+        strategy = make_strategy(settings.strategy, space, config, oracle, settings.seed)
+        with Journal(out / "journal.sqlite") as journal:
+            candidates = run_episodes(strategy, journal, evaluate, oracle, config, settings.episodes, settings.top_k, progress)
+    best = best_candidate(candidates)
+    final: dict[str, Any] | None = None
+    if best is not None and settings.final:
+        folder = out / "students" / str(best.arch)
+        info = read_info(folder)  # a resumed run whose final student is already complete keeps it
+        if info is None:
+            info = distill(settings.teacher, source, best.arch, folder, max_length=settings.max_length,
+                           train_config=TrainConfig(epochs=settings.final_epochs, seed=settings.seed))
+        final = {"arch": str(best.arch), "folder": str(folder), "dev": info.metrics["dev"]}
+    report = build_report(settings, candidates, teacher_arch, teacher_ms, config, final)
+    write_report(out, report)
+    return report
+
+
+def build_report(settings: SearchSettings, candidates: list[Candidate], teacher_arch: Any, teacher_ms: dict[str, float],
+                 config: RewardConfig, final: dict[str, Any] | None) -> dict[str, Any]:
+    best = best_candidate(candidates)
+    return {
+        "teacher": {"path": settings.teacher, "arch": str(teacher_arch), "latency_ms": teacher_ms},
+        "reward": {"form": config.form, "targets_ms": dict(config.targets), "alpha": config.alpha, "beta": config.beta},
+        "strategy": settings.strategy,
+        "candidates": [
+            {"episode": c.episode, "arch": str(c.arch), "status": c.status, "latency_ms": c.latency, "score": c.score,
+             "reward": c.reward, "predicted_reward": c.predicted_reward, "uncertainty": c.uncertainty,
+             "wall_s": c.wall_s, "error": c.error}
+            for c in candidates
+        ],
+        "prediction_quality": {str(k): v for k, v in prediction_quality(candidates).items()},
+        "best": str(best.arch) if best else None,
+        "final": final,
+    }
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    write_json_atomic(out / "report.json", report)
+    lines = ["# KD-NAS search report", "",
+             f"Teacher `{report['teacher']['arch']}` ({report['teacher']['path']}): "
+             + ", ".join(f"{p} {ms:.2f} ms" for p, ms in report["teacher"]["latency_ms"].items()),
+             f"Reward: {report['reward']['form']}, targets "
+             + ", ".join(f"{p} {ms:.2f} ms" for p, ms in report["reward"]["targets_ms"].items())
+             + f"; strategy {report['strategy']}.", "",
+             "| episode | architecture | status | latency (ms) | proxy score | reward | predicted reward +- sd |",
+             "|---|---|---|---|---|---|---|"]
+    for c in report["candidates"]:
+        lat = ", ".join(f"{v:.2f}" for v in c["latency_ms"].values())
+        pred = f"{c['predicted_reward']:.4f} +- {c['uncertainty']:.4f}" if c["predicted_reward"] is not None else "-"
+        score = f"{c['score']:.4f}" if c["score"] is not None else (c["error"] or "-")
+        rew = f"{c['reward']:.4f}" if c["reward"] is not None else "-"
+        lines.append(f"| {c['episode']} | {c['arch']} | {c['status']} | {lat} | {score} | {rew} | {pred} |")
+    lines += ["", "Rank correlation of predicted and measured reward per episode: "
+              + ", ".join(f"{e}: {'-' if v is None else f'{v:.2f}'}" for e, v in report["prediction_quality"].items()), ""]
+    if report["best"]:
+        lines.append(f"Best candidate: `{report['best']}`.")
+    if report["final"]:
+        dev = report["final"]["dev"]
+        lines.append("Final student distilled on the full training set: dev " + ", ".join(f"{k} {v:.4f}" for k, v in dev.items())
+                     + f" ({report['final']['folder']}).")
+    tmp = out / "report.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out / "report.md")
+
+
+def regenerate_report(run_dir: Path) -> dict[str, Any]:
+    """Rebuilds report.md from report.json plus the journal's current contents."""
+    path = run_dir / "report.json"
+    if not path.is_file():
+        load_settings(run_dir)  # a clear error for a folder that is not a run
+        raise KdnasError(f"{run_dir} has no report yet: the search has not finished an episode loop")
+    report = json.loads(path.read_text())
+    with Journal(run_dir / "journal.sqlite") as journal:
+        candidates = journal.candidates()
+    report["candidates"] = build_report(load_settings(run_dir), candidates, report["teacher"]["arch"],
+                                        report["teacher"]["latency_ms"], RewardConfig(report["reward"]["targets_ms"],
+                                        form=report["reward"]["form"], alpha=report["reward"]["alpha"],
+                                        beta=report["reward"]["beta"]), report.get("final"))["candidates"]
+    report["prediction_quality"] = {str(k): v for k, v in prediction_quality(candidates).items()}
+    write_report(run_dir, report)
+    return report

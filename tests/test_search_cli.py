@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import FAST_PROFILE, TINY_SPACE, cli
+from kdnas_deploy.model_folder import read_info
+from kdnas_deploy.search.journal import Journal
+
+
+def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["search", "--teacher", str(tiny_teacher_dir), "--data-dir", str(sst2_slice), "--task", "sst2", "--max-length", "32",
+            "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--table", str(tmp_path / "lat.sqlite"),
+            "--episodes", "2", "--top-k", "2", "--proxy", "100", "--held-out", "100", "--proxy-epochs", "1",
+            "--final-epochs", "1", "--calibration", "2", "--out", str(run)]
+    done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((run / "report.json").read_text())
+    assert len(report["candidates"]) == 4 and all(c["status"] == "done" for c in report["candidates"])
+    assert report["teacher"]["arch"] == "L2-H64-A4-I128" and report["teacher"]["latency_ms"]["fast-cpu"] > 0
+    target = report["reward"]["targets_ms"]["fast-cpu"]
+    assert target == report["teacher"]["latency_ms"]["fast-cpu"] / 3  # default: 3x faster than the teacher
+    best = report["best"]
+    assert best == max((c for c in report["candidates"]), key=lambda c: c["reward"])["arch"]
+    info = read_info(run / "students" / best)
+    assert info is not None and info.arch == best and report["final"]["dev"] == info.metrics["dev"]
+    settings = json.loads((run / "run.json").read_text())
+    assert settings["settings"]["episodes"] == 2 and "fast-cpu" in settings["profiles"]
+    assert "| 2 |" in (run / "report.md").read_text()
+    assert "best" in done.stdout
+
+    (run / "report.md").unlink()
+    assert subprocess.run(cli("report", str(run)), capture_output=True, text=True, timeout=60).returncode == 0
+    assert (run / "report.md").is_file()
+
+    again = subprocess.run(cli("search", "--resume", "--out", str(run)), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    with Journal(run / "journal.sqlite") as journal:
+        assert len(journal.candidates()) == 4  # nothing redone
+    assert "episode" not in again.stderr  # no candidate was distilled again
+
+    for bad, message in [
+        (["search", "--out", str(run)], "give --teacher"),
+        (["search", "--teacher", str(tiny_teacher_dir), "--out", str(run)], "already holds a search run"),
+        (["search", "--resume", "--out", str(tmp_path / "nothing")], "not a search run directory"),
+        (["search", "--teacher", str(tiny_teacher_dir), "--strategy", "annealing", "--out", str(tmp_path / "x")], "unknown strategy"),
+        (["report", str(tmp_path / "nothing")], "not a search run directory"),
+    ]:
+        result = subprocess.run(cli(*bad), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (bad, result.stderr)
