@@ -351,6 +351,7 @@ def search(
     final_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the final full-set distillation.")] = 3,
     final: Annotated[bool, typer.Option(help="Distil the best candidate on the full training set at the end.")] = True,
     calibration: Annotated[int, typer.Option(min=0, help="Whole models timed to calibrate the latency table.")] = 12,
+    max_params: Annotated[Optional[int], typer.Option("--max-params", min=1, help="Exclude students with more parameters.")] = None,
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its run.json.")] = False,
 ) -> None:
@@ -375,7 +376,7 @@ def search(
             space=str(Path(space).resolve()) if space != "auto" else "auto", table=str(table) if table else None,
             seed=seed, strategy=strategy, episodes=episodes, top_k=top_k, proxy=proxy, held_out=held_out,
             proxy_epochs=proxy_epochs, target_ms=target_ms, speedup=speedup, reward=reward,  # type: ignore[arg-type]
-            calibration=calibration, final_epochs=final_epochs, final=final)
+            calibration=calibration, final_epochs=final_epochs, final=final, max_params=max_params)
     timing = _progress()
     timing_task = timing.add_task("latency table", total=None)
     bar = _SearchBar(before=timing)

@@ -114,3 +114,15 @@ def test_controller_first_batch_is_space_filling_then_predicts_with_uncertainty(
     assert all(p.uncertainty is not None and p.uncertainty >= 0 and p.predicted_reward is not None for p in batch)
     with pytest.raises(KdnasError, match="unknown strategy"):
         make_strategy("annealing", SPACE, config, synthetic_latency)
+
+
+@pytest.mark.parametrize("name", ["kdnas", "random", "evolution"])
+def test_size_limit_is_never_crossed(name: str) -> None:
+    limit = StudentArch.parse("L4-H256-A4-I1024").parameter_count()
+    strategy = make_strategy(name, SPACE, RewardConfig({"cpu": 8.0}), synthetic_latency, seed=2, max_params=limit)
+    history: list[Observation] = []
+    for _ in range(6):
+        for p in strategy.propose(8, history):
+            assert p.arch.parameter_count() <= limit
+            history.append(Observation(p.arch, synthetic_score(p.arch), synthetic_score(p.arch)))
+    assert len(history) == 48

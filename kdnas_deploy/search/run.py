@@ -47,6 +47,7 @@ class SearchSettings:
     calibration: int = 12
     final_epochs: int = 3
     final: bool = True
+    max_params: int | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -119,7 +120,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         prepared = prepare(settings.teacher, source, settings.max_length)
         evaluate = ProxyEvaluator(teacher, prepared, settings.proxy, settings.held_out,
                                   train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
-        strategy = make_strategy(settings.strategy, space, config, oracle, settings.seed)
+        strategy = make_strategy(settings.strategy, space, config, oracle, settings.seed, settings.max_params)
         with Journal(out / "journal.sqlite") as journal:
             candidates = run_episodes(strategy, journal, evaluate, oracle, config, settings.episodes, settings.top_k, progress)
     best = best_candidate(candidates)

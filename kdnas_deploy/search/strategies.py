@@ -8,8 +8,8 @@
 - `random`: uniform over the unseen architectures.
 - `evolution`: regularized evolution (Real et al., 2019): tournament selection from the most recent
   population, one-step mutation of one dimension, oldest members age out.
-Every strategy skips architectures already distilled and, under a hard reward, those over the latency target
-(their latency is known before any distillation).
+Every strategy skips architectures already distilled, those over `max_params`, and, under a hard reward, those
+over the latency target (their latency is known before any distillation).
 """
 
 from __future__ import annotations
@@ -56,12 +56,16 @@ class Strategy(Protocol):
 class _Base:
     name = "base"
 
-    def __init__(self, space: SearchSpace, config: RewardConfig, latency: LatencyFn, seed: int = 0, pool: int = 4096):
+    def __init__(self, space: SearchSpace, config: RewardConfig, latency: LatencyFn, seed: int = 0, pool: int = 4096,
+                 max_params: int | None = None):
         self.space, self.config, self.latency = space, config, latency
         self.rng = np.random.default_rng(seed)
         self.pool_size = pool
+        self.max_params = max_params
 
     def _feasible(self, arch: StudentArch) -> bool:
+        if self.max_params is not None and arch.parameter_count() > self.max_params:
+            return False
         return self.config.form != "hard" or within_target(self.latency(arch), self.config)
 
     def _candidates(self, seen: set[StudentArch]) -> list[StudentArch]:
@@ -220,8 +224,10 @@ def _refit_same(gp: GaussianProcess, x: np.ndarray, y: np.ndarray) -> GaussianPr
     return new
 
 
-def make_strategy(name: str, space: SearchSpace, config: RewardConfig, latency: LatencyFn, seed: int = 0) -> Strategy:
+def make_strategy(name: str, space: SearchSpace, config: RewardConfig, latency: LatencyFn, seed: int = 0,
+                  max_params: int | None = None) -> Strategy:
+    """A strategy by name; `max_params` excludes larger architectures (a deployment's size limit)."""
     classes = {"kdnas": KdnasController, "random": RandomSearch, "evolution": RegularizedEvolution}
     if name not in classes:
         raise KdnasError(f"unknown strategy {name!r}: use {', '.join(STRATEGIES)}")
-    return classes[name](space, config, latency, seed=seed)
+    return classes[name](space, config, latency, seed=seed, max_params=max_params)
