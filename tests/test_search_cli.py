@@ -29,11 +29,14 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     settings = json.loads((run / "run.json").read_text())
     assert settings["settings"]["episodes"] == 2 and "fast-cpu" in settings["profiles"]
     assert "| 2 |" in (run / "report.md").read_text()
+    assert 0.0 <= report["teacher"]["score"] <= 1.0
+    assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "best" in done.stdout
 
     (run / "report.md").unlink()
+    (run / "pareto.png").unlink()
     assert subprocess.run(cli("report", str(run)), capture_output=True, text=True, timeout=60).returncode == 0
-    assert (run / "report.md").is_file()
+    assert (run / "report.md").is_file() and (run / "pareto.png").is_file()
 
     again = subprocess.run(cli("search", "--resume", "--out", str(run)), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
@@ -50,3 +53,10 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     ]:
         result = subprocess.run(cli(*bad), capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (bad, result.stderr)
+
+
+def test_pareto_front() -> None:
+    from kdnas_deploy.search.plot import pareto_front
+
+    points = [(1.0, 0.70), (2.0, 0.80), (1.5, 0.65), (3.0, 0.79), (4.0, 0.85), (0.5, 0.60)]
+    assert pareto_front(points) == [5, 0, 1, 4]

@@ -33,6 +33,13 @@ class ProxyEvaluator:
         self.train_set = rows.select(self.split.train_rows)
         self.eval_set = rows.select(self.split.held_out_rows)
 
+    def teacher_metrics(self) -> dict[str, float]:
+        """The teacher's own metrics on the same held-out slice: the yardstick for "percent of the teacher"."""
+        from kdnas_deploy.distill.trainer import evaluate_model
+
+        return evaluate_model(self.teacher, self.eval_set, self.prepared.task, self.train_config.eval_batch_size,
+                              self.prepared.encoded.pad_token_id)
+
     def __call__(self, arch: StudentArch) -> tuple[float, Mapping[str, Any]]:
         """The candidate's primary score on the held-out slice, and its full metrics and costs."""
         result = distill_student(self.teacher, self.prepared, arch, self.train_set, self.eval_set, init=self.init,

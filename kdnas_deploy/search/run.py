@@ -1,8 +1,8 @@
 """One KD-NAS search run: settings -> latency table and teacher timing -> episodes -> final student -> report.
 
 The run directory holds everything needed to resume or audit it: `run.json` (every resolved setting with the
-teacher and profile hashes and the machine fingerprint), `journal.sqlite`, `students/<arch>/` and
-`report.{md,json}`. `--resume` reads `run.json` alone.
+teacher and profile hashes and the machine fingerprint), `journal.sqlite`, `students/<arch>/`,
+`report.{md,json}` and `pareto.png`. `--resume` reads `run.json` alone.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         prepared = prepare(settings.teacher, source, settings.max_length)
         evaluate = ProxyEvaluator(teacher, prepared, settings.proxy, settings.held_out,
                                   train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
+        teacher_metrics = evaluate.teacher_metrics()
         strategy = make_strategy(settings.strategy, space, config, oracle, settings.seed, settings.max_params)
         with Journal(out / "journal.sqlite") as journal:
             candidates = run_episodes(strategy, journal, evaluate, oracle, config, settings.episodes, settings.top_k, progress)
@@ -133,6 +134,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
                            train_config=TrainConfig(epochs=settings.final_epochs, seed=settings.seed))
         final = {"arch": str(best.arch), "folder": str(folder), "dev": info.metrics["dev"]}
     report = build_report(settings, candidates, teacher_arch, teacher_ms, config, final)
+    report["teacher"]["score"] = teacher_metrics["score"]
     write_report(out, report)
     return report
 
@@ -157,10 +159,14 @@ def build_report(settings: SearchSettings, candidates: list[Candidate], teacher_
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
+    from kdnas_deploy.search.plot import plot_search
+
     write_json_atomic(out / "report.json", report)
+    plot_search(report, out / "pareto.png")
     lines = ["# KD-NAS search report", "",
              f"Teacher `{report['teacher']['arch']}` ({report['teacher']['path']}): "
-             + ", ".join(f"{p} {ms:.2f} ms" for p, ms in report["teacher"]["latency_ms"].items()),
+             + ", ".join(f"{p} {ms:.2f} ms" for p, ms in report["teacher"]["latency_ms"].items())
+             + (f"; proxy score {report['teacher']['score']:.4f}" if report["teacher"].get("score") is not None else ""),
              f"Reward: {report['reward']['form']}, targets "
              + ", ".join(f"{p} {ms:.2f} ms" for p, ms in report["reward"]["targets_ms"].items())
              + f"; strategy {report['strategy']}.", "",
@@ -172,7 +178,7 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
         score = f"{c['score']:.4f}" if c["score"] is not None else (c["error"] or "-")
         rew = f"{c['reward']:.4f}" if c["reward"] is not None else "-"
         lines.append(f"| {c['episode']} | {c['arch']} | {c['status']} | {lat} | {score} | {rew} | {pred} |")
-    lines += ["", "Rank correlation of predicted and measured reward per episode: "
+    lines += ["", "![score against latency](pareto.png)", "", "Rank correlation of predicted and measured reward per episode: "
               + ", ".join(f"{e}: {'-' if v is None else f'{v:.2f}'}" for e, v in report["prediction_quality"].items()), ""]
     if report["best"]:
         lines.append(f"Best candidate: `{report['best']}`.")
