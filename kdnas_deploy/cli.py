@@ -175,17 +175,27 @@ def _source(task: Optional[str], data_dir: Optional[Path], train_file: Optional[
                       text_columns=cols, label_column=label_column)
 
 
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise KdnasError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 5,10,20") from None
+
+
 class _BarProgress:
     """Training progress on stderr: a bar with the running loss and the last evaluation."""
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, before: Progress | None = None):
         self.label = label
+        self.before = before  # a bar to stop first: rich shows one live display at a time
         self.bar = _progress()
         self.task: Any = None
         self.loss: float | None = None
         self.metric = ""
 
     def start(self, total_steps: int, done_steps: int) -> None:
+        if self.before is not None:
+            self.before.stop()
         self.bar.start()
         self.task = self.bar.add_task(self.label, total=total_steps, completed=done_steps)
 
@@ -352,6 +362,7 @@ def search(
     final: Annotated[bool, typer.Option(help="Distil the best candidate on the full training set at the end.")] = True,
     calibration: Annotated[int, typer.Option(min=0, help="Whole models timed to calibrate the latency table.")] = 12,
     max_params: Annotated[Optional[int], typer.Option("--max-params", min=1, help="Exclude students with more parameters.")] = None,
+    budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets in ms on the first --hw, e.g. 5,10,20: one final student each.")] = None,
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its run.json.")] = False,
 ) -> None:
@@ -376,7 +387,8 @@ def search(
             space=str(Path(space).resolve()) if space != "auto" else "auto", table=str(table) if table else None,
             seed=seed, strategy=strategy, episodes=episodes, top_k=top_k, proxy=proxy, held_out=held_out,
             proxy_epochs=proxy_epochs, target_ms=target_ms, speedup=speedup, reward=reward,  # type: ignore[arg-type]
-            calibration=calibration, final_epochs=final_epochs, final=final, max_params=max_params)
+            calibration=calibration, final_epochs=final_epochs, final=final, max_params=max_params,
+            budgets=_floats(budgets, "--budgets") if budgets else None)
     timing = _progress()
     timing_task = timing.add_task("latency table", total=None)
     bar = _SearchBar(before=timing)
@@ -387,13 +399,19 @@ def search(
         timing.update(timing_task, advance=1, description=f"{escape(profile_name)}: {'cached' if cached else 'timed'} {item[0]} {item[1]}")
 
     try:
-        report = run_search(settings, out_dir, resume=resume, progress=bar, latency_progress=timed)
+        report = run_search(settings, out_dir, resume=resume, progress=bar, latency_progress=timed,
+                            final_progress=_BarProgress("final distillation", before=bar.bar))
     finally:
         timing.stop()
         bar.stop()
     out.print(f"best: {report['best']}; report: {escape(str(out_dir / 'report.md'))}")
-    if report.get("final"):
-        out.print("final student dev: " + ", ".join(f"{k} {v:.4f}" for k, v in report["final"]["dev"].items()), highlight=False)
+    for final in report.get("finals", []):
+        budget = f" (budget {final['budget_ms']} ms)" if final["budget_ms"] is not None else ""
+        if final["arch"] is None:
+            out.print(f"no candidate within{budget}")
+        else:
+            out.print(f"final student {final['arch']}{budget} dev: " + ", ".join(f"{k} {v:.4f}" for k, v in final["dev"].items()),
+                      highlight=False)
 
 
 @app.command()

@@ -14,7 +14,7 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     args = ["search", "--teacher", str(tiny_teacher_dir), "--data-dir", str(sst2_slice), "--task", "sst2", "--max-length", "32",
             "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--table", str(tmp_path / "lat.sqlite"),
             "--episodes", "2", "--top-k", "2", "--proxy", "100", "--held-out", "100", "--proxy-epochs", "1",
-            "--final-epochs", "1", "--calibration", "2", "--out", str(run)]
+            "--final-epochs", "1", "--calibration", "2", "--budgets", "1000,0.000001", "--out", str(run)]
     done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads((run / "report.json").read_text())
@@ -22,16 +22,19 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     assert report["teacher"]["arch"] == "L2-H64-A4-I128" and report["teacher"]["latency_ms"]["fast-cpu"] > 0
     target = report["reward"]["targets_ms"]["fast-cpu"]
     assert target == report["teacher"]["latency_ms"]["fast-cpu"] / 3  # default: 3x faster than the teacher
-    best = report["best"]
-    assert best == max((c for c in report["candidates"]), key=lambda c: c["reward"])["arch"]
-    info = read_info(run / "students" / best)
-    assert info is not None and info.arch == best and report["final"]["dev"] == info.metrics["dev"]
+    assert report["best"] == max((c for c in report["candidates"]), key=lambda c: c["reward"])["arch"]
+    tiny, roomy = report["finals"]  # sorted by budget
+    assert tiny["budget_ms"] == 0.000001 and tiny["arch"] is None  # nothing is that fast: said, not faked
+    winner = max((c for c in report["candidates"]), key=lambda c: c["score"])["arch"]
+    assert roomy["budget_ms"] == 1000 and roomy["arch"] == winner
+    info = read_info(run / "students" / winner)
+    assert info is not None and info.arch == winner and roomy["dev"] == info.metrics["dev"]
     settings = json.loads((run / "run.json").read_text())
     assert settings["settings"]["episodes"] == 2 and "fast-cpu" in settings["profiles"]
     assert "| 2 |" in (run / "report.md").read_text()
     assert 0.0 <= report["teacher"]["score"] <= 1.0
     assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "best" in done.stdout
+    assert "best" in done.stdout and "no candidate within (budget 1e-06 ms)" in done.stdout
 
     (run / "report.md").unlink()
     (run / "pareto.png").unlink()

@@ -48,6 +48,8 @@ class SearchSettings:
     final_epochs: int = 3
     final: bool = True
     max_params: int | None = None
+    #: Latency budgets in ms on the first profile: one final student per budget (the best proxy score within it).
+    budgets: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -58,6 +60,8 @@ class SearchSettings:
             raise KdnasError("--episodes and --top-k must be at least 1")
         if not self.hw:
             raise KdnasError("give at least one --hw profile")
+        if self.budgets is not None and (not self.budgets or any(not b > 0 for b in self.budgets)):
+            raise KdnasError(f"--budgets must be positive milliseconds, got {self.budgets}")
 
 
 def _hash(obj: Any) -> str:
@@ -72,7 +76,7 @@ def load_settings(run_dir: Path) -> SearchSettings:
 
 
 def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, progress: SearchProgress | None = None,
-               latency_progress: Any = None) -> dict[str, Any]:
+               latency_progress: Any = None, final_progress: Any = None) -> dict[str, Any]:
     """Runs (or resumes) a search into `out` and returns the report it writes."""
     from kdnas_deploy.distill.api import distill, prepare
     from kdnas_deploy.distill.trainer import TrainConfig
@@ -124,23 +128,39 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         strategy = make_strategy(settings.strategy, space, config, oracle, settings.seed, settings.max_params)
         with Journal(out / "journal.sqlite") as journal:
             candidates = run_episodes(strategy, journal, evaluate, oracle, config, settings.episodes, settings.top_k, progress)
-    best = best_candidate(candidates)
-    final: dict[str, Any] | None = None
-    if best is not None and settings.final:
-        folder = out / "students" / str(best.arch)
-        info = read_info(folder)  # a resumed run whose final student is already complete keeps it
-        if info is None:
-            info = distill(settings.teacher, source, best.arch, folder, max_length=settings.max_length,
-                           train_config=TrainConfig(epochs=settings.final_epochs, seed=settings.seed))
-        final = {"arch": str(best.arch), "folder": str(folder), "dev": info.metrics["dev"]}
-    report = build_report(settings, candidates, teacher_arch, teacher_ms, config, final)
+    finals: list[dict[str, Any]] = []
+    if settings.final:
+        for budget, chosen in choose_finals(candidates, settings.budgets, profiles[0].name):
+            entry: dict[str, Any] = {"budget_ms": budget, "arch": str(chosen.arch) if chosen else None}
+            if chosen is not None:
+                folder = out / "students" / str(chosen.arch)
+                info = read_info(folder)  # a resumed run, or a second budget with the same winner, keeps it
+                if info is None:
+                    info = distill(settings.teacher, source, chosen.arch, folder, max_length=settings.max_length,
+                                   train_config=TrainConfig(epochs=settings.final_epochs, seed=settings.seed),
+                                   progress=final_progress)
+                entry.update(folder=str(folder), latency_ms=chosen.latency, proxy_score=chosen.score, dev=info.metrics["dev"])
+            finals.append(entry)
+    report = build_report(settings, candidates, teacher_arch, teacher_ms, config, finals)
     report["teacher"]["score"] = teacher_metrics["score"]
     write_report(out, report)
     return report
 
 
+def choose_finals(candidates: list[Candidate], budgets: list[float] | None, profile: str) -> list[tuple[float | None, Candidate | None]]:
+    """Without budgets: the best reward. With budgets: per budget, the best proxy score among candidates within it."""
+    if not budgets:
+        best = best_candidate(candidates)
+        return [(None, best)] if best is not None else []
+    out: list[tuple[float | None, Candidate | None]] = []
+    for budget in sorted(budgets):
+        within = [c for c in candidates if c.status == "done" and c.score is not None and c.latency[profile] <= budget]
+        out.append((budget, max(within, key=lambda c: c.score) if within else None))  # type: ignore[arg-type, return-value]
+    return out
+
+
 def build_report(settings: SearchSettings, candidates: list[Candidate], teacher_arch: Any, teacher_ms: dict[str, float],
-                 config: RewardConfig, final: dict[str, Any] | None) -> dict[str, Any]:
+                 config: RewardConfig, finals: list[dict[str, Any]]) -> dict[str, Any]:
     best = best_candidate(candidates)
     return {
         "teacher": {"path": settings.teacher, "arch": str(teacher_arch), "latency_ms": teacher_ms},
@@ -154,7 +174,7 @@ def build_report(settings: SearchSettings, candidates: list[Candidate], teacher_
         ],
         "prediction_quality": {str(k): v for k, v in prediction_quality(candidates).items()},
         "best": str(best.arch) if best else None,
-        "final": final,
+        "finals": finals,
     }
 
 
@@ -182,10 +202,13 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
               + ", ".join(f"{e}: {'-' if v is None else f'{v:.2f}'}" for e, v in report["prediction_quality"].items()), ""]
     if report["best"]:
         lines.append(f"Best candidate: `{report['best']}`.")
-    if report["final"]:
-        dev = report["final"]["dev"]
-        lines.append("Final student distilled on the full training set: dev " + ", ".join(f"{k} {v:.4f}" for k, v in dev.items())
-                     + f" ({report['final']['folder']}).")
+    for final in report.get("finals", []):
+        budget = f"budget {final['budget_ms']:.2f} ms: " if final["budget_ms"] is not None else ""
+        if final["arch"] is None:
+            lines.append(f"- {budget}no candidate within it.")
+            continue
+        lines.append(f"- {budget}final student `{final['arch']}` distilled on the full training set: dev "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in final["dev"].items()) + f" ({final['folder']}).")
     tmp = out / "report.md.tmp"
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(out / "report.md")
@@ -203,7 +226,7 @@ def regenerate_report(run_dir: Path) -> dict[str, Any]:
     report["candidates"] = build_report(load_settings(run_dir), candidates, report["teacher"]["arch"],
                                         report["teacher"]["latency_ms"], RewardConfig(report["reward"]["targets_ms"],
                                         form=report["reward"]["form"], alpha=report["reward"]["alpha"],
-                                        beta=report["reward"]["beta"]), report.get("final"))["candidates"]
+                                        beta=report["reward"]["beta"]), report.get("finals", []))["candidates"]
     report["prediction_quality"] = {str(k): v for k, v in prediction_quality(candidates).items()}
     write_report(run_dir, report)
     return report
