@@ -365,10 +365,11 @@ def search(
     budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets in ms on the first --hw, e.g. 5,10,20: one final student each.")] = None,
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its run.json.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the space size, table coverage and a time estimate, then exit.")] = False,
 ) -> None:
     """Search the student space: latency from the table, proxy distillation, controller; final student and report."""
     _quiet_libraries()
-    from kdnas_deploy.search.run import SearchSettings, load_settings, run_search
+    from kdnas_deploy.search.run import SearchSettings, dry_run as plan_search, load_settings, run_search
 
     if resume:
         settings = load_settings(out_dir)
@@ -391,6 +392,17 @@ def search(
             budgets=_floats(budgets, "--budgets") if budgets else None)
     timing = _progress()
     timing_task = timing.add_task("latency table", total=None)
+    if dry_run:
+        plan = plan_search(settings)
+        est = plan["estimate_s"]
+        out.print(f"space {plan['space']['name']}: {plan['space']['architectures']} architectures; teacher {plan['teacher']}")
+        for name, cov in plan["table_coverage"].items():
+            out.print(f"latency table, {escape(name)}: {cov['have']} of {cov['need']} timings present")
+        out.print(f"{plan['candidates']} candidates x {settings.proxy} proxy rows x {settings.proxy_epochs} epochs; "
+                  f"one distillation step of {plan['step_measured_on']} measured at {plan['measured_step_s']:.3f} s")
+        out.print(f"estimate: latency table {est['latency_table'] / 60:.0f} min, proxy distillation {est['proxy_distillation'] / 60:.0f} min, "
+                  f"final distillation {est['final_distillation'] / 60:.0f} min", highlight=False)
+        return
     bar = _SearchBar(before=timing)
 
     def timed(profile_name: str, item: Any, cached: bool) -> None:

@@ -15,8 +15,15 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
             "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--table", str(tmp_path / "lat.sqlite"),
             "--episodes", "2", "--top-k", "2", "--proxy", "100", "--held-out", "100", "--proxy-epochs", "1",
             "--final-epochs", "1", "--calibration", "2", "--budgets", "1000,0.000001", "--out", str(run)]
+    plan = subprocess.run(cli(*args, "--dry-run"), capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stderr
+    assert "space tiny: 4 architectures" in plan.stdout and "fast-cpu: 0 of " in plan.stdout and "estimate:" in plan.stdout
+    assert not (run / "run.json").exists()  # a dry run writes nothing
     done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    replan = subprocess.run(cli(*args[:-2], "--out", str(tmp_path / "other"), "--dry-run"), capture_output=True, text=True, timeout=300)
+    need = plan.stdout.split("fast-cpu: 0 of ")[1].split()[0]
+    assert f"fast-cpu: {need} of {need} timings present" in replan.stdout, replan.stdout
     report = json.loads((run / "report.json").read_text())
     assert len(report["candidates"]) == 4 and all(c["status"] == "done" for c in report["candidates"])
     assert report["teacher"]["arch"] == "L2-H64-A4-I128" and report["teacher"]["latency_ms"]["fast-cpu"] > 0

@@ -35,6 +35,15 @@ class LatencyOracle:
             profile_items(model, items, seed=seed, progress=tick)
         self._memo.clear()
 
+    def coverage(self, space: SearchSpace, extra: Sequence[StudentArch] = (), calibration: int = DEFAULT_CALIBRATION,
+                 seed: int = 0) -> dict[str, tuple[int, int]]:
+        """Per profile, (timings the table already has, timings the search needs)."""
+        from kdnas_deploy.latency.predictor import items_for
+        from kdnas_deploy.latency.profiler import plan
+
+        items = list(dict.fromkeys(plan(space, calibration, seed) + [it for a in extra for it in items_for(a)]))
+        return {name: (len(items) - len(model.missing(items)), len(items)) for name, model in self.models.items()}
+
     def __call__(self, arch: StudentArch) -> dict[str, float]:
         if arch not in self._memo:
             self._memo[arch] = {name: model.predict(arch).ms for name, model in self.models.items()}

@@ -147,6 +147,66 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     return report
 
 
+#: Cold timing cost per table entry measured with the shipped CPU profiles on 2 cores (123 timings in 5-10 min).
+SECONDS_PER_TIMING = 3.5
+
+
+def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
+    """What a search would do and roughly how long: space size, table coverage, and a time estimate from
+    `measure_steps` distillation steps of a mid-sized candidate timed on this machine."""
+    import math
+    import time
+
+    from kdnas_deploy.distill.api import prepare
+    from kdnas_deploy.distill.objective import DistillationObjective, DistillConfig
+    from kdnas_deploy.distill.student import build_student
+    from kdnas_deploy.distill.trainer import TrainConfig, _batches, _optimizer
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.model_folder import load_classifier
+    from kdnas_deploy.search.latency import LatencyOracle
+    from kdnas_deploy.space import SearchSpace, StudentArch
+    from kdnas_deploy.teacher_config import load_teacher_config
+
+    teacher_config = load_teacher_config(model_ref(settings.teacher))
+    teacher_arch = StudentArch.from_config(teacher_config)
+    space = SearchSpace.resolve(settings.space, teacher_config)
+    profiles = [load_profile(h) for h in settings.hw]
+    with LatencyTable(Path(settings.table) if settings.table else default_table_path()) as table:
+        coverage = LatencyOracle(table, profiles).coverage(space, [teacher_arch], settings.calibration, settings.seed)
+    missing = sum(need - have for have, need in coverage.values())
+    prepared = prepare(model_ref(settings.teacher), DataSource.from_dict(settings.data), settings.max_length)
+    teacher = load_classifier(model_ref(settings.teacher))
+    probe = space.enumerate()[len(space) // 2]
+    objective = DistillationObjective(build_student(teacher, probe), teacher, DistillConfig(), prepared.task.is_regression)
+    config = TrainConfig()
+    optimizer = _optimizer(objective, config)
+    rows = prepared.encoded.train.select(range(min(len(prepared.encoded.train), config.batch_size * (measure_steps + 1))))
+    seconds = []
+    for i, batch in enumerate(_batches(rows, config.batch_size, prepared.encoded.pad_token_id, None)):
+        tic = time.perf_counter()
+        loss, _ = objective(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i:  # the first step pays one-time costs
+            seconds.append(time.perf_counter() - tic)
+    objective.close()
+    step_s = float(sorted(seconds)[len(seconds) // 2]) if seconds else 0.0
+    proxy_steps = settings.episodes * settings.top_k * math.ceil(settings.proxy / config.batch_size) * settings.proxy_epochs
+    finals = len(settings.budgets) if settings.budgets else 1
+    final_steps = (finals * math.ceil(len(prepared.encoded.train) / config.batch_size) * settings.final_epochs) if settings.final else 0
+    return {
+        "space": {"name": space.name, "architectures": len(space)},
+        "teacher": str(teacher_arch),
+        "table_coverage": {name: {"have": have, "need": need} for name, (have, need) in coverage.items()},
+        "estimate_s": {"latency_table": round(missing * SECONDS_PER_TIMING), "proxy_distillation": round(proxy_steps * step_s),
+                       "final_distillation": round(final_steps * step_s)},
+        "measured_step_s": round(step_s, 3), "step_measured_on": str(probe),
+        "candidates": settings.episodes * settings.top_k, "training_rows": len(prepared.encoded.train),
+    }
+
+
 def choose_finals(candidates: list[Candidate], budgets: list[float] | None, profile: str) -> list[tuple[float | None, Candidate | None]]:
     """Without budgets: the best reward. With budgets: per budget, the best proxy score among candidates within it."""
     if not budgets:
