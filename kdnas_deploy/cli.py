@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -366,6 +367,7 @@ def search(
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its run.json.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the space size, table coverage and a time estimate, then exit.")] = False,
+    config: Annotated[Optional[Path], typer.Option("--config", help="All settings in one TOML file; flags given here override it.")] = None,
 ) -> None:
     """Search the student space: latency from the table, proxy distillation, controller; final student and report."""
     _quiet_libraries()
@@ -374,22 +376,36 @@ def search(
     if resume:
         settings = load_settings(out_dir)
     else:
-        if not teacher_path:
-            raise KdnasError("give --teacher (or --resume with the --out of an earlier run)")
-        if reward not in ("soft", "hard"):
-            raise KdnasError(f"--reward {reward!r}: use soft or hard")
-        source = _source(task, data_dir, train_file, dev_file, text_columns, label_column)
         from kdnas_deploy.distill.api import source_from_teacher
         from kdnas_deploy.model_folder import model_ref
+        from kdnas_deploy.search.run import read_config
 
-        source = source_from_teacher(model_ref(teacher_path), source)
-        settings = SearchSettings(
-            teacher=teacher_path, data=source.to_dict(), max_length=max_length, hw=list(hw),
-            space=str(Path(space).resolve()) if space != "auto" else "auto", table=str(table) if table else None,
-            seed=seed, strategy=strategy, episodes=episodes, top_k=top_k, proxy=proxy, held_out=held_out,
-            proxy_epochs=proxy_epochs, target_ms=target_ms, speedup=speedup, reward=reward,  # type: ignore[arg-type]
-            calibration=calibration, final_epochs=final_epochs, final=final, max_params=max_params,
-            budgets=_floats(budgets, "--budgets") if budgets else None)
+        given = {
+            "teacher": teacher_path, "max_length": max_length, "hw": list(hw), "space": space,
+            "table": str(table) if table else None, "seed": seed, "strategy": strategy, "episodes": episodes,
+            "top_k": top_k, "proxy": proxy, "held_out": held_out, "proxy_epochs": proxy_epochs, "target_ms": target_ms,
+            "speedup": speedup, "reward": reward, "calibration": calibration, "final_epochs": final_epochs,
+            "final": final, "max_params": max_params, "budgets": _floats(budgets, "--budgets") if budgets else None,
+        }
+        values = read_config(config) if config else {}
+        defaults = {name: p.default for name, p in inspect.signature(search).parameters.items()}
+        flag_names = {"teacher": "teacher_path"}
+        for key, value in given.items():  # a flag overrides the file only where it differs from its default
+            default = defaults.get(flag_names.get(key, key))
+            if key not in values or value != (list(default) if isinstance(default, list) else default):
+                values[key] = value
+        cli_source = _source(task, data_dir, train_file, dev_file, text_columns, label_column)
+        data = {**values.get("data", {}), **cli_source.to_dict()}
+        if not values.get("teacher"):
+            raise KdnasError("give --teacher (or --resume with the --out of an earlier run)")
+        if values["reward"] not in ("soft", "hard"):
+            raise KdnasError(f"--reward {values['reward']!r}: use soft or hard")
+        if values["space"] != "auto":
+            values["space"] = str(Path(values["space"]).resolve())
+        from kdnas_deploy.data import DataSource
+
+        values["data"] = source_from_teacher(model_ref(values["teacher"]), DataSource.from_dict(data)).to_dict()
+        settings = SearchSettings(**values)
     timing = _progress()
     timing_task = timing.add_task("latency table", total=None)
     if dry_run:

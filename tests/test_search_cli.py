@@ -70,3 +70,32 @@ def test_pareto_front() -> None:
 
     points = [(1.0, 0.70), (2.0, 0.80), (1.5, 0.65), (3.0, 0.79), (4.0, 0.85), (0.5, 0.60)]
     assert pareto_front(points) == [5, 0, 1, 4]
+
+
+def test_config_file_with_flag_overrides(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path: Path) -> None:
+    config = tmp_path / "search.toml"
+    config.write_text(f"""
+teacher = "{tiny_teacher_dir}"
+hw = ["{FAST_PROFILE}"]
+space = "{TINY_SPACE}"
+table = "{tmp_path / 'lat.sqlite'}"
+episodes = 3
+top_k = 5
+proxy = 100
+max_length = 32
+
+[data]
+task = "sst2"
+data_dir = "{sst2_slice}"
+""")
+    plan = subprocess.run(cli("search", "--config", str(config), "--episodes", "2", "--out", str(tmp_path / "r"), "--dry-run"),
+                          capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stderr
+    assert "10 candidates x 100 proxy rows" in plan.stdout  # episodes from the flag, top_k and proxy from the file
+    bad = tmp_path / "bad.toml"
+    bad.write_text('teacher = "x"\nepisodez = 3\n')
+    result = subprocess.run(cli("search", "--config", str(bad), "--out", str(tmp_path / "r")), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown setting(s) episodez" in result.stderr
+    bad.write_text("teacher = \n")
+    result = subprocess.run(cli("search", "--config", str(bad), "--out", str(tmp_path / "r")), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "not valid TOML" in result.stderr

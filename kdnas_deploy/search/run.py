@@ -64,6 +64,25 @@ class SearchSettings:
             raise KdnasError(f"--budgets must be positive milliseconds, got {self.budgets}")
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A `--config` TOML: top-level keys are SearchSettings fields; `[data]` holds the data options."""
+    import tomllib
+
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise KdnasError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise KdnasError(f"--config {path}: not valid TOML ({exc})") from None
+    fields = set(SearchSettings.__dataclass_fields__)
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise KdnasError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    if "data" in raw and not isinstance(raw["data"], dict):
+        raise KdnasError(f"--config {path}: [data] must be a table (task, data_dir, train_file, dev_file, text_columns, label_column)")
+    return raw
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
