@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import sys
@@ -371,43 +370,19 @@ def search(
 ) -> None:
     """Search the student space: latency from the table, proxy distillation, controller; final student and report."""
     _quiet_libraries()
-    from kdnas_deploy.search.run import SearchSettings, dry_run as plan_search, load_settings, run_search
+    from kdnas_deploy.search.run import dry_run as plan_search, load_settings, run_search, settings_from
 
     if resume:
         settings = load_settings(out_dir)
     else:
-        from kdnas_deploy.distill.api import source_from_teacher
-        from kdnas_deploy.model_folder import model_ref
-        from kdnas_deploy.search.run import read_config
-
-        given = {
+        flags = {
             "teacher": teacher_path, "max_length": max_length, "hw": list(hw), "space": space,
             "table": str(table) if table else None, "seed": seed, "strategy": strategy, "episodes": episodes,
             "top_k": top_k, "proxy": proxy, "held_out": held_out, "proxy_epochs": proxy_epochs, "target_ms": target_ms,
             "speedup": speedup, "reward": reward, "calibration": calibration, "final_epochs": final_epochs,
             "final": final, "max_params": max_params, "budgets": _floats(budgets, "--budgets") if budgets else None,
         }
-        values = read_config(config) if config else {}
-        defaults = {name: p.default for name, p in inspect.signature(search).parameters.items()}
-        flag_names = {"teacher": "teacher_path"}
-        for key, value in given.items():  # a flag overrides the file only where it differs from its default
-            default = defaults.get(flag_names.get(key, key))
-            if key not in values or value != (list(default) if isinstance(default, list) else default):
-                values[key] = value
-        cli_source = _source(task, data_dir, train_file, dev_file, text_columns, label_column)
-        data = {**values.get("data", {}), **cli_source.to_dict()}
-        if not values.get("teacher"):
-            raise KdnasError("give --teacher (or --resume with the --out of an earlier run)")
-        if values["reward"] not in ("soft", "hard"):
-            raise KdnasError(f"--reward {values['reward']!r}: use soft or hard")
-        if values["space"] != "auto":
-            values["space"] = str(Path(values["space"]).resolve())
-        from kdnas_deploy.data import DataSource
-
-        values["data"] = source_from_teacher(model_ref(values["teacher"]), DataSource.from_dict(data)).to_dict()
-        settings = SearchSettings(**values)
-    timing = _progress()
-    timing_task = timing.add_task("latency table", total=None)
+        settings = settings_from(flags, _source(task, data_dir, train_file, dev_file, text_columns, label_column), config)
     if dry_run:
         plan = plan_search(settings)
         est = plan["estimate_s"]
@@ -419,6 +394,8 @@ def search(
         out.print(f"estimate: latency table {est['latency_table'] / 60:.0f} min, proxy distillation {est['proxy_distillation'] / 60:.0f} min, "
                   f"final distillation {est['final_distillation'] / 60:.0f} min", highlight=False)
         return
+    timing = _progress()
+    timing_task = timing.add_task("latency table", total=None)
     bar = _SearchBar(before=timing)
 
     def timed(profile_name: str, item: Any, cached: bool) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.errors import KdnasError, first_line
 from kdnas_deploy.tasks import HUB_GLUE, Task, custom_task, get_task, task_for_folder
 
 #: File formats read for a user's own data, by suffix.
@@ -112,8 +112,7 @@ def read_table(path: Path, header: bool = True) -> Any:
         else:
             frame = pd.read_parquet(path)
     except Exception as exc:  # pandas/pyarrow raise many types for a malformed file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KdnasError(f"{path}: not a valid {fmt} file ({first})") from None
+        raise KdnasError(f"{path}: not a valid {fmt} file ({first_line(exc)})") from None
     return frame
 
 
@@ -246,8 +245,7 @@ def _load_hub(source: DataSource) -> TaskData:
 
         raw = load_dataset(HUB_GLUE, task.name)
     except Exception as exc:  # the hub raises connection, offline and not-found errors of many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KdnasError(f"cannot load {HUB_GLUE}/{task.name} from the Hugging Face hub ({first}); "
+        raise KdnasError(f"cannot load {HUB_GLUE}/{task.name} from the Hugging Face hub ({first_line(exc)}); "
                          "without a network, point --data-dir at a GLUE-format folder") from None
     splits = {}
     for split, name in (("train", "train"), ("dev", task.hub_dev_split)):

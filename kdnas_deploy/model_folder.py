@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.errors import KdnasError, first_line
 from kdnas_deploy.teacher_config import SUPPORTED_MODEL_TYPES, load_teacher_config
 
 INFO_FILE = "kdnas.json"
@@ -52,13 +52,17 @@ def versions() -> dict[str, str]:
     return {"kdnas_deploy": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Written beside its final place and renamed in: readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False)
-        fh.write("\n")
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_info(folder: str | Path) -> ModelInfo | None:
@@ -69,7 +73,7 @@ def read_info(folder: str | Path) -> ModelInfo | None:
     try:
         return ModelInfo.model_validate_json(path.read_text())
     except ValueError as exc:
-        raise KdnasError(f"{path}: not a valid {INFO_FILE} ({str(exc).splitlines()[0]})") from None
+        raise KdnasError(f"{path}: not a valid {INFO_FILE} ({first_line(exc)})") from None
 
 
 def save_model_folder(model: Any, tokenizer: Any, info: ModelInfo, out: Path) -> None:
@@ -89,8 +93,7 @@ def load_classifier(name_or_path: str, attn_implementation: str = "sdpa") -> Any
     try:
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, attn_implementation=attn_implementation)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KdnasError(f"cannot load a sequence classifier from {name_or_path!r}: {first}") from None
+        raise KdnasError(f"cannot load a sequence classifier from {name_or_path!r}: {first_line(exc)}") from None
     if model.config.model_type not in SUPPORTED_MODEL_TYPES:  # pragma: no cover - config check above
         raise KdnasError(f"{name_or_path!r} is a {model.config.model_type!r} model; only BERT-architecture models are supported")
     return model.eval()
@@ -102,5 +105,4 @@ def load_tokenizer(name_or_path: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KdnasError(f"cannot load a tokenizer from {name_or_path!r}: {first}") from None
+        raise KdnasError(f"cannot load a tokenizer from {name_or_path!r}: {first_line(exc)}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.errors import KdnasError, first_line
 
 #: Model types whose encoder is BERT's: students are built as BERT and inherit weights layer by layer.
 SUPPORTED_MODEL_TYPES = ("bert",)
@@ -17,8 +17,7 @@ def load_teacher_config(teacher: str) -> Any:
     try:
         config = AutoConfig.from_pretrained(teacher)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KdnasError(f"cannot load the teacher config from {teacher!r}: {first}") from None
+        raise KdnasError(f"cannot load the teacher config from {teacher!r}: {first_line(exc)}") from None
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise KdnasError(
             f"teacher {teacher!r} is a {config.model_type!r} model; supported: BERT-architecture models "

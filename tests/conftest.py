@@ -43,6 +43,16 @@ def glue() -> Path:
     return path
 
 
+def bump_schema_version(path: Path, version: int = 99) -> None:
+    """Make an SQLite file of ours look written by a newer kdnas-deploy (latency table and journal share the key)."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    con.commit()
+    con.close()
+
+
 def cli(*args: str) -> list[str]:
     """The command line of the installed CLI, run with this interpreter."""
     return [sys.executable, "-m", "kdnas_deploy.cli", *args]

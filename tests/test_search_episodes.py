@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
+from conftest import bump_schema_version
 from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.search.episodes import prediction_quality, run_episodes
 from kdnas_deploy.search.journal import Journal
@@ -75,10 +75,7 @@ def test_journal_refuses_damaged_or_newer_files(tmp_path: Path) -> None:
         Journal(bad)
     newer = tmp_path / "newer.sqlite"
     Journal(newer).close()
-    db = sqlite3.connect(newer)
-    db.execute("UPDATE meta SET value='99' WHERE key='schema'")
-    db.commit()
-    db.close()
+    bump_schema_version(newer)
     with pytest.raises(KdnasError, match="newer kdnas-deploy"):
         Journal(newer)
     with Journal(tmp_path / "j.sqlite") as journal:

@@ -5,6 +5,7 @@ import sqlite3
 
 import pytest
 
+from conftest import bump_schema_version
 from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.latency.table import LatencyTable, default_table_path
 from kdnas_deploy.latency.timing import Timing
@@ -55,10 +56,7 @@ def test_damaged_foreign_and_newer_files_give_clear_errors(tmp_path):
 
     newer = tmp_path / "newer.sqlite"
     LatencyTable(newer).close()
-    con = sqlite3.connect(newer)
-    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
+    bump_schema_version(newer)
     with pytest.raises(KdnasError, match="newer kdnas-deploy"):
         LatencyTable(newer)
 

@@ -8,7 +8,7 @@ dev split and saving a model folder.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,14 @@ from kdnas_deploy.distill.trainer import (
     TrainProgress,
     TrainResult,
     evaluate_model,
+    CHECKPOINT,
     resolve_device,
-    run_key,
     seed_everything,
     train,
 )
 from kdnas_deploy.encode import EncodedData, encode
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.hashing import stable_hash
 from kdnas_deploy.model_folder import (
     ModelInfo,
     load_classifier,
@@ -99,7 +100,6 @@ class DistillResult:
     metrics: dict[str, float]
     train: TrainResult
     wall_seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def distill_student(
@@ -156,12 +156,18 @@ def source_from_teacher(teacher: str, source: DataSource) -> DataSource:
     return DataSource.from_dict(info.data)
 
 
-def _label_config(model: Any, task: Task) -> None:
+def label_settings(task: Task) -> dict[str, Any]:
+    """The config fields that name a task's outputs (what pipelines and exporters read)."""
     if task.is_regression:
-        model.config.problem_type = "regression"
-        return
-    model.config.id2label = dict(enumerate(task.label_names))
-    model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {"num_labels": task.num_labels, "id2label": dict(enumerate(task.label_names)),
+            "label2id": {name: i for i, name in enumerate(task.label_names)}}
+
+
+def _save(model: Any, tokenizer: Any, info: ModelInfo, out: Path) -> None:
+    """The finished model folder; the training checkpoint it supersedes goes."""
+    save_model_folder(model, tokenizer, info, out)
+    (out / CHECKPOINT).unlink(missing_ok=True)
 
 
 def distill(
@@ -204,7 +210,7 @@ def distill(
     else:
         train_set, eval_set = subsample(encoded.train, train_samples, train_config.seed), encoded.dev
         eval_name = "dev"
-    key = run_key({"teacher": teacher_path, "data": prepared.data.fingerprint, "arch": str(student_arch), "init": init,
+    key = stable_hash({"teacher": teacher_path, "data": prepared.data.fingerprint, "arch": str(student_arch), "init": init,
                    "proxy": proxy, "held_out": held_out, "train_samples": train_samples, "max_length": max_length,
                    "train": asdict(train_config), "distill": asdict(distill_config)})
     result = distill_student(teacher, prepared, student_arch, train_set, eval_set, init=init, train_config=train_config,
@@ -213,7 +219,8 @@ def distill(
     if proxy is not None and evaluate_dev:
         metrics["dev"] = evaluate_model(result.student, encoded.dev, prepared.task, train_config.eval_batch_size,
                                         encoded.pad_token_id)
-    _label_config(result.student, prepared.task)
+    for name, value in label_settings(prepared.task).items():
+        setattr(result.student.config, name, value)
     info = ModelInfo(
         kind="student", arch=str(student_arch), teacher=teacher_path, task=prepared.task.name,
         data={**source.to_dict(), "origin": prepared.data.origin}, label_names=list(prepared.task.label_names),
@@ -222,8 +229,7 @@ def distill(
                                   distill_config, result.wall_seconds),
         versions=versions(),
     )
-    save_model_folder(result.student, prepared.tokenizer, info, out)
-    (out / "checkpoint.pt").unlink(missing_ok=True)
+    _save(result.student, prepared.tokenizer, info, out)
     return info
 
 
@@ -258,24 +264,18 @@ def make_teacher(
     load_teacher_config(backbone)  # one-line errors for a missing or unsupported backbone, before any data work
     prepared = prepare(backbone, source, max_length)
     task = prepared.task
-    kwargs: dict[str, Any] = {"num_labels": task.num_labels}
-    if task.is_regression:
-        kwargs["problem_type"] = "regression"
-    else:
-        kwargs["id2label"] = dict(enumerate(task.label_names))
-        kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
     seed_everything(train_config.seed)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            backbone, attn_implementation="sdpa", ignore_mismatched_sizes=True, **kwargs)
+            backbone, attn_implementation="sdpa", ignore_mismatched_sizes=True, **label_settings(task))
     except (OSError, ValueError) as exc:
-        raise KdnasError(f"cannot load backbone {backbone!r}: {str(exc).strip().splitlines()[0]}") from None
+        raise KdnasError(f"cannot load backbone {backbone!r}: {first_line(exc)}") from None
     encoded = prepared.encoded
     train_set = subsample(encoded.train, train_samples, train_config.seed)
     device = resolve_device(train_config.device)
     pad = encoded.pad_token_id
     objective = SupervisedObjective(model, task.is_regression)
-    key = run_key({"backbone": backbone, "data": prepared.data.fingerprint, "train_samples": train_samples,
+    key = stable_hash({"backbone": backbone, "data": prepared.data.fingerprint, "train_samples": train_samples,
                    "max_length": max_length, "train": asdict(train_config)})
     tic = time.perf_counter()
     result = train(objective, train_set, train_config, pad_token_id=pad,
@@ -290,8 +290,7 @@ def make_teacher(
                                   time.perf_counter() - tic),
         versions=versions(),
     )
-    save_model_folder(model, prepared.tokenizer, info, out)
-    (out / "checkpoint.pt").unlink(missing_ok=True)
+    _save(model, prepared.tokenizer, info, out)
     return info
 
 

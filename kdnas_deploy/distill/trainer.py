@@ -7,15 +7,13 @@ on CUDA. On CPU a run is deterministic: same seed, same data, same numbers.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import random
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,7 +79,6 @@ class TrainResult:
     steps: int = 0
     train_seconds: float = 0.0
     examples: int = 0
-    resumed_from_epoch: int = 0
 
     @property
     def examples_per_second(self) -> float:
@@ -131,11 +128,6 @@ def _batches(dataset: Any, batch_size: int, pad_token_id: int, generator: torch.
     )
 
 
-def run_key(parts: dict[str, Any]) -> str:
-    """Identifies a training run's settings: a checkpoint is resumed only into the run that wrote it."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
@@ -157,7 +149,8 @@ def train(
 ) -> TrainResult:
     """Trains `objective` for `config.epochs` epochs, evaluating and checkpointing after each.
 
-    With `checkpoint_dir`, a checkpoint left there by the same run (`key`) is resumed from the epoch after it.
+    With `checkpoint_dir`, a checkpoint left there by the same run (`key`, a hash of its settings) is resumed
+    from the epoch after it.
     """
     progress = progress or TrainProgress()
     device = resolve_device(config.device)
@@ -178,7 +171,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
-        start_epoch = result.resumed_from_epoch = state["epoch"]
+        start_epoch = state["epoch"]
         result.history = state["history"]
         result.steps = start_epoch * steps_per_epoch
     autocast, scaler = _mixed_precision(device, config.mixed_precision)
@@ -265,7 +258,3 @@ def evaluate_model(model: nn.Module, dataset: Any, task: Task, batch_size: int =
                    device: torch.device | str = "cpu") -> dict[str, float]:
     logits = predict_logits(model, dataset, batch_size, pad_token_id, device)
     return compute_metrics(task, logits, np.asarray(dataset["labels"]))
-
-
-def config_dict(config: Any) -> dict[str, Any]:
-    return asdict(config)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.errors import KdnasError, first_line
 from kdnas_deploy.hardware import HardwareProfile, TimingSection
 from kdnas_deploy.space import BERT_VOCAB_SIZE
 
@@ -58,7 +58,7 @@ def make_session(path: str | Path, profile: HardwareProfile) -> Any:
     try:
         sess = ort.InferenceSession(str(path), session_options(profile), providers=profile.providers())
     except Exception as exc:  # ORT raises its own exception types per failure
-        raise KdnasError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        raise KdnasError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
     if sess.get_providers()[0] != profile.runtime.provider:
         raise KdnasError(
             f"ONNX Runtime fell back to {sess.get_providers()[0]} instead of {profile.runtime.provider} "

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from kdnas_deploy.errors import first_line
 from kdnas_deploy.search.journal import Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig, reward
 from kdnas_deploy.search.strategies import Observation, Proposal, Strategy
@@ -64,7 +65,7 @@ def run_episodes(
                 if not np.isfinite(score):
                     raise ValueError(f"score is {score}")
             except Exception as exc:  # one candidate's failure must not end the search
-                journal.fail(arch, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+                journal.fail(arch, f"{type(exc).__name__}: {first_line(exc)}",
                              time.perf_counter() - tic)
             else:
                 journal.finish(arch, float(score), reward(float(score), lat, config), dict(metrics), time.perf_counter() - tic)

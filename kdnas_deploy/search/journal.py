@@ -17,6 +17,7 @@ from typing import Any
 from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.space import StudentArch
 
+APP_ID = "kdnas-deploy search journal"
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,13 +58,16 @@ class Journal:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(_SCHEMA)
-            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            # The same meta keys as the latency table, so one file can never pass for the other.
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?)", (APP_ID,))
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            meta = dict(self.db.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as exc:
             raise KdnasError(f"{self.path}: not a usable search journal ({exc})") from None
-        if row is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise KdnasError(f"{self.path} was written by a newer kdnas-deploy (journal schema {row[0]})")
+        if meta["app"] != APP_ID:
+            raise KdnasError(f"{self.path}: not a usable search journal (it is a {meta['app']})")
+        if int(meta["schema_version"]) > SCHEMA_VERSION:
+            raise KdnasError(f"{self.path} was written by a newer kdnas-deploy (journal schema {meta['schema_version']})")
 
     def __enter__(self) -> Journal:
         return self

@@ -7,7 +7,6 @@ teacher and profile hashes and the machine fingerprint), `journal.sqlite`, `stud
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any, Literal
 
 from kdnas_deploy.data import DataSource
 from kdnas_deploy.errors import KdnasError
-from kdnas_deploy.model_folder import model_ref, read_info, write_json_atomic
+from kdnas_deploy.hashing import stable_hash
+from kdnas_deploy.model_folder import model_ref, read_info, write_json_atomic, write_text_atomic
 from kdnas_deploy.search.episodes import SearchProgress, best_candidate, prediction_quality, run_episodes
 from kdnas_deploy.search.journal import Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig
@@ -60,8 +60,31 @@ class SearchSettings:
             raise KdnasError("--episodes and --top-k must be at least 1")
         if not self.hw:
             raise KdnasError("give at least one --hw profile")
+        if self.reward not in ("soft", "hard"):
+            raise KdnasError(f"--reward {self.reward!r}: use soft or hard")
         if self.budgets is not None and (not self.budgets or any(not b > 0 for b in self.budgets)):
             raise KdnasError(f"--budgets must be positive milliseconds, got {self.budgets}")
+
+
+def settings_from(flags: dict[str, Any], data: DataSource, config: Path | None = None) -> SearchSettings:
+    """Settings from a `--config` TOML overlaid with the flags a user gave (those that differ from the defaults);
+    with no data options anywhere, the data recorded in the teacher's kdnas.json."""
+    from kdnas_deploy.distill.api import source_from_teacher
+
+    values = read_config(config) if config else {}
+    fields = SearchSettings.__dataclass_fields__
+    for key, value in flags.items():
+        f = fields[key]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if key not in values or (value is not None and value != default):
+            values[key] = value
+    if not values.get("teacher"):
+        raise KdnasError("give --teacher (or --resume with the --out of an earlier run)")
+    if values.get("space", "auto") != "auto":
+        values["space"] = str(Path(values["space"]).resolve())
+    merged = DataSource.from_dict({**values.get("data", {}), **data.to_dict()})
+    values["data"] = source_from_teacher(model_ref(values["teacher"]), merged).to_dict()
+    return SearchSettings(**values)
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -83,15 +106,33 @@ def read_config(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def load_settings(run_dir: Path) -> SearchSettings:
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise KdnasError(f"{run_dir} is not a search run directory (no {RUN_FILE}); start one with kdnas-deploy search")
     return SearchSettings(**json.loads(path.read_text())["settings"])
+
+
+@dataclass
+class _Resolved:
+    teacher_arch: Any
+    teacher_config: Any
+    space: Any
+    profiles: list[Any]
+    table_path: Path
+
+
+def _resolve(settings: SearchSettings) -> _Resolved:
+    """Teacher, space, profiles and table a run's settings name: what both the run and the dry run need."""
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.table import default_table_path
+    from kdnas_deploy.space import SearchSpace, StudentArch
+    from kdnas_deploy.teacher_config import load_teacher_config
+
+    settings.teacher = model_ref(settings.teacher)
+    teacher_config = load_teacher_config(settings.teacher)
+    return _Resolved(StudentArch.from_config(teacher_config), teacher_config, SearchSpace.resolve(settings.space, teacher_config),
+                     [load_profile(h) for h in settings.hw], Path(settings.table) if settings.table else default_table_path())
 
 
 def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, progress: SearchProgress | None = None,
@@ -100,26 +141,20 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     from kdnas_deploy.distill.api import distill, prepare
     from kdnas_deploy.distill.trainer import TrainConfig
     from kdnas_deploy.fingerprint import fingerprint_id, machine_fingerprint
-    from kdnas_deploy.hardware import load_profile
-    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.latency.table import LatencyTable
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.search.evaluator import ProxyEvaluator
     from kdnas_deploy.search.latency import LatencyOracle
-    from kdnas_deploy.space import SearchSpace, StudentArch
-    from kdnas_deploy.teacher_config import load_teacher_config
 
-    settings.teacher = model_ref(settings.teacher)
     if (out / RUN_FILE).exists() and not resume:
         raise KdnasError(f"{out} already holds a search run: use --resume to continue it, or another --out")
-    teacher_config = load_teacher_config(settings.teacher)
-    teacher_arch = StudentArch.from_config(teacher_config)
-    space = SearchSpace.resolve(settings.space, teacher_config)
-    profiles = [load_profile(h) for h in settings.hw]
+    r = _resolve(settings)
+    teacher_config, teacher_arch, space, profiles = r.teacher_config, r.teacher_arch, r.space, r.profiles
     for p in profiles:
         p.check_runnable()
     record = {
         "settings": asdict(settings),
-        "teacher_config_hash": _hash(teacher_config.to_dict()),
+        "teacher_config_hash": stable_hash(teacher_config.to_dict()),
         "profiles": {p.name: {"content_hash": p.content_hash(), "fingerprint": fingerprint_id(machine_fingerprint(p))} for p in profiles},
         "space": space.to_dict(),
     }
@@ -129,8 +164,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
             raise KdnasError(f"{out}: the teacher, profiles or machine changed since this run started; start a new run")
     write_json_atomic(out / RUN_FILE, record)
 
-    table_path = Path(settings.table) if settings.table else default_table_path()
-    with LatencyTable(table_path) as table:
+    with LatencyTable(r.table_path) as table:
         oracle = LatencyOracle(table, profiles)
         oracle.fill(space, extra=[teacher_arch], calibration=settings.calibration, seed=settings.seed, progress=latency_progress)
         teacher_ms = oracle(teacher_arch)
@@ -160,8 +194,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
                                    progress=final_progress)
                 entry.update(folder=str(folder), latency_ms=chosen.latency, proxy_score=chosen.score, dev=info.metrics["dev"])
             finals.append(entry)
-    report = build_report(settings, candidates, teacher_arch, teacher_ms, config, finals)
-    report["teacher"]["score"] = teacher_metrics["score"]
+    report = build_report(settings, candidates, teacher_arch, teacher_ms, teacher_metrics["score"], config, finals)
     write_report(out, report)
     return report
 
@@ -176,48 +209,42 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
     import math
     import time
 
-    from kdnas_deploy.distill.api import prepare
-    from kdnas_deploy.distill.objective import DistillationObjective, DistillConfig
-    from kdnas_deploy.distill.student import build_student
-    from kdnas_deploy.distill.trainer import TrainConfig, _batches, _optimizer
-    from kdnas_deploy.hardware import load_profile
-    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.distill.api import distill_student, prepare
+    from kdnas_deploy.distill.trainer import TrainConfig, TrainProgress
+    from kdnas_deploy.latency.table import LatencyTable
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.search.latency import LatencyOracle
-    from kdnas_deploy.space import SearchSpace, StudentArch
-    from kdnas_deploy.teacher_config import load_teacher_config
 
-    teacher_config = load_teacher_config(model_ref(settings.teacher))
-    teacher_arch = StudentArch.from_config(teacher_config)
-    space = SearchSpace.resolve(settings.space, teacher_config)
-    profiles = [load_profile(h) for h in settings.hw]
-    with LatencyTable(Path(settings.table) if settings.table else default_table_path()) as table:
-        coverage = LatencyOracle(table, profiles).coverage(space, [teacher_arch], settings.calibration, settings.seed)
+    r = _resolve(settings)
+    with LatencyTable(r.table_path) as table:
+        coverage = LatencyOracle(table, r.profiles).coverage(r.space, [r.teacher_arch], settings.calibration, settings.seed)
     missing = sum(need - have for have, need in coverage.values())
-    prepared = prepare(model_ref(settings.teacher), DataSource.from_dict(settings.data), settings.max_length)
-    teacher = load_classifier(model_ref(settings.teacher))
-    probe = space.enumerate()[len(space) // 2]
-    objective = DistillationObjective(build_student(teacher, probe), teacher, DistillConfig(), prepared.task.is_regression)
-    config = TrainConfig()
-    optimizer = _optimizer(objective, config)
+    prepared = prepare(settings.teacher, DataSource.from_dict(settings.data), settings.max_length)
+    config = TrainConfig(epochs=1)
+
+    class StepClock(TrainProgress):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def start(self, total_steps: int, done_steps: int) -> None:
+            self.times.append(time.perf_counter())
+
+        def step(self, loss: float) -> None:
+            self.times.append(time.perf_counter())
+
+    clock = StepClock()
+    probe = r.space.enumerate()[len(r.space) // 2]
     rows = prepared.encoded.train.select(range(min(len(prepared.encoded.train), config.batch_size * (measure_steps + 1))))
-    seconds = []
-    for i, batch in enumerate(_batches(rows, config.batch_size, prepared.encoded.pad_token_id, None)):
-        tic = time.perf_counter()
-        loss, _ = objective(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if i:  # the first step pays one-time costs
-            seconds.append(time.perf_counter() - tic)
-    objective.close()
-    step_s = float(sorted(seconds)[len(seconds) // 2]) if seconds else 0.0
+    distill_student(load_classifier(settings.teacher), prepared, probe, rows, rows.select(range(1)), train_config=config,
+                    progress=clock)
+    seconds = sorted(b - a for a, b in zip(clock.times[1:], clock.times[2:]))  # the first step pays one-time costs
+    step_s = seconds[len(seconds) // 2] if seconds else 0.0
     proxy_steps = settings.episodes * settings.top_k * math.ceil(settings.proxy / config.batch_size) * settings.proxy_epochs
     finals = len(settings.budgets) if settings.budgets else 1
     final_steps = (finals * math.ceil(len(prepared.encoded.train) / config.batch_size) * settings.final_epochs) if settings.final else 0
     return {
-        "space": {"name": space.name, "architectures": len(space)},
-        "teacher": str(teacher_arch),
+        "space": {"name": r.space.name, "architectures": len(r.space)},
+        "teacher": str(r.teacher_arch),
         "table_coverage": {name: {"have": have, "need": need} for name, (have, need) in coverage.items()},
         "estimate_s": {"latency_table": round(missing * SECONDS_PER_TIMING), "proxy_distillation": round(proxy_steps * step_s),
                        "final_distillation": round(final_steps * step_s)},
@@ -238,13 +265,10 @@ def choose_finals(candidates: list[Candidate], budgets: list[float] | None, prof
     return out
 
 
-def build_report(settings: SearchSettings, candidates: list[Candidate], teacher_arch: Any, teacher_ms: dict[str, float],
-                 config: RewardConfig, finals: list[dict[str, Any]]) -> dict[str, Any]:
+def _journal_part(candidates: list[Candidate]) -> dict[str, Any]:
+    """The part of the report that the journal alone determines."""
     best = best_candidate(candidates)
     return {
-        "teacher": {"path": settings.teacher, "arch": str(teacher_arch), "latency_ms": teacher_ms},
-        "reward": {"form": config.form, "targets_ms": dict(config.targets), "alpha": config.alpha, "beta": config.beta},
-        "strategy": settings.strategy,
         "candidates": [
             {"episode": c.episode, "arch": str(c.arch), "status": c.status, "latency_ms": c.latency, "score": c.score,
              "reward": c.reward, "predicted_reward": c.predicted_reward, "uncertainty": c.uncertainty,
@@ -253,6 +277,16 @@ def build_report(settings: SearchSettings, candidates: list[Candidate], teacher_
         ],
         "prediction_quality": {str(k): v for k, v in prediction_quality(candidates).items()},
         "best": str(best.arch) if best else None,
+    }
+
+
+def build_report(settings: SearchSettings, candidates: list[Candidate], teacher_arch: Any, teacher_ms: dict[str, float],
+                 teacher_score: float | None, config: RewardConfig, finals: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "teacher": {"path": settings.teacher, "arch": str(teacher_arch), "latency_ms": teacher_ms, "score": teacher_score},
+        "reward": {"form": config.form, "targets_ms": dict(config.targets), "alpha": config.alpha, "beta": config.beta},
+        "strategy": settings.strategy,
+        **_journal_part(candidates),
         "finals": finals,
     }
 
@@ -288,9 +322,7 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
             continue
         lines.append(f"- {budget}final student `{final['arch']}` distilled on the full training set: dev "
                      + ", ".join(f"{k} {v:.4f}" for k, v in final["dev"].items()) + f" ({final['folder']}).")
-    tmp = out / "report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "report.md")
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
 def regenerate_report(run_dir: Path) -> dict[str, Any]:
@@ -302,10 +334,6 @@ def regenerate_report(run_dir: Path) -> dict[str, Any]:
     report = json.loads(path.read_text())
     with Journal(run_dir / "journal.sqlite") as journal:
         candidates = journal.candidates()
-    report["candidates"] = build_report(load_settings(run_dir), candidates, report["teacher"]["arch"],
-                                        report["teacher"]["latency_ms"], RewardConfig(report["reward"]["targets_ms"],
-                                        form=report["reward"]["form"], alpha=report["reward"]["alpha"],
-                                        beta=report["reward"]["beta"]), report.get("finals", []))["candidates"]
-    report["prediction_quality"] = {str(k): v for k, v in prediction_quality(candidates).items()}
+    report.update(_journal_part(candidates))
     write_report(run_dir, report)
     return report

@@ -73,14 +73,16 @@ class _Base:
         archs = self.space.enumerate() if len(self.space) <= self.pool_size else self.space.sample(self.pool_size, self.rng)
         return [a for a in archs if a not in seen and self._feasible(a)]
 
+    def _random(self, k: int, seen: set[StudentArch]) -> list[Proposal]:
+        pool = self._candidates(seen)
+        return [Proposal(pool[i]) for i in self.rng.permutation(len(pool))[:k]]
+
 
 class RandomSearch(_Base):
     name = "random"
 
     def propose(self, k: int, history: Sequence[Observation]) -> list[Proposal]:
-        pool = self._candidates({o.arch for o in history})
-        idx = self.rng.permutation(len(pool))[:k]
-        return [Proposal(pool[i]) for i in idx]
+        return self._random(k, {o.arch for o in history})
 
 
 class RegularizedEvolution(_Base):
@@ -91,39 +93,25 @@ class RegularizedEvolution(_Base):
         self.population, self.tournament = population, tournament
 
     def _mutate(self, arch: StudentArch) -> StudentArch:
+        """One dimension moved one step to a neighbouring allowed value (the parent itself if that is invalid)."""
         s = self.space
-        dims = {
-            "layers": (s.layers, arch.layers),
-            "hidden": (s.hidden, arch.hidden),
-            "heads": (s.heads, arch.heads),
-            "ffn_ratio": (s.ffn_ratios, arch.ffn // arch.hidden if arch.ffn % arch.hidden == 0 else s.ffn_ratios[0]),
-        }
-        name = list(dims)[self.rng.integers(len(dims))]
-        values, current = dims[name]
-        values = sorted(values)
-        i = values.index(current) if current in values else 0
-        step = int(self.rng.choice([-1, 1]))
-        new = values[min(max(i + step, 0), len(values) - 1)]
-        layers, hidden, heads = arch.layers, arch.hidden, arch.heads
         ratio = arch.ffn // arch.hidden if arch.ffn % arch.hidden == 0 else s.ffn_ratios[0]
-        if name == "layers":
-            layers = new
-        elif name == "hidden":
-            hidden = new
-        elif name == "heads":
-            heads = new
-        else:
-            ratio = new
-        if hidden % heads:
+        current = {"layers": arch.layers, "hidden": arch.hidden, "heads": arch.heads, "ratio": ratio}
+        allowed = {"layers": s.layers, "hidden": s.hidden, "heads": s.heads, "ratio": s.ffn_ratios}
+        name = list(current)[self.rng.integers(len(current))]
+        values = sorted(allowed[name])
+        i = values.index(current[name]) if current[name] in values else 0
+        step = int(self.rng.choice([-1, 1]))
+        current[name] = values[min(max(i + step, 0), len(values) - 1)]
+        if current["hidden"] % current["heads"]:
             return arch
-        return StudentArch(layers, hidden, heads, hidden * ratio)
+        return StudentArch(current["layers"], current["hidden"], current["heads"], current["hidden"] * current["ratio"])
 
     def propose(self, k: int, history: Sequence[Observation]) -> list[Proposal]:
         seen = {o.arch for o in history}
         scored = [o for o in history if o.reward is not None]
         if len(scored) < self.population:
-            pool = self._candidates(seen)
-            return [Proposal(pool[i]) for i in self.rng.permutation(len(pool))[:k]]
+            return self._random(k, seen)
         population = scored[-self.population:]  # oldest age out
         out: list[Proposal] = []
         for _ in range(k):
