@@ -96,8 +96,8 @@ def test_real_proxy_distillation_search(tiny_teacher_dir: Path, sst2_slice: Path
 
     space = SearchSpace.from_dict({"layers": [1, 2], "hidden": [32, 64], "heads": [2, 4], "ffn_ratios": [2]}, name="tiny")
     prepared = prepare(str(tiny_teacher_dir), DataSource(task="sst2", data_dir=str(sst2_slice)), 64)
-    evaluate = ProxyEvaluator(load_classifier(str(tiny_teacher_dir)), prepared, proxy=200, held_out=200,
-                              train_config=TrainConfig(epochs=1))
+    evaluate = ProxyEvaluator.from_prepared(load_classifier(str(tiny_teacher_dir)), prepared, proxy=200, held_out=200,
+                                            train_config=TrainConfig(epochs=1))
 
     def latency(a: StudentArch) -> dict[str, float]:
         return {"cpu": 0.1 * a.layers * a.hidden / 32}

@@ -119,10 +119,38 @@ def test_controller_first_batch_is_space_filling_then_predicts_with_uncertainty(
 @pytest.mark.parametrize("name", ["kdnas", "random", "evolution"])
 def test_size_limit_is_never_crossed(name: str) -> None:
     limit = StudentArch.parse("L4-H256-A4-I1024").parameter_count()
-    strategy = make_strategy(name, SPACE, RewardConfig({"cpu": 8.0}), synthetic_latency, seed=2, max_params=limit)
+    strategy = make_strategy(name, SPACE, RewardConfig({"cpu": 8.0}), synthetic_latency, seed=2,
+                             allowed=lambda a: a.parameter_count() <= limit)
     history: list[Observation] = []
     for _ in range(6):
         for p in strategy.propose(8, history):
             assert p.arch.parameter_count() <= limit
             history.append(Observation(p.arch, synthetic_score(p.arch), synthetic_score(p.arch)))
     assert len(history) == 48
+
+
+def test_max_mb_and_max_params_use_the_teachers_shape_and_every_profile() -> None:
+    from transformers import BertConfig
+
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.graph import artifact_megabytes
+    from kdnas_deploy.search.run import SearchSettings, deployment_limits
+
+    teacher = BertConfig(vocab_size=8000, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                         intermediate_size=1536, num_labels=3)
+    small, large = StudentArch.parse("L2-H128-A2-I512"), StudentArch.parse("L4-H256-A4-I1024")
+    fp32, int8 = load_profile("cpu"), load_profile("cpu-int8")
+    size = {a: {p.name: artifact_megabytes(a, p.precision, vocab_size=8000, num_labels=3) for p in (fp32, int8)}
+            for a in (small, large)}
+    limit = (size[small]["cpu"] + size[large]["cpu"]) / 2
+    assert size[large]["cpu-int8"] < limit < size[large]["cpu"]  # the int8 artifact fits, the fp32 one does not
+    both = deployment_limits(SearchSettings("t", {}, max_mb=limit), teacher, [fp32, int8])
+    assert both is not None and both(small) and not both(large)
+    only_int8 = deployment_limits(SearchSettings("t", {}, max_mb=limit), teacher, [int8])
+    assert only_int8 is not None and only_int8(small) and only_int8(large)
+    params = deployment_limits(SearchSettings("t", {}, max_params=large.parameter_count(vocab_size=8000, num_labels=3)),
+                               teacher, [int8])
+    assert params is not None and params(large) and not params(StudentArch.parse("L5-H256-A4-I1024"))
+    assert deployment_limits(SearchSettings("t", {}), teacher, [int8]) is None
+    with pytest.raises(KdnasError, match="--max-mb must be positive"):
+        SearchSettings("t", {}, max_mb=0)

@@ -104,7 +104,8 @@ class DistillResult:
 
 def distill_student(
     teacher: Any,
-    prepared: Prepared,
+    task: Task,
+    pad_token_id: int,
     arch: StudentArch,
     train_set: Any,
     eval_set: Any,
@@ -116,19 +117,22 @@ def distill_student(
     key: str = "",
     progress: TrainProgress | None = None,
 ) -> DistillResult:
-    """Builds a student of `arch` from `teacher`, distils it on `train_set`, scores it on `eval_set`."""
+    """Builds a student of `arch` from `teacher`, distils it on `train_set`, scores it on `eval_set`.
+
+    Takes the task and pad id rather than the whole `Prepared` so that a search can ship just the proxy rows
+    to a Ray worker."""
     train_config = train_config or TrainConfig()
     distill_config = distill_config or DistillConfig()
-    _check_teacher_fits(teacher, prepared.task)
+    _check_teacher_fits(teacher, task)
     tic = time.perf_counter()
     seed_everything(train_config.seed)
     student = build_student(teacher, arch, init, seed=train_config.seed, layers=distill_config.layer_map)
-    objective = DistillationObjective(student, teacher, distill_config, prepared.task.is_regression)
+    objective = DistillationObjective(student, teacher, distill_config, task.is_regression)
     device = resolve_device(train_config.device)
-    pad = prepared.encoded.pad_token_id
+    pad = pad_token_id
 
     def evaluate() -> dict[str, float]:
-        return evaluate_model(student, eval_set, prepared.task, train_config.eval_batch_size, pad, device)
+        return evaluate_model(student, eval_set, task, train_config.eval_batch_size, pad, device)
 
     try:
         result = train(objective, train_set, train_config, pad_token_id=pad, evaluate=evaluate,
@@ -213,7 +217,7 @@ def distill(
     key = stable_hash({"teacher": teacher_path, "data": prepared.data.fingerprint, "arch": str(student_arch), "init": init,
                    "proxy": proxy, "held_out": held_out, "train_samples": train_samples, "max_length": max_length,
                    "train": asdict(train_config), "distill": asdict(distill_config)})
-    result = distill_student(teacher, prepared, student_arch, train_set, eval_set, init=init, train_config=train_config,
+    result = distill_student(teacher, prepared.task, encoded.pad_token_id, student_arch, train_set, eval_set, init=init, train_config=train_config,
                              distill_config=distill_config, checkpoint_dir=out, key=key, progress=progress)
     metrics: dict[str, Any] = {eval_name: result.metrics}
     if proxy is not None and evaluate_dev:

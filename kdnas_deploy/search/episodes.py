@@ -1,26 +1,21 @@
 """The episode loop: propose with a strategy, record predictions, evaluate (proxy distillation), journal, refit.
 
 Evaluation is a callable, so the loop is the same for real proxy distillation and for benchmarks on recorded
-or synthetic objectives. A candidate that raises (export error, out of memory, diverged loss) is journaled as
-failed and the search goes on; an interrupt stops it with everything finished kept, and running again with the
-same journal resumes: finished candidates are never redone, the ones in flight are re-run first.
+or synthetic objectives; an executor decides where an episode's candidates run (in turn here, or in parallel on
+Ray). A candidate that raises (export error, out of memory, diverged loss) is journaled as failed and the search
+goes on; an interrupt stops it with everything finished kept, and running again with the same journal resumes:
+finished candidates are never redone, the ones in flight are re-run first.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
-import numpy as np
-
-from kdnas_deploy.errors import first_line
+from kdnas_deploy.search.executors import Evaluate, Executor, LocalExecutor
 from kdnas_deploy.search.journal import Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig, reward
 from kdnas_deploy.search.strategies import Observation, Proposal, Strategy
 from kdnas_deploy.space import StudentArch
-
-Evaluate = Callable[[StudentArch], tuple[float, Mapping[str, Any]]]
 
 
 class SearchProgress:
@@ -42,9 +37,11 @@ def best_candidate(candidates: list[Candidate]) -> Candidate | None:
 def run_episodes(
     strategy: Strategy, journal: Journal, evaluate: Evaluate, latency: Callable[[StudentArch], Mapping[str, float]],
     config: RewardConfig, episodes: int, top_k: int, progress: SearchProgress | None = None,
+    executor: Executor | None = None,
 ) -> list[Candidate]:
     """Runs (or resumes) `episodes` episodes of `top_k` candidates each; returns every journaled candidate."""
     progress = progress or SearchProgress()
+    executor = executor or LocalExecutor()
     for episode in range(journal.last_episode() + 1, episodes + 1):
         in_flight = [c for c in journal.candidates("pending") if c.episode == episode]
         if in_flight:
@@ -57,18 +54,13 @@ def run_episodes(
                 journal.add_pending(p.arch, episode, dict(latency(p.arch)), p.predicted_reward, p.predicted_score, p.uncertainty)
             batch = [p.arch for p in proposals]
         progress.episode_start(episode, episodes, batch)
-        for arch in batch:
-            lat = dict(latency(arch))
-            tic = time.perf_counter()
-            try:
-                score, metrics = evaluate(arch)
-                if not np.isfinite(score):
-                    raise ValueError(f"score is {score}")
-            except Exception as exc:  # one candidate's failure must not end the search
-                journal.fail(arch, f"{type(exc).__name__}: {first_line(exc)}",
-                             time.perf_counter() - tic)
+        for outcome in executor.run(evaluate, batch):
+            arch = outcome.arch
+            if outcome.error is not None or outcome.score is None:
+                journal.fail(arch, outcome.error or "no score", outcome.seconds)
             else:
-                journal.finish(arch, float(score), reward(float(score), lat, config), dict(metrics), time.perf_counter() - tic)
+                journal.finish(arch, outcome.score, reward(outcome.score, dict(latency(arch)), config), outcome.metrics,
+                               outcome.seconds)
             everything = journal.candidates()
             progress.candidate_end(episode, next(c for c in everything if c.arch == arch), best_candidate(everything))
     return journal.candidates()

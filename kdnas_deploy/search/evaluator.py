@@ -1,7 +1,9 @@
 """Scoring a candidate by proxy distillation: what the episode loop calls for every architecture.
 
-The teacher, tokenised data and proxy rows are loaded once and shared by every candidate, so candidates
-differ only in their architecture (the proxy's fixed rows make their scores comparable).
+The teacher and the proxy rows are loaded once and shared by every candidate, so candidates differ only in
+their architecture (the proxy's fixed rows make their scores comparable). An evaluator holds just what a
+candidate needs (teacher, task, the proxy and held-out rows in memory), so it pickles into a Ray object that
+worker processes on other machines can use without the run's files.
 """
 
 from __future__ import annotations
@@ -13,37 +15,44 @@ from typing import Any
 from kdnas_deploy.distill.api import Prepared, ProxySplit, distill_student, proxy_split
 from kdnas_deploy.distill.objective import DistillConfig
 from kdnas_deploy.distill.student import Init
-from kdnas_deploy.distill.trainer import TrainConfig
+from kdnas_deploy.distill.trainer import TrainConfig, evaluate_model
 from kdnas_deploy.space import StudentArch
+from kdnas_deploy.tasks import Task
 
 
 @dataclass
 class ProxyEvaluator:
     teacher: Any
-    prepared: Prepared
-    proxy: int
-    held_out: int | None = None
+    task: Task
+    pad_token_id: int
+    train_set: Any
+    eval_set: Any
+    split: ProxySplit
     init: Init = "inherit"
     train_config: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
     distill_config: DistillConfig = field(default_factory=DistillConfig)
 
-    def __post_init__(self) -> None:
-        self.split: ProxySplit = proxy_split(self.prepared, self.proxy, self.held_out, self.train_config.seed)
-        rows = self.prepared.encoded.train
-        self.train_set = rows.select(self.split.train_rows)
-        self.eval_set = rows.select(self.split.held_out_rows)
+    @classmethod
+    def from_prepared(cls, teacher: Any, prepared: Prepared, proxy: int, held_out: int | None = None, *,
+                      init: Init = "inherit", train_config: TrainConfig | None = None,
+                      distill_config: DistillConfig | None = None) -> ProxyEvaluator:
+        train_config = train_config or TrainConfig(epochs=3)
+        split = proxy_split(prepared, proxy, held_out, train_config.seed)
+        rows = prepared.encoded.train
+        # In memory rather than views of the on-disk token cache: a few thousand rows, and picklable anywhere.
+        train_set = rows.select(split.train_rows).flatten_indices(keep_in_memory=True)
+        eval_set = rows.select(split.held_out_rows).flatten_indices(keep_in_memory=True)
+        return cls(teacher, prepared.task, prepared.encoded.pad_token_id, train_set, eval_set, split, init,
+                   train_config, distill_config or DistillConfig())
 
     def teacher_metrics(self) -> dict[str, float]:
         """The teacher's own metrics on the same held-out slice: the yardstick for "percent of the teacher"."""
-        from kdnas_deploy.distill.trainer import evaluate_model
-
-        return evaluate_model(self.teacher, self.eval_set, self.prepared.task, self.train_config.eval_batch_size,
-                              self.prepared.encoded.pad_token_id)
+        return evaluate_model(self.teacher, self.eval_set, self.task, self.train_config.eval_batch_size, self.pad_token_id)
 
     def __call__(self, arch: StudentArch) -> tuple[float, Mapping[str, Any]]:
         """The candidate's primary score on the held-out slice, and its full metrics and costs."""
-        result = distill_student(self.teacher, self.prepared, arch, self.train_set, self.eval_set, init=self.init,
-                                 train_config=self.train_config, distill_config=self.distill_config)
+        result = distill_student(self.teacher, self.task, self.pad_token_id, arch, self.train_set, self.eval_set,
+                                 init=self.init, train_config=self.train_config, distill_config=self.distill_config)
         metrics = dict(result.metrics)
         metrics["train_seconds"] = round(result.train.train_seconds, 2)
         metrics["examples_per_second"] = round(result.train.examples_per_second, 1)

@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from kdnas_deploy.data import DataSource
 from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.hashing import stable_hash
 from kdnas_deploy.model_folder import model_ref, read_info, write_json_atomic, write_text_atomic
+from kdnas_deploy.search.executors import Executor
 from kdnas_deploy.search.episodes import SearchProgress, best_candidate, prediction_quality, run_episodes
 from kdnas_deploy.search.journal import Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig
-from kdnas_deploy.search.strategies import STRATEGIES, make_strategy
+from kdnas_deploy.search.strategies import STRATEGIES, Allowed, make_strategy
 
 RUN_FILE = "run.json"
 #: Without --target-ms or --speedup the search aims at the paper's CPU operating point.
@@ -47,7 +48,11 @@ class SearchSettings:
     calibration: int = 12
     final_epochs: int = 3
     final: bool = True
+    #: Export each final student for every profile searched (artifacts/<arch>-<profile>/).
+    export: bool = True
     max_params: int | None = None
+    #: Largest artifact allowed, in MB, for every profile searched (int8 and fp16 artifacts weigh less than fp32).
+    max_mb: float | None = None
     #: Latency budgets in ms on the first profile: one final student per budget (the best proxy score within it).
     budgets: list[float] | None = None
 
@@ -62,6 +67,8 @@ class SearchSettings:
             raise KdnasError("give at least one --hw profile")
         if self.reward not in ("soft", "hard"):
             raise KdnasError(f"--reward {self.reward!r}: use soft or hard")
+        if self.max_mb is not None and not self.max_mb > 0:
+            raise KdnasError(f"--max-mb must be positive, got {self.max_mb}")
         if self.budgets is not None and (not self.budgets or any(not b > 0 for b in self.budgets)):
             raise KdnasError(f"--budgets must be positive milliseconds, got {self.budgets}")
 
@@ -135,9 +142,57 @@ def _resolve(settings: SearchSettings) -> _Resolved:
                      [load_profile(h) for h in settings.hw], Path(settings.table) if settings.table else default_table_path())
 
 
+def deployment_limits(settings: SearchSettings, teacher_config: Any, profiles: list[Any]) -> Allowed | None:
+    """`--max-params` and `--max-mb` as one predicate, sized with the teacher's vocabulary and labels (a student
+    inherits both) and, for the artifact, the precision of every profile searched."""
+    from kdnas_deploy.latency.graph import artifact_megabytes
+
+    if settings.max_params is None and settings.max_mb is None:
+        return None
+    shape = {"vocab_size": teacher_config.vocab_size, "max_positions": teacher_config.max_position_embeddings,
+             "type_vocab": teacher_config.type_vocab_size, "num_labels": teacher_config.num_labels}
+
+    def allowed(arch: Any) -> bool:
+        if settings.max_params is not None and arch.parameter_count(**shape) > settings.max_params:
+            return False
+        return settings.max_mb is None or all(
+            artifact_megabytes(arch, p.precision, **shape) <= settings.max_mb for p in profiles)
+
+    return allowed
+
+
+def export_finals(folder: Path, profiles: list[Any], out: Path, table: Path,
+                  status: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """The final student's artifact for each profile; a failed export (for example an int8 accuracy drop over the
+    limit) is recorded in the report instead of ending a run whose students are already distilled."""
+    from kdnas_deploy.artifact.export import export_artifact
+    from kdnas_deploy.artifact.runtime import read_card
+
+    results: dict[str, dict[str, Any]] = {}
+    for profile in profiles:
+        target = out / "artifacts" / f"{folder.name}-{profile.name}"
+        try:
+            card = read_card(target) if target.is_dir() else None
+        except KdnasError:
+            card = None
+        try:
+            if card is None:  # a resumed run keeps artifacts it already exported
+                card = export_artifact(folder, profile, target, table=table, search_run=out, overwrite=True,
+                                       status=status).card
+        except KdnasError as exc:
+            results[profile.name] = {"folder": None, "error": str(exc)}
+            continue
+        results[profile.name] = {"folder": str(target), "file": card["file"], "size_mb": card["size_mb"],
+                                 "artifact_dev": card["metrics"]["artifact_dev"], "latency": card["latency"]}
+    return results
+
+
 def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, progress: SearchProgress | None = None,
-               latency_progress: Any = None, final_progress: Any = None) -> dict[str, Any]:
-    """Runs (or resumes) a search into `out` and returns the report it writes."""
+               latency_progress: Any = None, final_progress: Any = None, executor: Executor | None = None,
+               export_status: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Runs (or resumes) a search into `out` and returns the report it writes. `executor` says where candidates
+    run (default: one after another in this process); it is not a setting of the run, so a resumed run may use
+    another."""
     from kdnas_deploy.distill.api import distill, prepare
     from kdnas_deploy.distill.trainer import TrainConfig
     from kdnas_deploy.fingerprint import fingerprint_id, machine_fingerprint
@@ -175,12 +230,14 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         source = DataSource.from_dict(settings.data)
         teacher = load_classifier(settings.teacher)
         prepared = prepare(settings.teacher, source, settings.max_length)
-        evaluate = ProxyEvaluator(teacher, prepared, settings.proxy, settings.held_out,
-                                  train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
+        evaluate = ProxyEvaluator.from_prepared(teacher, prepared, settings.proxy, settings.held_out,
+                                                train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
         teacher_metrics = evaluate.teacher_metrics()
-        strategy = make_strategy(settings.strategy, space, config, oracle, settings.seed, settings.max_params)
+        strategy = make_strategy(settings.strategy, space, config, oracle, settings.seed,
+                                 deployment_limits(settings, teacher_config, profiles))
         with Journal(out / "journal.sqlite") as journal:
-            candidates = run_episodes(strategy, journal, evaluate, oracle, config, settings.episodes, settings.top_k, progress)
+            candidates = run_episodes(strategy, journal, evaluate, oracle, config, settings.episodes, settings.top_k,
+                                      progress, executor)
     finals: list[dict[str, Any]] = []
     if settings.final:
         for budget, chosen in choose_finals(candidates, settings.budgets, profiles[0].name):
@@ -193,6 +250,8 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
                                    train_config=TrainConfig(epochs=settings.final_epochs, seed=settings.seed),
                                    progress=final_progress)
                 entry.update(folder=str(folder), latency_ms=chosen.latency, proxy_score=chosen.score, dev=info.metrics["dev"])
+                if settings.export:
+                    entry["artifacts"] = export_finals(folder, profiles, out, r.table_path, export_status)
             finals.append(entry)
     report = build_report(settings, candidates, teacher_arch, teacher_ms, teacher_metrics["score"], config, finals)
     write_report(out, report)
@@ -235,7 +294,7 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
     clock = StepClock()
     probe = r.space.enumerate()[len(r.space) // 2]
     rows = prepared.encoded.train.select(range(min(len(prepared.encoded.train), config.batch_size * (measure_steps + 1))))
-    distill_student(load_classifier(settings.teacher), prepared, probe, rows, rows.select(range(1)), train_config=config,
+    distill_student(load_classifier(settings.teacher), prepared.task, prepared.encoded.pad_token_id, probe, rows, rows.select(range(1)), train_config=config,
                     progress=clock)
     seconds = sorted(b - a for a, b in zip(clock.times[1:], clock.times[2:]))  # the first step pays one-time costs
     step_s = seconds[len(seconds) // 2] if seconds else 0.0
@@ -322,6 +381,14 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
             continue
         lines.append(f"- {budget}final student `{final['arch']}` distilled on the full training set: dev "
                      + ", ".join(f"{k} {v:.4f}" for k, v in final["dev"].items()) + f" ({final['folder']}).")
+        for name, art in final.get("artifacts", {}).items():
+            if art["folder"] is None:
+                lines.append(f"  - {name} artifact: export failed: {art['error']}")
+                continue
+            measured = art["latency"].get("measured")
+            lines.append(f"  - {name} artifact `{art['folder']}` ({art['file']}, {art['size_mb']:.1f} MB): dev score "
+                         f"{art['artifact_dev']['score']:.4f}, latency table {art['latency']['predicted_ms']:.2f} ms"
+                         + (f", measured {measured['median_ms']:.2f} ms" if measured else "") + ".")
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 

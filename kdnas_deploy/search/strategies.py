@@ -8,8 +8,9 @@
 - `random`: uniform over the unseen architectures.
 - `evolution`: regularized evolution (Real et al., 2019): tournament selection from the most recent
   population, one-step mutation of one dimension, oldest members age out.
-Every strategy skips architectures already distilled, those over `max_params`, and, under a hard reward, those
-over the latency target (their latency is known before any distillation).
+Every strategy skips architectures already distilled, those a deployment limit rules out (`allowed`: parameters,
+artifact size), and, under a hard reward, those over the latency target (their latency is known before any
+distillation).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kdnas_deploy.search.reward import RewardConfig, reward, within_target
 from kdnas_deploy.space import SearchSpace, StudentArch
 
 LatencyFn = Callable[[StudentArch], Mapping[str, float]]
+Allowed = Callable[[StudentArch], bool]
 STRATEGIES = ("kdnas", "random", "evolution")
 
 
@@ -57,14 +59,14 @@ class _Base:
     name = "base"
 
     def __init__(self, space: SearchSpace, config: RewardConfig, latency: LatencyFn, seed: int = 0, pool: int = 4096,
-                 max_params: int | None = None):
+                 allowed: Allowed | None = None):
         self.space, self.config, self.latency = space, config, latency
         self.rng = np.random.default_rng(seed)
         self.pool_size = pool
-        self.max_params = max_params
+        self.allowed = allowed
 
     def _feasible(self, arch: StudentArch) -> bool:
-        if self.max_params is not None and arch.parameter_count() > self.max_params:
+        if self.allowed is not None and not self.allowed(arch):
             return False
         return self.config.form != "hard" or within_target(self.latency(arch), self.config)
 
@@ -213,9 +215,9 @@ def _refit_same(gp: GaussianProcess, x: np.ndarray, y: np.ndarray) -> GaussianPr
 
 
 def make_strategy(name: str, space: SearchSpace, config: RewardConfig, latency: LatencyFn, seed: int = 0,
-                  max_params: int | None = None) -> Strategy:
-    """A strategy by name; `max_params` excludes larger architectures (a deployment's size limit)."""
+                  allowed: Allowed | None = None) -> Strategy:
+    """A strategy by name; `allowed` says which architectures a deployment accepts (size limits)."""
     classes = {"kdnas": KdnasController, "random": RandomSearch, "evolution": RegularizedEvolution}
     if name not in classes:
         raise KdnasError(f"unknown strategy {name!r}: use {', '.join(STRATEGIES)}")
-    return classes[name](space, config, latency, seed=seed, max_params=max_params)
+    return classes[name](space, config, latency, seed=seed, allowed=allowed)
