@@ -360,16 +360,23 @@ def search(
     reward: Annotated[str, typer.Option(help="soft (MnasNet) or hard (over the target is rejected).")] = "soft",
     final_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the final full-set distillation.")] = 3,
     final: Annotated[bool, typer.Option(help="Distil the best candidate on the full training set at the end.")] = True,
+    export_final: Annotated[bool, typer.Option("--export/--no-export", help="Export each final student for every --hw profile.")] = True,
     calibration: Annotated[int, typer.Option(min=0, help="Whole models timed to calibrate the latency table.")] = 12,
     max_params: Annotated[Optional[int], typer.Option("--max-params", min=1, help="Exclude students with more parameters.")] = None,
+    max_mb: Annotated[Optional[float], typer.Option("--max-mb", help="Exclude students whose artifact (at each --hw profile's precision) is larger, in MB.")] = None,
     budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets in ms on the first --hw, e.g. 5,10,20: one final student each.")] = None,
     seed: SeedOpt = 0,
+    executor: Annotated[str, typer.Option(help="Where an episode's candidates run: local (one after another) or ray (in parallel).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join ('auto', ray://host:10001); default: start a local one.")] = None,
+    ray_cpus: Annotated[float, typer.Option("--ray-cpus", help="CPUs reserved per candidate on Ray.")] = 1.0,
+    ray_gpus: Annotated[Optional[float], typer.Option("--ray-gpus", help="GPUs per candidate on Ray (default: 1 where the cluster has GPUs).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its run.json.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the space size, table coverage and a time estimate, then exit.")] = False,
     config: Annotated[Optional[Path], typer.Option("--config", help="All settings in one TOML file; flags given here override it.")] = None,
 ) -> None:
     """Search the student space: latency from the table, proxy distillation, controller; final student and report."""
     _quiet_libraries()
+    from kdnas_deploy.search.executors import make_executor
     from kdnas_deploy.search.run import dry_run as plan_search, load_settings, run_search, settings_from
 
     if resume:
@@ -380,7 +387,7 @@ def search(
             "table": str(table) if table else None, "seed": seed, "strategy": strategy, "episodes": episodes,
             "top_k": top_k, "proxy": proxy, "held_out": held_out, "proxy_epochs": proxy_epochs, "target_ms": target_ms,
             "speedup": speedup, "reward": reward, "calibration": calibration, "final_epochs": final_epochs,
-            "final": final, "max_params": max_params, "budgets": _floats(budgets, "--budgets") if budgets else None,
+            "final": final, "export": export_final, "max_params": max_params, "max_mb": max_mb, "budgets": _floats(budgets, "--budgets") if budgets else None,
         }
         settings = settings_from(flags, _source(task, data_dir, train_file, dev_file, text_columns, label_column), config)
     if dry_run:
@@ -394,6 +401,7 @@ def search(
         out.print(f"estimate: latency table {est['latency_table'] / 60:.0f} min, proxy distillation {est['proxy_distillation'] / 60:.0f} min, "
                   f"final distillation {est['final_distillation'] / 60:.0f} min", highlight=False)
         return
+    runner = make_executor(executor, ray_address, ray_cpus, ray_gpus)
     timing = _progress()
     timing_task = timing.add_task("latency table", total=None)
     bar = _SearchBar(before=timing)
@@ -405,10 +413,12 @@ def search(
 
     try:
         report = run_search(settings, out_dir, resume=resume, progress=bar, latency_progress=timed,
-                            final_progress=_BarProgress("final distillation", before=bar.bar))
+                            final_progress=_BarProgress("final distillation", before=bar.bar), executor=runner,
+                            export_status=lambda msg: console.print(f"export: {escape(msg)}", highlight=False))
     finally:
         timing.stop()
         bar.stop()
+        runner.close()
     out.print(f"best: {report['best']}; report: {escape(str(out_dir / 'report.md'))}")
     for final in report.get("finals", []):
         budget = f" (budget {final['budget_ms']} ms)" if final["budget_ms"] is not None else ""
@@ -417,6 +427,8 @@ def search(
         else:
             out.print(f"final student {final['arch']}{budget} dev: " + ", ".join(f"{k} {v:.4f}" for k, v in final["dev"].items()),
                       highlight=False)
+            for name, art in final.get("artifacts", {}).items():
+                out.print(f"  {escape(name)} artifact: " + (escape(art["folder"]) if art["folder"] else f"export failed: {escape(art['error'])}"))
 
 
 @app.command()
@@ -426,6 +438,107 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A search run directory.
 
     result = regenerate_report(run_dir)
     out.print(f"{len(result['candidates'])} candidates, best {result['best']}: {escape(str(run_dir / 'report.md'))}")
+
+
+# --- ship and serve -------------------------------------------------------------------------------
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder (student, teacher or any BERT classifier folder).")],
+    hw: Annotated[str, typer.Option("--hw", help="Hardware profile the artifact is for: cpu, cpu-int8, cuda or a .toml path.")] = "cpu-int8",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Artifact folder (default: MODEL_DIR-onnx-HW beside the model).")] = None,
+    task: TaskOpt = None, data_dir: DataDirOpt = None, train_file: TrainFileOpt = None, dev_file: DevFileOpt = None,
+    text_columns: TextColsOpt = None, label_column: LabelColOpt = None,
+    max_drop: Annotated[float, typer.Option("--max-drop", help="Fail if the artifact's dev score is more than this many points below PyTorch's.")] = 1.0,
+    table: TableOpt = None,
+    measure: Annotated[bool, typer.Option(help="Time the artifact on this machine for the card.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact folder.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the card (kdnas_card.json) on stdout.")] = False,
+) -> None:
+    """Export a model folder as an optimized ONNX artifact for a hardware profile, checked against PyTorch."""
+    _quiet_libraries()
+    from kdnas_deploy.artifact.export import export_artifact
+    from kdnas_deploy.hardware import load_profile
+
+    profile = load_profile(hw)
+    target = out_dir or model_dir.parent / f"{model_dir.resolve().name}-onnx-{profile.name}"
+    with console.status("exporting") as status:
+        result = export_artifact(model_dir, profile, target, source=_source(task, data_dir, train_file, dev_file, text_columns, label_column),
+                                 max_drop=max_drop, table=table, measure=measure, overwrite=overwrite,
+                                 status=lambda msg: status.update(escape(msg)))
+    card = result.card
+    if as_json:
+        print(json.dumps(card, indent=2))
+        return
+    _print_card(card, result.folder)
+
+
+def _print_card(card: dict[str, Any], folder: Path) -> None:
+    m, lat = card["metrics"], card["latency"]
+    out.print(f"[bold]{card['arch']}[/] for {escape(card['profile']['name'])} -> {escape(str(folder / card['file']))} "
+              f"({card['size_mb']:.1f} MB)")
+    out.print(f"  dev score: PyTorch {100 * m['pytorch_dev']['score']:.2f}, artifact {100 * m['artifact_dev']['score']:.2f} "
+              f"(drop {m['drop_points']:.2f} points); fp32 parity {card['parity']['max_abs_diff']:.1e}; "
+              f"fused attention {card['fusion']['fused_attention']}/{card['fusion']['layers']}", highlight=False)
+    measured = lat.get("measured")
+    out.print(f"  latency (batch {lat['batch_size']}, seq {lat['seq_len']}): table {lat['predicted_ms']:.2f} ms"
+              + (f", measured {measured['median_ms']:.2f} ms (p10 {measured['p10_ms']:.2f}, p90 {measured['p90_ms']:.2f})" if measured else ""),
+              highlight=False)
+
+
+@app.command()
+def predict(
+    artifact: Annotated[Path, typer.Argument(help="Artifact folder from `kdnas-deploy export`.")],
+    text: Annotated[Optional[str], typer.Argument(help="Text to classify.")] = None,
+    pair: Annotated[Optional[str], typer.Option("--pair", help="Second text, for pair tasks (MNLI, MRPC, ...).")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", help="Many rows: .jsonl (text, text_pair) or .csv/.tsv with those columns.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per row on stdout.")] = False,
+) -> None:
+    """Classify a text (or a file of texts) with an exported artifact."""
+    _quiet_libraries()
+    from kdnas_deploy.artifact.predict import predict_rows, read_rows
+    from kdnas_deploy.artifact.runtime import Artifact
+
+    if (text is None) == (input_file is None):
+        raise KdnasError("give a TEXT argument or --input FILE (one of them)")
+    if pair is not None and text is None:
+        raise KdnasError("--pair goes with a TEXT argument; in --input files use a text_pair column")
+    model = Artifact(artifact)
+    rows: list[Any] = read_rows(input_file, model.pair) if input_file else [[text, pair] if pair is not None else text]
+    preds = predict_rows(model, rows, batch_size)
+    if as_json:
+        for row, p in zip(rows, preds):
+            first, second = (row, None) if isinstance(row, str) else row
+            print(json.dumps({"text": first, **({"text_pair": second} if second is not None else {}), **p.to_dict()}))
+        return
+    tab = Table(show_header=True)
+    for col in ("text", "label" if not model.regression else "value", "score"):
+        tab.add_column(col, overflow="fold")
+    for row, p in zip(rows, preds):
+        shown = row if isinstance(row, str) else f"{row[0]} || {row[1]}"
+        tab.add_row(escape(shown[:200]), escape(p.label) if p.label is not None else f"{p.score:.4f}",
+                    f"{p.score:.4f}" if p.label is not None else "")
+    out.print(tab)
+
+
+@app.command()
+def serve(
+    artifact: Annotated[Path, typer.Argument(help="Artifact folder from `kdnas-deploy export`.")],
+    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Rows per micro-batch.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a micro-batch waits to fill.")] = 5.0,
+    max_texts: Annotated[int, typer.Option("--max-texts", min=1, help="Texts per request (more: 413).")] = 64,
+    max_chars: Annotated[int, typer.Option("--max-chars", min=1, help="Characters per text (more: 413).")] = 4000,
+    threads: Annotated[Optional[int], typer.Option(min=0, help="ONNX Runtime threads (default: the profile's).")] = None,
+) -> None:
+    """Serve an artifact over HTTP: POST /v1/predict, GET /health, GET /v1/metadata, docs at /docs."""
+    from kdnas_deploy.artifact.serve import ServeConfig, serve as run_server
+
+    config = ServeConfig(max_batch, max_wait_ms, max_texts, max_chars)
+    console.print(f"serving {escape(str(artifact))} on http://{host}:{port} (docs at /docs); Ctrl-C or SIGTERM stops it")
+    run_server(str(artifact), host, port, config, threads)
 
 
 @app.command()

@@ -103,3 +103,39 @@ def tiny_teacher_dir(tiny_backbone: Path, sst2_slice: Path, tmp_path_factory: py
     make_teacher(str(tiny_backbone), DataSource(task="sst2", data_dir=str(sst2_slice)), out, max_length=64,
                  train_config=TrainConfig(epochs=4, learning_rate=1e-3))
     return out
+
+
+STUDENT = "L1-H64-A4-I128"
+
+
+@pytest.fixture(scope="session")
+def student_dir(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-layer student distilled from the tiny teacher on the real SST-2 slice."""
+    from kdnas_deploy.data import DataSource
+    from kdnas_deploy.distill.api import distill
+    from kdnas_deploy.distill.trainer import TrainConfig
+
+    out = tmp_path_factory.mktemp("student")
+    distill(str(tiny_teacher_dir), DataSource(task="sst2", data_dir=str(sst2_slice)), STUDENT, out, max_length=64,
+            train_config=TrainConfig(epochs=2, learning_rate=1e-3))
+    return out
+
+
+@pytest.fixture(scope="session")
+def int8_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kdnas_deploy.artifact.export import export_artifact
+
+    out = tmp_path_factory.mktemp("artifacts") / "int8"
+    table = tmp_path_factory.mktemp("table") / "latency.sqlite"
+    export_artifact(student_dir, load_profile("cpu-int8"), out, table=table)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kdnas_deploy.artifact.export import export_artifact
+
+    out = tmp_path_factory.mktemp("artifacts") / "fp32"
+    table = tmp_path_factory.mktemp("table") / "latency.sqlite"
+    export_artifact(student_dir, load_profile("cpu"), out, table=table, measure=False)
+    return out

@@ -42,6 +42,14 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     assert 0.0 <= report["teacher"]["score"] <= 1.0
     assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "best" in done.stdout and "no candidate within (budget 1e-06 ms)" in done.stdout
+    # The search ends by exporting its final student for the profile it searched with.
+    art = roomy["artifacts"]["fast-cpu"]
+    card_path = Path(art["folder"]) / "kdnas_card.json"
+    card = json.loads(card_path.read_text())
+    assert Path(art["folder"]) == run / "artifacts" / f"{winner}-fast-cpu" and card["arch"] == winner
+    assert card["search_run"] == str(run.resolve()) and card["parity"]["max_abs_diff"] <= 1e-4
+    assert art["artifact_dev"] == card["metrics"]["artifact_dev"] and "fast-cpu artifact" in (run / "report.md").read_text()
+    exported_at = card_path.stat().st_mtime_ns
 
     (run / "report.md").unlink()
     (run / "pareto.png").unlink()
@@ -53,6 +61,7 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     with Journal(run / "journal.sqlite") as journal:
         assert len(journal.candidates()) == 4  # nothing redone
     assert "episode" not in again.stderr  # no candidate was distilled again
+    assert card_path.stat().st_mtime_ns == exported_at  # nor exported again
 
     for bad, message in [
         (["search", "--out", str(run)], "give --teacher"),

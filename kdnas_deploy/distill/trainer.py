@@ -12,7 +12,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -236,18 +236,24 @@ def _mixed_precision(device: torch.device, wanted: bool) -> tuple[Callable[[], A
     return lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
+def sorted_batches(dataset: Any, batch_size: int, pad_token_id: int = 0) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    """(row indices, padded batch) in length order, so batches carry little padding; used for PyTorch and ONNX
+    Runtime inference alike."""
+    lengths = np.array([len(ids) for ids in dataset["input_ids"]])
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, collate([dataset[int(i)] for i in idx], pad_token_id)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, dataset: Any, batch_size: int = 128, pad_token_id: int = 0,
                    device: torch.device | str = "cpu") -> np.ndarray:
-    """Logits for every row, computed in length-sorted batches (less padding) and returned in row order."""
+    """Logits for every row, computed in length-sorted batches and returned in row order."""
     was_training = model.training
     model.eval()
-    lengths = np.array([len(ids) for ids in dataset["input_ids"]])
-    order = np.argsort(lengths, kind="stable")
     out = np.zeros((len(dataset), model.config.num_labels), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate([dataset[int(i)] for i in idx], pad_token_id)
+    for idx, batch in sorted_batches(dataset, batch_size, pad_token_id):
         inputs = {k: batch[k].to(device) for k in MODEL_INPUTS}
         out[idx] = model(**inputs).logits.float().cpu().numpy()
     model.train(was_training)

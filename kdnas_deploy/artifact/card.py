@@ -1,0 +1,86 @@
+"""The artifact's model card: README.md for people (Hugging Face front matter, tables), rendered from the JSON card."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _metrics_row(name: str, metrics: dict[str, float], keys: list[str]) -> str:
+    return f"| {name} | " + " | ".join(f"{100 * metrics[k]:.2f}" for k in keys) + " |"
+
+
+def render_card(card: dict[str, Any]) -> str:
+    m = card["metrics"]
+    keys = [k for k in m["pytorch_dev"] if k != "score"] + ["score"]
+    lat = card["latency"]
+    measured = lat.get("measured")
+    prof = card["profile"]
+    fusion = card["fusion"]
+    lines = [
+        "---",
+        "library_name: onnx",
+        "pipeline_tag: text-classification",
+        "tags: [onnx, onnxruntime, knowledge-distillation, kdnas-deploy, " + prof["precision"] + "]",
+        "---",
+        "",
+        f"# {card['arch']} for {card['task']} ({prof['name']}, {prof['precision']})",
+        "",
+        f"A BERT-architecture {'student' if card['kind'] == 'student' else card['kind']} exported by kdnas-deploy as "
+        f"`{card['file']}` ({card['size_mb']:.1f} MB, {card['parameters']:,} parameters) for the `{prof['name']}` hardware "
+        "profile, with its tokenizer and `config.json`. Machine-readable card: `kdnas_card.json`.",
+        "",
+        f"- Teacher: `{card['teacher']}`" if card.get("teacher") else "- Teacher: none recorded",
+        f"- Task: {card['task']}" + (f"; labels: {', '.join(card['label_names'])}" if card["label_names"] else " (regression)"),
+        f"- Maximum sequence length: {card['max_length']} tokens",
+        f"- Search run: `{card['search_run']}`" if card.get("search_run") else "- Search run: none (exported directly)",
+        f"- Source model folder: `{card['source_model']}`",
+        "",
+        f"## Dev-split metrics ({card['data']['dev_rows']} rows)",
+        "",
+        "| model | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+        _metrics_row("PyTorch (fp32)", m["pytorch_dev"], keys),
+        _metrics_row(f"this artifact ({prof['precision']})", m["artifact_dev"], keys),
+        "",
+        f"Drop of the primary score: {m['drop_points']:.2f} points (limit {m['max_drop_points']:g}). The fp32 graph matched "
+        f"PyTorch to {card['parity']['max_abs_diff']:.1e} in the logits (limit {card['parity']['tolerance']:.0e}) on "
+        f"{len(card['parity']['cases'])} dev batches of batch size and length "
+        + ", ".join(f"{c['batch']}x{c['seq_len']}" for c in card["parity"]["cases"]) + ".",
+        "",
+        f"## Latency (batch {lat['batch_size']}, sequence {lat['seq_len']})",
+        "",
+        "| source | median ms | p10 ms | p90 ms |",
+        "|---|---|---|---|",
+        f"| latency table ({lat['predicted_from']}) | {lat['predicted_ms']:.3f} | | |",
+    ]
+    if measured:
+        lines.append(f"| measured at export ({measured['sessions']} sessions) | {measured['median_ms']:.3f} | "
+                     f"{measured['p10_ms']:.3f} | {measured['p90_ms']:.3f} |")
+    fp = card["fingerprint"]
+    lines += [
+        "",
+        f"Fusion: {fusion['fused_attention']} fused attention nodes for {fusion['layers']} layers"
+        + ("" if fusion["fused"] else " (NOT fully fused: slower than the table assumes)") + ".",
+        f"Measured on: {fp.get('cpu')} ({fp.get('cpu_count')} logical CPUs)" + (f", GPU {fp['gpu']}" if fp.get("gpu") else "")
+        + f"; ONNX Runtime {fp.get('onnxruntime')}.",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "kdnas-deploy predict THIS_FOLDER \"a sentence\"" + (" --pair \"a second sentence\"" if card["pair"] else ""),
+        "kdnas-deploy serve THIS_FOLDER --port 8000",
+        "```",
+        "",
+        "```python",
+        "from optimum.onnxruntime import ORTModelForSequenceClassification",
+        "from transformers import AutoTokenizer, pipeline",
+        f"model = ORTModelForSequenceClassification.from_pretrained(\"THIS_FOLDER\", file_name=\"{card['file']}\")",
+        "classifier = pipeline(\"text-classification\", model=model, tokenizer=AutoTokenizer.from_pretrained(\"THIS_FOLDER\"))",
+        "```",
+        "",
+        "## Versions",
+        "",
+        ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + f"; created {card['created']}.",
+        "",
+    ]
+    return "\n".join(lines)

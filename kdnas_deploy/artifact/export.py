@@ -1,0 +1,213 @@
+"""`export`: a model folder -> the deployable artifact for one hardware profile, checked before it is written.
+
+The graph is made by `build_profile_graph`, the function whose output the latency table times, so the latency
+in the card is the latency of this file. Checks, in order, each a one-line error that leaves no artifact:
+- fusion on the fp32 graph (one fused attention node per layer; an unfused graph is shipped with a warning);
+- parity: the fp32 graph against PyTorch on real dev rows at several batch sizes and lengths;
+- accuracy: the profile's graph (int8, fp16) scored on the dev split against the PyTorch model; a drop above
+  `max_drop` points of the task's primary score fails the export.
+The folder is assembled beside its destination and renamed in, so a failed or killed export leaves nothing
+half-written where a server might load it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from kdnas_deploy.artifact.card import render_card
+from kdnas_deploy.artifact.runtime import CARD_FILE, onnx_logits
+from kdnas_deploy.data import DataSource
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.fingerprint import machine_fingerprint
+from kdnas_deploy.hardware import HardwareProfile
+from kdnas_deploy.model_folder import read_info, versions, write_json_atomic, write_text_atomic
+from kdnas_deploy.space import StudentArch
+
+log = logging.getLogger(__name__)
+
+#: Largest |logit difference| allowed between the fp32 graph and PyTorch.
+PARITY_TOLERANCE = 1e-4
+#: (batch size, rows taken from) for the parity check: short, mixed and the longest dev rows.
+PARITY_CASES = ((1, "shortest"), (1, "longest"), (4, "mixed"), (16, "longest"))
+DEFAULT_MAX_DROP = 1.0
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    folder: Path
+    card: dict[str, Any]
+
+
+def export_artifact(
+    model_dir: str | Path, profile: HardwareProfile, out: str | Path, *, source: DataSource | None = None,
+    max_drop: float = DEFAULT_MAX_DROP, table: str | Path | None = None, measure: bool = True,
+    search_run: str | Path | None = None, overwrite: bool = False, status: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Exports `model_dir` (a folder with kdnas.json, or any BERT classifier folder with `source` given) for
+    `profile` into `out` and returns the card it wrote."""
+    from kdnas_deploy.distill.api import prepare, source_from_teacher
+    from kdnas_deploy.distill.trainer import evaluate_model
+    from kdnas_deploy.latency.graph import FP32_FILE, build_profile_graph
+    from kdnas_deploy.model_folder import load_classifier
+    from kdnas_deploy.tasks import compute_metrics
+
+    say = status or (lambda _msg: None)
+    model_dir, out = Path(model_dir).resolve(), Path(out).resolve()
+    if not model_dir.is_dir():
+        raise KdnasError(f"{model_dir}: no such model folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise KdnasError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
+    if max_drop < 0:
+        raise KdnasError(f"--max-drop must be zero or more points, got {max_drop}")
+    profile.check_runnable()
+    info = read_info(model_dir)
+    source = source_from_teacher(str(model_dir), source or DataSource())
+    max_length = info.max_length if info else 128
+    say("loading the model and the dev split")
+    model = load_classifier(str(model_dir), attn_implementation="eager")  # the graph ORT fuses
+    prepared = prepare(str(model_dir), source, max_length)
+    task, dev = prepared.task, prepared.encoded.dev
+    pad = prepared.encoded.pad_token_id
+    if model.config.num_labels != (1 if task.is_regression else task.num_labels):
+        raise KdnasError(f"{model_dir} has {model.config.num_labels} outputs but task {task.name} needs "
+                         f"{1 if task.is_regression else task.num_labels}")
+    arch = StudentArch.from_config(model.config)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        say(f"exporting {arch} for {profile.name} ({profile.precision.value})")
+        graph = build_profile_graph(model, profile, work, keep_intermediate=True)
+        (work / "model.onnx").unlink(missing_ok=True)  # the unoptimised export is not shipped
+        say("checking the fp32 graph against PyTorch")
+        parity = check_parity(model, work / FP32_FILE, dev, pad)
+        if parity["max_abs_diff"] > PARITY_TOLERANCE:
+            raise KdnasError(f"the fp32 graph differs from PyTorch by {parity['max_abs_diff']:.2e} in a logit "
+                             f"(limit {PARITY_TOLERANCE:.0e}): the export is wrong; not writing {out}")
+        if graph.path.name != FP32_FILE:
+            (work / FP32_FILE).unlink()
+        say(f"scoring PyTorch and the artifact on {len(dev)} dev rows")
+        torch_metrics = evaluate_model(model, dev, task, 64, pad)
+        from kdnas_deploy.latency.timing import make_session
+
+        session = make_session(graph.path, profile)
+        onnx_metrics = compute_metrics(task, onnx_logits(session, dev, 64, pad), np.asarray(dev["labels"]))
+        del session
+        drop = 100.0 * (torch_metrics["score"] - onnx_metrics["score"])
+        if drop > max_drop:
+            raise KdnasError(f"the {profile.precision.value} artifact scores {100 * onnx_metrics['score']:.2f} on dev against "
+                             f"{100 * torch_metrics['score']:.2f} for PyTorch: a drop of {drop:.2f} points is above "
+                             f"--max-drop {max_drop:g}; not writing {out}")
+        latency = _latency(arch, profile, graph.path, model.config.vocab_size, table, measure, say)
+        model.config.save_pretrained(work)
+        prepared.tokenizer.save_pretrained(work)
+        card = {
+            "format": 1,
+            "name": f"{arch} {task.name} {profile.name}",
+            "file": graph.path.name,
+            "arch": str(arch),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "size_mb": round(graph.path.stat().st_size / 1e6, 3),
+            "kind": info.kind if info else "model",
+            "teacher": info.teacher if info else None,
+            "task": task.name,
+            "pair": task.is_pair,
+            "regression": task.is_regression,
+            "label_names": list(task.label_names) if not task.is_regression else [],
+            "max_length": max_length,
+            "data": {**source.to_dict(), "origin": prepared.data.origin, "dev_rows": len(dev)},
+            "metrics": {"pytorch_dev": torch_metrics, "artifact_dev": onnx_metrics, "drop_points": round(drop, 4),
+                        "max_drop_points": max_drop},
+            "parity": parity,
+            "fusion": {"fused_attention": graph.fused_attention, "layers": graph.layers, "fused": graph.fused,
+                       "operators": graph.fusion_stats},
+            "profile": {"name": profile.name, "precision": profile.precision.value, "content_hash": profile.content_hash(),
+                        "definition": profile.model_dump(mode="json")},
+            "latency": latency,
+            "source_model": str(model_dir),
+            "search_run": str(Path(search_run).resolve()) if search_run else _search_run_of(model_dir),
+            "training": info.training if info else {},
+            "versions": {**versions(), **_runtime_versions()},
+            "fingerprint": machine_fingerprint(profile),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_text_atomic(work / "README.md", render_card(card))
+        write_json_atomic(work / CARD_FILE, card)  # last: its presence marks a complete artifact
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return ExportResult(out, card)
+
+
+def check_parity(model: Any, fp32_graph: Path, dev: Any, pad_token_id: int) -> dict[str, Any]:
+    """Max |logit difference| between the fp32 graph (CPU, fp32) and PyTorch over dev batches of several shapes."""
+    import onnxruntime as ort
+    import torch
+
+    from kdnas_deploy.artifact.runtime import feeds_for
+    from kdnas_deploy.encode import MODEL_INPUTS, collate
+
+    lengths = np.array([len(ids) for ids in dev["input_ids"]])
+    order = np.argsort(lengths, kind="stable")
+    rng = np.random.default_rng(0)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    session = ort.InferenceSession(str(fp32_graph), so, providers=["CPUExecutionProvider"])
+    worst, cases = 0.0, []
+    for batch_size, pick in PARITY_CASES:
+        n = min(batch_size, len(order))
+        rows = {"shortest": order[:n], "longest": order[-n:],
+                "mixed": rng.choice(order, size=n, replace=False)}[pick]
+        batch = collate([dev[int(i)] for i in rows], pad_token_id)
+        with torch.inference_mode():
+            expected = model(**{k: batch[k] for k in MODEL_INPUTS}).logits.float().numpy()
+        got = session.run(["logits"], feeds_for(session, {k: batch[k].numpy() for k in MODEL_INPUTS}))[0]
+        diff = float(np.abs(got - expected).max())
+        worst = max(worst, diff)
+        cases.append({"batch": n, "seq_len": int(batch["input_ids"].shape[1]), "max_abs_diff": diff})
+    return {"max_abs_diff": worst, "tolerance": PARITY_TOLERANCE, "cases": cases}
+
+
+def _latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size: int, table: str | Path | None,
+             measure: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """Predicted by the latency table (measuring missing blocks) and measured on this file, side by side."""
+    from kdnas_deploy.latency.predictor import LatencyModel
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.latency.timing import time_graph
+
+    shape = {"batch_size": profile.shape.batch_size, "seq_len": profile.shape.seq_len}
+    say(f"latency of {arch} from the table")
+    with LatencyTable(Path(table) if table else default_table_path()) as tbl:
+        predicted = LatencyModel(tbl, profile).predict(arch)
+    result: dict[str, Any] = {**shape, "predicted_ms": round(predicted.ms, 4), "predicted_from": predicted.source}
+    if measure:
+        say(f"timing the artifact ({profile.timing.sessions} sessions)")
+        t = time_graph(path, profile, vocab_size=vocab_size)
+        result["measured"] = {"median_ms": round(t.median_ms, 4), "p10_ms": round(t.p10_ms, 4), "p90_ms": round(t.p90_ms, 4),
+                              "spread": round(t.spread, 4), "sessions": t.sessions, "session_range": round(t.session_range, 4)}
+        result["predicted_over_measured"] = round(predicted.ms / t.median_ms, 4) if t.median_ms > 0 else None
+    return result
+
+
+def _search_run_of(model_dir: Path) -> str | None:
+    """A final student lives in RUN/students/ARCH: name the run it came from."""
+    run = model_dir.parent.parent
+    return str(run) if model_dir.parent.name == "students" and (run / "run.json").is_file() else None
+
+
+def _runtime_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}

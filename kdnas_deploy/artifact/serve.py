@@ -1,0 +1,230 @@
+"""`serve`: an artifact behind FastAPI + uvicorn, with requests grouped into micro-batches.
+
+One batcher task owns the ONNX Runtime session: it takes the first waiting request, gathers more until
+`max_batch` rows or `max_wait_ms` have passed, runs them as one padded batch in a worker thread (so the event loop
+keeps accepting requests), and hands each request its slice. One session run at a time is deliberate: the session
+already uses every core given to it, and two concurrent runs would only contend for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Union
+
+from pydantic import BaseModel, Field
+
+from kdnas_deploy.artifact.runtime import Artifact, Row, split_rows
+from kdnas_deploy.errors import KdnasError
+
+
+# Module level, not inside create_app: FastAPI resolves the endpoint's string annotations from module globals.
+class PredictRequest(BaseModel):
+    inputs: list[Union[str, list[str]]] = Field(
+        description="Texts, or [text, text_pair] pairs for pair tasks.", examples=[["a delightful film"]])
+
+class Label(BaseModel):
+    label: str | None
+    score: float
+    scores: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[Label]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_texts: int = 64
+    max_chars: int = 4000
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_texts < 1 or self.max_chars < 1:
+            raise KdnasError("--max-batch, --max-texts and --max-chars must be at least 1")
+        if self.max_wait_ms < 0:
+            raise KdnasError(f"--max-wait-ms must be zero or more, got {self.max_wait_ms}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        # Generous: JSON escaping can multiply a text's size (\uXXXX is 6 bytes for 1 character).
+        return 64 * 1024 + self.max_texts * self.max_chars * 2 * 6
+
+
+@dataclass
+class _Job:
+    rows: list[Row]
+    future: asyncio.Future[Any]
+
+
+class MicroBatcher:
+    def __init__(self, artifact: Artifact, config: ServeConfig):
+        self.artifact, self.config = artifact, config
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.rows = 0
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+    async def submit(self, rows: list[Row]) -> list[Any]:
+        job = _Job(rows, asyncio.get_running_loop().create_future())
+        await self.queue.put(job)
+        return await job.future
+
+    async def _next(self, timeout: float) -> _Job | None:
+        """The next waiting job within `timeout` seconds, else None.
+
+        Not `asyncio.wait_for(queue.get())`: before Python 3.12 it can time out after the get has taken an item,
+        which would lose that request."""
+        if timeout <= 0:
+            try:
+                return self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        getter = asyncio.ensure_future(self.queue.get())
+        done, _ = await asyncio.wait({getter}, timeout=timeout)
+        if getter not in done:
+            getter.cancel()
+            try:
+                return await getter  # it may have completed while being cancelled: keep that job
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if me is not None and getattr(me, "cancelling", lambda: 0)():
+                    raise  # the batcher itself is being stopped, not just this wait
+                return None
+        return getter.result()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            size = len(jobs[0].rows)
+            deadline = loop.time() + self.config.max_wait_ms / 1000
+            while size < self.config.max_batch:
+                job = await self._next(deadline - loop.time())
+                if job is None:
+                    break
+                jobs.append(job)
+                size += len(job.rows)
+            rows = [r for j in jobs for r in j.rows]
+            try:
+                # Large requests go through in max_batch slices; small ones share one padded batch.
+                preds = []
+                for start in range(0, len(rows), self.config.max_batch):
+                    chunk = rows[start:start + self.config.max_batch]
+                    preds += await loop.run_in_executor(None, self.artifact.predict, chunk)
+                self.batches += 1
+                self.rows += len(rows)
+            except Exception as exc:  # a bad batch fails its requests, never the server
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            at = 0
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_result(preds[at:at + len(j.rows)])
+                at += len(j.rows)
+
+
+def create_app(artifact: Artifact, config: ServeConfig | None = None) -> Any:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    config = config or ServeConfig()
+    batcher = MicroBatcher(artifact, config)
+    started = time.time()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    card = artifact.card
+    app = FastAPI(title=f"kdnas-deploy: {card['name']}", version=str(card.get("format", 1)), lifespan=lifespan,
+                  description="Text classification with a distilled, optimized ONNX student.")
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"error": message})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))  # 400 unparsable body, 404, 405: the same JSON shape
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error(422, f"{where or 'body'}: {first.get('msg', 'invalid request')}")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
+            return error(413, f"request body over {config.max_body_bytes} bytes")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": card["name"], "uptime_s": round(time.time() - started, 1),
+                "batches": batcher.batches, "rows": batcher.rows}
+
+    @app.get("/v1/metadata")
+    async def metadata() -> dict[str, Any]:
+        return {**card, "serving": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
+                                    "max_texts": config.max_texts, "max_chars": config.max_chars}}
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses={413: {}, 422: {}})
+    async def predict(request: PredictRequest) -> Any:
+        rows = request.inputs
+        if not rows:
+            return error(422, "inputs: give at least one text")
+        if len(rows) > config.max_texts:
+            return error(413, f"inputs: {len(rows)} texts, the limit is {config.max_texts} per request")
+        for i, row in enumerate(rows):
+            texts = [row] if isinstance(row, str) else row
+            if any(len(t) > config.max_chars for t in texts):
+                return error(413, f"inputs.{i}: a text is over {config.max_chars} characters")
+            if any(not t.strip() for t in texts):
+                return error(422, f"inputs.{i}: empty text")
+        try:
+            split_rows(rows, artifact.pair)
+        except KdnasError as exc:
+            return error(422, f"inputs: {exc}")
+        preds = await batcher.submit(list(rows))
+        return {"model": card["name"], "predictions": [p.to_dict() for p in preds]}
+
+    return app
+
+
+def serve(artifact_dir: str, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
+          threads: int | None = None, log_level: str = "warning") -> None:
+    """Runs the server until SIGINT/SIGTERM; uvicorn finishes in-flight requests before it exits."""
+    import signal
+    import sys
+
+    import uvicorn
+
+    app = create_app(Artifact(artifact_dir, threads=threads), config)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught to the handler found at start: make
+    # that handler a clean exit, so SIGTERM from a supervisor (systemd, Kubernetes) ends with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)

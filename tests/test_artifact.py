@@ -1,0 +1,196 @@
+"""distil -> export -> predict on a small real model: the artifact, its checks, its card and the tools that load it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import STUDENT, cli
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.hardware import Precision, load_profile
+from kdnas_deploy.space import StudentArch
+
+SENTENCES = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés",
+             "it 's a bit long", "unflinchingly bleak and desperate"]
+
+
+def test_int8_artifact_folder_and_card(int8_artifact: Path, student_dir: Path) -> None:
+    from kdnas_deploy.model_folder import read_info
+
+    card = json.loads((int8_artifact / "kdnas_card.json").read_text())
+    assert card["file"] == "model_quantized.onnx" and (int8_artifact / card["file"]).is_file()
+    assert not (int8_artifact / "model_optimized.onnx").exists() and not (int8_artifact / "model.onnx").exists()
+    for name in ("config.json", "tokenizer.json", "vocab.txt", "README.md"):
+        assert (int8_artifact / name).is_file(), name
+    assert card["arch"] == STUDENT and card["task"] == "sst2" and card["label_names"] == ["negative", "positive"]
+    assert card["teacher"] == read_info(student_dir).teacher and card["kind"] == "student"
+    assert card["fusion"] == {**card["fusion"], "fused_attention": 1, "layers": 1, "fused": True}
+    assert card["parity"]["max_abs_diff"] <= 1e-4 and len(card["parity"]["cases"]) == 4
+    assert {c["batch"] for c in card["parity"]["cases"]} == {1, 4, 16}
+    m = card["metrics"]
+    assert m["pytorch_dev"]["score"] == pytest.approx(read_info(student_dir).metrics["dev"]["score"], abs=1e-9)
+    assert m["drop_points"] == pytest.approx(100 * (m["pytorch_dev"]["score"] - m["artifact_dev"]["score"]), abs=1e-3)
+    assert card["data"]["dev_rows"] == 300
+    lat = card["latency"]
+    assert lat["predicted_ms"] > 0 and lat["measured"]["median_ms"] > 0 and lat["measured"]["sessions"] == 3
+    assert lat["measured"]["p10_ms"] <= lat["measured"]["median_ms"] <= lat["measured"]["p90_ms"]
+    assert card["fingerprint"]["profile_hash"] == load_profile("cpu-int8").content_hash()
+    assert {"torch", "transformers", "onnxruntime", "kdnas_deploy"} <= set(card["versions"])
+    assert card["size_mb"] == pytest.approx((int8_artifact / card["file"]).stat().st_size / 1e6, abs=1e-3)
+    readme = (int8_artifact / "README.md").read_text()
+    assert STUDENT in readme and "cpu-int8" in readme and "ORTModelForSequenceClassification" in readme
+
+
+@pytest.mark.parametrize("profile", ["cpu", "cpu-int8", "cuda"])
+def test_artifact_size_is_known_before_building(profile: str, tmp_path: Path) -> None:
+    """`--max-mb` filters candidates by this estimate: it must match the graph the profile really ships."""
+    from kdnas_deploy.latency.graph import artifact_megabytes, build_profile_graph, random_model
+
+    prof = load_profile(profile)  # the fp16 graph is built, not run, so this needs no GPU
+    for arch in (StudentArch.parse("L2-H128-A2-I512"), StudentArch.parse("L3-H96-A4-I192")):
+        graph = build_profile_graph(random_model(arch, vocab_size=4000), prof, tmp_path / f"{profile}-{arch}")
+        real = graph.path.stat().st_size / 1e6
+        assert artifact_megabytes(arch, prof.precision, vocab_size=4000) == pytest.approx(real, rel=0.01, abs=0.03), (arch, real)
+    assert prof.precision in (Precision.fp32, Precision.int8, Precision.fp16)
+
+
+def test_artifact_predictions_equal_a_direct_session(int8_artifact: Path) -> None:
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from kdnas_deploy.artifact.runtime import Artifact, softmax
+
+    art = Artifact(int8_artifact)
+    preds = art.predict(SENTENCES)
+    tok = AutoTokenizer.from_pretrained(int8_artifact)
+    sess = ort.InferenceSession(str(int8_artifact / "model_quantized.onnx"), providers=["CPUExecutionProvider"])
+    enc = tok(SENTENCES, padding=True, truncation=True, max_length=64, return_tensors="np")
+    logits = sess.run(["logits"], {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})[0]
+    probs = softmax(logits)
+    assert [p.label for p in preds] == [["negative", "positive"][i] for i in probs.argmax(-1)]
+    assert [p.score for p in preds] == pytest.approx(probs.max(-1).tolist(), abs=1e-6)
+    assert all(sum(p.scores.values()) == pytest.approx(1.0) for p in preds)
+    with pytest.raises(KdnasError, match="single texts, not pairs"):
+        art.predict([("a", "b")])
+
+
+def test_fp32_artifact_scores_like_pytorch(fp32_artifact: Path) -> None:
+    card = json.loads((fp32_artifact / "kdnas_card.json").read_text())
+    assert card["file"] == "model_optimized.onnx" and "measured" not in card["latency"]
+    # fp32 ONNX and PyTorch agree to 1e-4 in the logits: at most a near-tie row may flip.
+    assert abs(card["metrics"]["drop_points"]) <= 100 / 300 + 1e-9
+
+
+def test_optimum_and_pipeline_load_the_artifact(int8_artifact: Path) -> None:
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    from kdnas_deploy.artifact.runtime import Artifact
+
+    model = ORTModelForSequenceClassification.from_pretrained(int8_artifact, file_name="model_quantized.onnx")
+    classifier = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(int8_artifact))
+    ours = Artifact(int8_artifact)
+    for text in SENTENCES:  # one at a time: int8 activation scales depend on the batch, so compare like with like
+        got = classifier(text)[0]
+        mine = ours.predict([text])[0]
+        assert got["label"] == mine.label and got["score"] == pytest.approx(mine.score, abs=1e-5)
+
+
+def test_export_refuses_an_int8_graph_that_loses_accuracy(student_dir: Path, sst2_slice: Path, tmp_path: Path) -> None:
+    """One huge value in the row of a token the dev split never uses: PyTorch never sees it, but int8's single
+    per-tensor scale for the word embeddings leaves every other embedding rounded to zero."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from kdnas_deploy.artifact.export import export_artifact
+
+    damaged = tmp_path / "outlier-student"
+    shutil.copytree(student_dir, damaged)
+    tok = AutoTokenizer.from_pretrained(damaged)
+    dev_texts = [line.split("\t")[0] for line in (sst2_slice / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    used = {i for ids in tok(dev_texts)["input_ids"] for i in ids}
+    unused = max(set(range(tok.vocab_size)) - used)
+    model = AutoModelForSequenceClassification.from_pretrained(damaged)
+    with torch.no_grad():
+        emb = model.bert.embeddings.word_embeddings.weight
+        emb[unused, 0] = 1000.0 * emb.abs().max()
+    model.save_pretrained(damaged)
+    out = tmp_path / "art"
+    with pytest.raises(KdnasError, match=r"a drop of .* points is above --max-drop 1"):
+        export_artifact(damaged, load_profile("cpu-int8"), out, table=tmp_path / "t.sqlite", measure=False)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".art")] == []
+
+
+def test_export_errors(student_dir: Path, int8_artifact: Path, tmp_path: Path) -> None:
+    from kdnas_deploy.artifact.export import export_artifact
+
+    with pytest.raises(KdnasError, match="no such model folder"):
+        export_artifact(tmp_path / "nope", load_profile("cpu"), tmp_path / "a")
+    with pytest.raises(KdnasError, match="exists and is not empty"):
+        export_artifact(student_dir, load_profile("cpu"), int8_artifact)
+    with pytest.raises(KdnasError, match="--max-drop"):
+        export_artifact(student_dir, load_profile("cpu"), tmp_path / "b", max_drop=-1)
+    with pytest.raises(KdnasError, match="needs CUDAExecutionProvider|needs a CUDA GPU"):
+        export_artifact(student_dir, load_profile("cuda"), tmp_path / "c")
+    r = subprocess.run(cli("export", str(tmp_path / "nope"), "--hw", "cpu"), capture_output=True, text=True)
+    assert r.returncode == 2 and "no such model folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_cli_writes_the_default_folder(student_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    model = tmp_path / "my-student"
+    shutil.copytree(student_dir, model)
+    r = subprocess.run(cli("export", str(model), "--hw", "cpu", "--no-measure", "--table", str(tmp_path / "t.sqlite"),
+                           "--json"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    card = json.loads(r.stdout)
+    assert (tmp_path / "my-student-onnx-cpu" / "kdnas_card.json").is_file() and card["arch"] == STUDENT
+
+
+def test_predict_cli(int8_artifact: Path, tmp_path: Path) -> None:
+    from kdnas_deploy.artifact.runtime import Artifact
+
+    art = Artifact(int8_artifact)
+    one_by_one = [art.predict([t])[0] for t in SENTENCES]
+    expected = one_by_one[0]
+    r = subprocess.run(cli("predict", str(int8_artifact), SENTENCES[0], "--json"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["text"] == SENTENCES[0] and row["label"] == expected.label and row["score"] == pytest.approx(expected.score, abs=1e-6)
+
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in SENTENCES))
+    csv = tmp_path / "rows.csv"
+    csv.write_text("text\n" + "".join(f'"{t}"\n' for t in SENTENCES))
+    for path in (jsonl, csv):
+        r = subprocess.run(cli("predict", str(int8_artifact), "--input", str(path), "--json", "--batch-size", "1"),
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        assert [x["text"] for x in rows] == SENTENCES
+        # --batch-size 1: the same batches as predicting one text at a time (int8 scales depend on the batch)
+        assert [x["label"] for x in rows] == [p.label for p in one_by_one]
+        assert [x["score"] for x in rows] == pytest.approx([p.score for p in one_by_one], abs=1e-6)
+    r = subprocess.run(cli("predict", str(int8_artifact), SENTENCES[0]), capture_output=True, text=True)
+    assert r.returncode == 0 and expected.label in r.stdout
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": "no text key"}\n')
+    cases = [
+        ((str(int8_artifact),), "give a TEXT argument or --input FILE"),
+        ((str(int8_artifact), "a", "--input", str(jsonl)), "give a TEXT argument or --input FILE"),
+        ((str(int8_artifact), "a", "--pair", "b"), "single texts, not pairs"),
+        ((str(int8_artifact), "--input", str(bad)), "row 2: no 'text' string"),
+        ((str(int8_artifact), "--input", str(tmp_path / "missing.jsonl")), "no such file"),
+        ((str(tmp_path), "a text"), "not an exported artifact"),
+    ]
+    for args, message in cases:
+        r = subprocess.run(cli("predict", *args), capture_output=True, text=True)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

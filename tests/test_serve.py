@@ -1,0 +1,192 @@
+"""A real `kdnas-deploy serve` process on 127.0.0.1, driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import cli
+from test_artifact import SENTENCES
+
+httpx = pytest.importorskip("httpx")
+
+MAX_TEXTS, MAX_CHARS = 8, 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(fp32_artifact: Path):
+    """The fp32 artifact: its outputs do not depend on how requests are batched, so answers compare exactly."""
+    port = _free_port()
+    proc = subprocess.Popen(cli("serve", str(fp32_artifact), "--port", str(port), "--max-texts", str(MAX_TEXTS),
+                                "--max-chars", str(MAX_CHARS), "--max-batch", "16", "--max-wait-ms", "10"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("server did not come up in 90 s")
+    yield url, proc
+    if proc.poll() is None:
+        proc.kill()
+
+
+def test_answers_equal_direct_onnx_runtime(server, fp32_artifact: Path) -> None:
+    from kdnas_deploy.artifact.runtime import Artifact
+
+    url, _ = server
+    expected = Artifact(fp32_artifact).predict(SENTENCES)
+    r = httpx.post(url + "/v1/predict", json={"inputs": SENTENCES})
+    assert r.status_code == 200
+    got = r.json()["predictions"]
+    assert [g["label"] for g in got] == [e.label for e in expected]
+    assert [g["score"] for g in got] == pytest.approx([e.score for e in expected], abs=1e-5)
+    assert all(set(g["scores"]) == {"negative", "positive"} for g in got)
+    meta = httpx.get(url + "/v1/metadata").json()
+    assert meta["arch"] == json.loads((fp32_artifact / "kdnas_card.json").read_text())["arch"]
+    assert meta["serving"]["max_texts"] == MAX_TEXTS
+    assert httpx.get(url + "/docs").status_code == 200
+    assert "/v1/predict" in httpx.get(url + "/openapi.json").json()["paths"]
+
+
+MALFORMED = [
+    ("not json", b"{not json", {"content-type": "application/json"}, 422),
+    ("empty body", b"", {"content-type": "application/json"}, 422),
+    ("invalid utf-8", b'{"inputs": ["\xff\xfe"]}', {"content-type": "application/json"}, 400),
+    ("top-level list", b"[]", {"content-type": "application/json"}, 422),
+    ("null", b"null", {"content-type": "application/json"}, 422),
+    ("inputs is a string", {"inputs": "a text"}, None, 422),
+    ("inputs is a number", {"inputs": 5}, None, 422),
+    ("inputs missing", {"texts": ["a"]}, None, 422),
+    ("no inputs", {"inputs": []}, None, 422),
+    ("number row", {"inputs": [5]}, None, 422),
+    ("null row", {"inputs": [None]}, None, 422),
+    ("boolean row", {"inputs": [True]}, None, 422),
+    ("object row", {"inputs": [{"text": "a"}]}, None, 422),
+    ("pair for a single-text model", {"inputs": [["a", "b"]]}, None, 422),
+    ("one-element list", {"inputs": [["a"]]}, None, 422),
+    ("three-element list", {"inputs": [["a", "b", "c"]]}, None, 422),
+    ("nested list", {"inputs": [[["a"]]]}, None, 422),
+    ("empty text", {"inputs": [""]}, None, 422),
+    ("blank text", {"inputs": ["   "]}, None, 422),
+    ("too many texts", {"inputs": ["ok"] * (MAX_TEXTS + 1)}, None, 413),
+    ("text too long", {"inputs": ["x" * (MAX_CHARS + 1)]}, None, 413),
+    ("body too large", {"inputs": ["y" * 200_000]}, None, 413),
+    ("form encoded", b"inputs=a", {"content-type": "application/x-www-form-urlencoded"}, 422),
+]
+
+
+def test_malformed_requests_get_a_json_4xx_and_the_server_lives_on(server) -> None:
+    url, proc = server
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for name, body, headers, status in MALFORMED:
+            if isinstance(body, bytes):
+                r = client.post("/v1/predict", content=body, headers=headers)
+            else:
+                r = client.post("/v1/predict", json=body)
+            assert r.status_code == status, (name, r.status_code, r.text)
+            assert isinstance(r.json().get("error"), str), (name, r.text)
+        for r, status in ((client.get("/v1/predict"), 405), (client.post("/v1/nothing", json={}), 404)):
+            assert r.status_code == status and isinstance(r.json()["error"], str)
+        assert client.get("/health").json()["status"] == "ok"
+        assert client.post("/v1/predict", json={"inputs": ["still answering"]}).status_code == 200
+    assert proc.poll() is None
+
+
+def test_200_requests_from_16_concurrent_clients(server, fp32_artifact: Path, sst2_slice: Path) -> None:
+    from kdnas_deploy.artifact.runtime import Artifact
+
+    url, _ = server
+    dev = [line.split("\t")[0] for line in (sst2_slice / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:41]]
+    truth = {t: p for t, p in zip(dev, Artifact(fp32_artifact).predict(dev))}
+    rng = random.Random(0)
+    requests = [rng.sample(dev, rng.randint(1, 4)) for _ in range(200)]
+
+    def send(texts: list[str]) -> tuple[list[str], dict]:
+        with httpx.Client(timeout=60) as c:
+            r = c.post(url + "/v1/predict", json={"inputs": texts})
+            return texts, {"status": r.status_code, **r.json()}
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(send, requests))
+    assert len(answers) == 200
+    for texts, answer in answers:
+        assert answer["status"] == 200, answer
+        assert [p["label"] for p in answer["predictions"]] == [truth[t].label for t in texts]
+        assert [p["score"] for p in answer["predictions"]] == pytest.approx([truth[t].score for t in texts], abs=1e-5)
+    health = httpx.get(url + "/health").json()
+    assert health["batches"] < health["rows"]  # concurrent requests really were grouped into shared batches
+
+
+def test_sigterm_shuts_down_cleanly(fp32_artifact: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(cli("serve", str(fp32_artifact), "--port", str(port)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_refuses_bad_settings(fp32_artifact: Path, tmp_path: Path) -> None:
+    r = subprocess.run(cli("serve", str(tmp_path)), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not an exported artifact" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(cli("serve", str(fp32_artifact), "--max-batch", "0"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_micro_batcher_groups_waiting_requests(fp32_artifact: Path) -> None:
+    """In-process: 10 one-text requests at once, batches of at most 4, a generous wait: 4 + 4 + 2 rows."""
+    import asyncio
+
+    from kdnas_deploy.artifact.runtime import Artifact
+    from kdnas_deploy.artifact.serve import MicroBatcher, ServeConfig
+
+    art = Artifact(fp32_artifact)
+    texts = (SENTENCES * 3)[:10]
+    expected = [art.predict([t])[0] for t in texts]
+
+    async def main():
+        batcher = MicroBatcher(art, ServeConfig(max_batch=4, max_wait_ms=200))
+        batcher.start()
+        try:
+            answers = await asyncio.gather(*(batcher.submit([t]) for t in texts))
+        finally:
+            await batcher.stop()
+        return answers, batcher.batches, batcher.rows
+
+    answers, batches, rows = asyncio.run(main())
+    assert (batches, rows) == (3, 10)
+    assert [a[0].label for a in answers] == [e.label for e in expected]
+    assert [a[0].score for a in answers] == pytest.approx([e.score for e in expected], abs=1e-5)

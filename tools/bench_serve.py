@@ -1,0 +1,207 @@
+"""How fast is the shipped artifact, alone and behind `kdnas-deploy serve`?
+
+1. Serving: `kdnas-deploy serve ARTIFACT` on 127.0.0.1, driven by this process as one asyncio load generator
+   (httpx, one text per request) at concurrency 1, 8 and 32 with a bounded number of requests each: throughput,
+   p50/p99 latency, and the load generator's own CPU share (it competes for the same cores). Against it, the
+   same work without HTTP: tokenizer + the raw ONNX Runtime session on micro-batches of the size the server
+   formed at that concurrency. Target: the server at concurrency 32 reaches at least 80% of that.
+2. Artifact against PyTorch: the profile graph (cpu-int8, and cpu fp32) against the same model in PyTorch eager
+   fp32 at batch 1, sequence 128, for students of hidden size 256 and more, measured interleaved, rounds
+   repeated, medians with their spread. Target: int8 at least 2x faster.
+
+    python tools/bench_serve.py --artifact ship/sst2-int8 --out bench-out/serve
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONCURRENCY = (1, 8, 32)
+SHAPES = ("L3-H384-A12-I1536", "L4-H256-A4-I1024", "L6-H384-A12-I1536", "L4-H512-A8-I2048")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _texts(n: int) -> list[str]:
+    from kdnas_deploy.paths import glue_dir
+
+    rows = (glue_dir() / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    texts = [r.split("\t")[0] for r in rows]
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+async def _load(url: str, texts: list[str], concurrency: int) -> tuple[list[float], float, float]:
+    import httpx
+
+    queue = list(enumerate(texts))
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def worker() -> None:
+            while queue:
+                _, text = queue.pop()
+                t0 = time.perf_counter()
+                r = await client.post("/v1/predict", json={"inputs": [text]})
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    raise RuntimeError(f"server answered {r.status_code}: {r.text}")
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return latencies, time.perf_counter() - wall0, time.process_time() - cpu0
+
+
+def bench_server(artifact: Path, requests: dict[int, int], max_batch: int, max_wait_ms: float) -> dict:
+    import httpx
+
+    from kdnas_deploy.artifact.runtime import Artifact
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "kdnas_deploy.cli", "serve", str(artifact), "--port", str(port),
+                             "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        asyncio.run(_load(url, _texts(64), 8))  # warm-up: sessions, connection pools, allocator
+        art = Artifact(artifact)  # the baseline's session: same file, same profile settings
+        rows = {}
+        for c in CONCURRENCY:
+            before = httpx.get(url + "/health").json()
+            texts = _texts(requests[c])
+            lat, wall, cpu = asyncio.run(_load(url, texts, c))
+            after = httpx.get(url + "/health").json()
+            batches = after["batches"] - before["batches"]
+            mean_batch = (after["rows"] - before["rows"]) / max(batches, 1)
+            # The same texts through tokenizer + session, in batches of the size the server formed.
+            size = max(1, round(mean_batch))
+            t0 = time.perf_counter()
+            for start in range(0, len(texts), size):
+                art.logits(texts[start:start + size])
+            raw_wall = time.perf_counter() - t0
+            lat_ms = np.array(lat) * 1e3
+            rows[c] = {"requests": len(texts), "throughput_rps": len(texts) / wall, "p50_ms": float(np.percentile(lat_ms, 50)),
+                       "p99_ms": float(np.percentile(lat_ms, 99)), "mean_batch": mean_batch,
+                       "loadgen_cpu_share": cpu / wall / (os.cpu_count() or 1),
+                       "raw_throughput_rps": len(texts) / raw_wall, "server_over_raw": (len(texts) / wall) / (len(texts) / raw_wall)}
+            print(f"concurrency {c}: {rows[c]['throughput_rps']:.0f} req/s, p50 {rows[c]['p50_ms']:.1f} ms, p99 "
+                  f"{rows[c]['p99_ms']:.1f} ms, mean batch {mean_batch:.1f}; raw session {rows[c]['raw_throughput_rps']:.0f} "
+                  f"rows/s ({rows[c]['server_over_raw']:.0%}); load generator {rows[c]['loadgen_cpu_share']:.0%} of the CPUs",
+                  flush=True)
+        return rows
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bench_vs_pytorch(rounds: int, seq: int = 128) -> dict:
+    import torch
+
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.graph import build_profile_graph, random_model
+    from kdnas_deploy.latency.timing import make_session, dummy_feeds
+    from kdnas_deploy.space import StudentArch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    profiles = {name: load_profile(name) for name in ("cpu-int8", "cpu")}
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        contenders = {}
+        for shape in SHAPES:
+            arch = StudentArch.parse(shape)
+            eager_attn = random_model(arch)
+            model = random_model(arch)
+            model.config._attn_implementation = "sdpa"  # what a PyTorch user runs by default
+            for name, prof in profiles.items():
+                graph = build_profile_graph(eager_attn, prof, Path(tmp) / f"{shape}-{name}")
+                sess = make_session(graph.path, prof)
+                feeds = dummy_feeds(sess, 1, seq)
+                contenders[(shape, name)] = (lambda s=sess, f=feeds: s.run(["logits"], f))
+            ids = torch.from_numpy(dummy_feeds(sess, 1, seq)["input_ids"])
+
+            def run_torch(m=model, x=ids) -> None:
+                with torch.inference_mode():
+                    m(input_ids=x, attention_mask=torch.ones_like(x), token_type_ids=torch.zeros_like(x))
+
+            contenders[(shape, "pytorch")] = run_torch
+        samples: dict = {k: [] for k in contenders}
+        for r in range(rounds):  # interleaved: every contender once per round, order rotated
+            keys = list(contenders)
+            keys = keys[r % len(keys):] + keys[:r % len(keys)]
+            for k in keys:
+                fn = contenders[k]
+                for _ in range(3):
+                    fn()
+                times = []
+                for _ in range(15):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - t0)
+                samples[k].append(float(np.median(times)) * 1e3)
+        for shape in SHAPES:
+            row = {}
+            for name in ("pytorch", "cpu", "cpu-int8"):
+                v = np.array(samples[(shape, name)])
+                row[name] = {"median_ms": float(np.median(v)), "iqr_ms": float(np.percentile(v, 75) - np.percentile(v, 25))}
+            row["int8_speedup"] = row["pytorch"]["median_ms"] / row["cpu-int8"]["median_ms"]
+            row["fp32_onnx_speedup"] = row["pytorch"]["median_ms"] / row["cpu"]["median_ms"]
+            results[shape] = row
+            print(f"{shape}: PyTorch {row['pytorch']['median_ms']:.2f} ms, ONNX fp32 {row['cpu']['median_ms']:.2f} ms, "
+                  f"int8 {row['cpu-int8']['median_ms']:.2f} ms -> int8 {row['int8_speedup']:.2f}x", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", type=Path, required=True, help="an exported artifact folder")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/serve"))
+    parser.add_argument("--requests", type=int, nargs=3, default=[200, 600, 1200], help="requests at concurrency 1, 8, 32")
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    tic = time.time()
+    card = json.loads((args.artifact / "kdnas_card.json").read_text())
+    serving = bench_server(args.artifact, dict(zip(CONCURRENCY, args.requests)), args.max_batch, args.max_wait_ms)
+    versus = bench_vs_pytorch(args.rounds)
+    result = {"artifact": str(args.artifact), "arch": card["arch"], "profile": card["profile"]["name"],
+              "cpus": os.cpu_count(), "serving": serving, "vs_pytorch": versus, "wall_s": round(time.time() - tic, 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_serve.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"Artifact {card['arch']} ({card['profile']['name']}); {os.cpu_count()} CPUs; one text per request.", "",
+             "| concurrency | requests | req/s | p50 ms | p99 ms | mean micro-batch | raw session rows/s | server / raw | load generator CPU |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c, r in serving.items():
+        lines.append(f"| {c} | {r['requests']} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['mean_batch']:.1f} | {r['raw_throughput_rps']:.0f} | {r['server_over_raw']:.0%} | {r['loadgen_cpu_share']:.0%} |")
+    lines += ["", f"Batch 1, sequence 128, {args.rounds} interleaved rounds (median, IQR):", "",
+              "| student | PyTorch eager fp32 (sdpa) | ONNX fp32 (cpu) | ONNX int8 (cpu-int8) | int8 speedup |", "|---|---|---|---|---|"]
+    for shape, r in versus.items():
+        lines.append(f"| {shape} | {r['pytorch']['median_ms']:.2f} ({r['pytorch']['iqr_ms']:.2f}) | {r['cpu']['median_ms']:.2f} "
+                     f"({r['cpu']['iqr_ms']:.2f}) | {r['cpu-int8']['median_ms']:.2f} ({r['cpu-int8']['iqr_ms']:.2f}) | "
+                     f"{r['int8_speedup']:.2f}x |")
+    (args.out / "bench_serve.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
