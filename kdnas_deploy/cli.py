@@ -532,13 +532,14 @@ def serve(
     max_texts: Annotated[int, typer.Option("--max-texts", min=1, help="Texts per request (more: 413).")] = 64,
     max_chars: Annotated[int, typer.Option("--max-chars", min=1, help="Characters per text (more: 413).")] = 4000,
     threads: Annotated[Optional[int], typer.Option(min=0, help="ONNX Runtime threads (default: the profile's).")] = None,
+    spinning: Annotated[Optional[bool], typer.Option("--spinning/--no-spinning", help="Override the profile's ONNX Runtime spin-waiting.")] = None,
 ) -> None:
     """Serve an artifact over HTTP: POST /v1/predict, GET /health, GET /v1/metadata, docs at /docs."""
     from kdnas_deploy.artifact.serve import ServeConfig, serve as run_server
 
     config = ServeConfig(max_batch, max_wait_ms, max_texts, max_chars)
     console.print(f"serving {escape(str(artifact))} on http://{host}:{port} (docs at /docs); Ctrl-C or SIGTERM stops it")
-    run_server(str(artifact), host, port, config, threads)
+    run_server(str(artifact), host, port, config, threads, spinning=spinning)
 
 
 @app.command()

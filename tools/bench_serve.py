@@ -65,7 +65,7 @@ async def _load(url: str, texts: list[str], concurrency: int) -> tuple[list[floa
         return latencies, time.perf_counter() - wall0, time.process_time() - cpu0
 
 
-def bench_server(artifact: Path, requests: dict[int, int], max_batch: int, max_wait_ms: float) -> dict:
+def bench_server(artifact: Path, requests: dict[int, int], max_batch: int, max_wait_ms: float, extra: list[str]) -> dict:
     import httpx
 
     from kdnas_deploy.artifact.runtime import Artifact
@@ -73,7 +73,7 @@ def bench_server(artifact: Path, requests: dict[int, int], max_batch: int, max_w
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "kdnas_deploy.cli", "serve", str(artifact), "--port", str(port),
-                             "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)],
+                             "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(300):
@@ -178,11 +178,14 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--server-args", default="", help="extra serve flags, e.g. '--threads 1 --spinning'")
+    parser.add_argument("--no-pytorch", action="store_true", help="serving part only")
     args = parser.parse_args()
     tic = time.time()
     card = json.loads((args.artifact / "kdnas_card.json").read_text())
-    serving = bench_server(args.artifact, dict(zip(CONCURRENCY, args.requests)), args.max_batch, args.max_wait_ms)
-    versus = bench_vs_pytorch(args.rounds)
+    serving = bench_server(args.artifact, dict(zip(CONCURRENCY, args.requests)), args.max_batch, args.max_wait_ms,
+                           args.server_args.split())
+    versus = {} if args.no_pytorch else bench_vs_pytorch(args.rounds)
     result = {"artifact": str(args.artifact), "arch": card["arch"], "profile": card["profile"]["name"],
               "cpus": os.cpu_count(), "serving": serving, "vs_pytorch": versus, "wall_s": round(time.time() - tic, 1)}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Artifact:
     """Loads an exported folder; `predict` takes texts or text pairs and returns labels and scores."""
 
-    def __init__(self, folder: str | Path, *, threads: int | None = None):
+    def __init__(self, folder: str | Path, *, threads: int | None = None, spinning: bool | None = None):
         from kdnas_deploy.hardware import parse_profile
         from kdnas_deploy.latency.timing import make_session
         from kdnas_deploy.model_folder import load_tokenizer
@@ -78,8 +78,13 @@ class Artifact:
         if not model_file.is_file():
             raise KdnasError(f"{self.folder}: the card names {self.card['file']}, which is missing")
         profile = parse_profile(self.card["profile"]["definition"], str(self.folder / CARD_FILE))
+        runtime: dict[str, Any] = {}
         if threads is not None:
-            profile = profile.model_copy(update={"runtime": profile.runtime.model_copy(update={"intra_op_threads": threads})})
+            runtime["intra_op_threads"] = threads
+        if spinning is not None:
+            runtime["allow_spinning"] = spinning
+        if runtime:
+            profile = profile.model_copy(update={"runtime": profile.runtime.model_copy(update=runtime)})
         self.profile = profile
         self.session = make_session(model_file, profile)
         self.tokenizer = load_tokenizer(str(self.folder))

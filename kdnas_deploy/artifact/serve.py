@@ -215,14 +215,16 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None) -> Any:
 
 
 def serve(artifact_dir: str, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
-          threads: int | None = None, log_level: str = "warning") -> None:
+          threads: int | None = None, log_level: str = "warning", spinning: bool | None = None) -> None:
     """Runs the server until SIGINT/SIGTERM; uvicorn finishes in-flight requests before it exits."""
     import signal
     import sys
 
     import uvicorn
 
-    app = create_app(Artifact(artifact_dir, threads=threads), config)
+    # `spinning` overrides the profile's spin-waiting: on a small machine idle spinning threads compete with the
+    # event loop (tools/bench_serve.py measured no clear difference either way on 2 cores).
+    app = create_app(Artifact(artifact_dir, threads=threads, spinning=spinning), config)
     # uvicorn shuts down gracefully, then re-raises the signal it caught to the handler found at start: make
     # that handler a clean exit, so SIGTERM from a supervisor (systemd, Kubernetes) ends with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
