@@ -35,7 +35,7 @@ class SlowEvaluator:
             os._exit(3)  # like the kernel's OOM killer: no exception, the process is gone
         if arch in self.fail_on:
             raise RuntimeError("loss is NaN")
-        time.sleep(1.5)
+        time.sleep(3.0)
         return synthetic_score(arch), {"start": start, "end": time.time(), "pid": os.getpid()}
 
 
@@ -63,10 +63,11 @@ def test_candidates_run_in_parallel_and_failures_are_journaled(ray_executor: Ray
     assert died.status == "failed" and "Error" in (died.error or "")
     ok = [c for c in done if c.status == "done"]
     assert len(ok) == 6 and all(c.score == pytest.approx(synthetic_score(c.arch)) for c in ok)
-    second = sorted((c for c in ok if c.episode == 2), key=lambda c: c.metrics["start"])  # type: ignore[index]
-    # Two CPUs, one per candidate: the episode's candidates overlap in time, in different worker processes.
-    assert second[1].metrics["start"] < second[0].metrics["end"]  # type: ignore[index]
-    assert len({c.metrics["pid"] for c in second}) >= 2  # type: ignore[index]
+    second = [c.metrics for c in ok if c.episode == 2]
+    # Two CPUs, one per candidate: some of the episode's candidates overlap in time, in different worker
+    # processes (which pair depends on when Ray's workers come up, so any overlapping pair counts).
+    overlaps = [(a, b) for a in second for b in second if a is not b and a["start"] < b["start"] < a["end"]]  # type: ignore[index]
+    assert overlaps and all(a["pid"] != b["pid"] for a, b in overlaps)  # type: ignore[index]
     assert ray_executor.resources() == {"num_cpus": 1.0, "num_gpus": 0.0}
 
 
