@@ -64,7 +64,7 @@ def _recorded(run_dirs: list[Path]) -> tuple[dict, dict, object, object]:
         settings = json.loads((run / "run.json").read_text())
         r = report["reward"]
         config = RewardConfig(r["targets_ms"], form=r["form"], alpha=r["alpha"], beta=r["beta"])
-        space = SearchSpace.from_dict({k: v for k, v in settings["space"].items()}, name=settings["space"].get("name", "recorded"))
+        space = SearchSpace.from_dict(settings["space"], name="recorded")
         with Journal(run / "journal.sqlite") as journal:
             for c in journal.candidates("done"):
                 scores[c.arch].append(float(c.score))

@@ -53,9 +53,10 @@ def export_artifact(
 ) -> ExportResult:
     """Exports `model_dir` (a folder with kdnas.json, or any BERT classifier folder with `source` given) for
     `profile` into `out` and returns the card it wrote."""
-    from kdnas_deploy.distill.api import prepare, source_from_teacher
+    from kdnas_deploy.distill.api import check_fits_task, prepare, source_from_teacher
     from kdnas_deploy.distill.trainer import evaluate_model
     from kdnas_deploy.latency.graph import FP32_FILE, build_profile_graph
+    from kdnas_deploy.latency.timing import make_session
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.tasks import compute_metrics
 
@@ -76,17 +77,14 @@ def export_artifact(
     prepared = prepare(str(model_dir), source, max_length)
     task, dev = prepared.task, prepared.encoded.dev
     pad = prepared.encoded.pad_token_id
-    if model.config.num_labels != (1 if task.is_regression else task.num_labels):
-        raise KdnasError(f"{model_dir} has {model.config.num_labels} outputs but task {task.name} needs "
-                         f"{1 if task.is_regression else task.num_labels}")
+    check_fits_task(model, task, str(model_dir), "give the data options of the task it was trained on")
     arch = StudentArch.from_config(model.config)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         say(f"exporting {arch} for {profile.name} ({profile.precision.value})")
-        graph = build_profile_graph(model, profile, work, keep_intermediate=True)
-        (work / "model.onnx").unlink(missing_ok=True)  # the unoptimised export is not shipped
+        graph = build_profile_graph(model, profile, work, keep_fp32=True)
         say("checking the fp32 graph against PyTorch")
         parity = check_parity(model, work / FP32_FILE, dev, pad)
         if parity["max_abs_diff"] > PARITY_TOLERANCE:
@@ -96,8 +94,6 @@ def export_artifact(
             (work / FP32_FILE).unlink()
         say(f"scoring PyTorch and the artifact on {len(dev)} dev rows")
         torch_metrics = evaluate_model(model, dev, task, 64, pad)
-        from kdnas_deploy.latency.timing import make_session
-
         session = make_session(graph.path, profile)
         onnx_metrics = compute_metrics(task, onnx_logits(session, dev, 64, pad), np.asarray(dev["labels"]))
         del session

@@ -123,7 +123,7 @@ def distill_student(
     to a Ray worker."""
     train_config = train_config or TrainConfig()
     distill_config = distill_config or DistillConfig()
-    _check_teacher_fits(teacher, task)
+    check_fits_task(teacher, task)
     tic = time.perf_counter()
     seed_everything(train_config.seed)
     student = build_student(teacher, arch, init, seed=train_config.seed, layers=distill_config.layer_map)
@@ -144,10 +144,11 @@ def distill_student(
     return DistillResult(student, arch, result.final_metrics, result, time.perf_counter() - tic)
 
 
-def _check_teacher_fits(teacher: Any, task: Task) -> None:
-    if teacher.config.num_labels != task.num_labels:
-        raise KdnasError(f"the teacher has {teacher.config.num_labels} output(s) but task {task.name} needs "
-                         f"{task.num_labels}; use a teacher fine-tuned on this task (kdnas-deploy teacher)")
+def check_fits_task(model: Any, task: Task, what: str = "the teacher",
+                    fix: str = "use a teacher fine-tuned on this task (kdnas-deploy teacher)") -> None:
+    if model.config.num_labels != task.num_labels:
+        raise KdnasError(f"{what} has {model.config.num_labels} output(s) but task {task.name} needs "
+                         f"{task.num_labels}; {fix}")
 
 
 def source_from_teacher(teacher: str, source: DataSource) -> DataSource:
@@ -304,5 +305,5 @@ def evaluate_folder(model_path: str, source: DataSource, max_length: int | None 
     source = source_from_teacher(model_path, source)
     model = load_classifier(model_path)
     prepared = prepare(model_path, source, max_length or (info.max_length if info else 128))
-    _check_teacher_fits(model, prepared.task)
+    check_fits_task(model, prepared.task)
     return evaluate_model(model, prepared.encoded.dev, prepared.task, batch_size, prepared.encoded.pad_token_id)

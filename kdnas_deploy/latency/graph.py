@@ -156,12 +156,13 @@ def _to_fp16(fp32: Path, out: Path) -> None:
 
 
 def build_profile_graph(
-    model: Any, profile: HardwareProfile, out_dir: str | os.PathLike[str], *, keep_intermediate: bool = False
+    model: Any, profile: HardwareProfile, out_dir: str | os.PathLike[str], *, keep_fp32: bool = False
 ) -> ProfileGraph:
     """Export `model` (a BERT-family classifier) and turn it into the graph `profile` runs.
 
     The fusion check is made on the fp32 graph, before precision changes: one fused attention
     node per encoder layer. An unfused graph is still returned (it runs, only slower) and logged.
+    `keep_fp32` keeps the optimized fp32 graph beside an int8/fp16 one (the export checks parity on it).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,8 +171,7 @@ def build_profile_graph(
     fp32 = out_dir / FP32_FILE
     if profile.model.optimize:
         attention, stats = _optimize(raw, fp32, profile, arch)
-        if not keep_intermediate:
-            raw.unlink()
+        raw.unlink()
     else:
         raw.rename(fp32)
         attention, stats = 0, {}
@@ -182,6 +182,6 @@ def build_profile_graph(
         _quantize(fp32, final, profile)
     elif profile.precision is Precision.fp16:
         _to_fp16(fp32, final)
-    if final != fp32 and not keep_intermediate:
+    if final != fp32 and not keep_fp32:
         fp32.unlink()
     return ProfileGraph(final, profile.precision, arch.layers, attention, stats)
