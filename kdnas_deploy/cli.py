@@ -528,7 +528,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Rows per micro-batch.")] = 32,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a micro-batch waits to fill.")] = 5.0,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a micro-batch waits to fill (only under load: a lone request on an idle server runs at once).")] = 5.0,
     max_texts: Annotated[int, typer.Option("--max-texts", min=1, help="Texts per request (more: 413).")] = 64,
     max_chars: Annotated[int, typer.Option("--max-chars", min=1, help="Characters per text (more: 413).")] = 4000,
     threads: Annotated[Optional[int], typer.Option(min=0, help="ONNX Runtime threads (default: the profile's).")] = None,

@@ -96,6 +96,7 @@ def test_evolution_proposes_valid_unseen_architectures() -> None:
         for p in evo.propose(8, history):
             assert p.arch in SPACE and synthetic_latency(p.arch)["cpu"] <= 8.0
             assert p.arch not in {o.arch for o in history}
+            assert StudentArch.parse(str(p.arch)) == p.arch  # the journal stores it as text (ffn 768.0 broke that)
             history.append(Observation(p.arch, synthetic_score(p.arch), synthetic_score(p.arch)))
     assert len(history) == 80
 

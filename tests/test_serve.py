@@ -190,3 +190,36 @@ def test_micro_batcher_groups_waiting_requests(fp32_artifact: Path) -> None:
     assert (batches, rows) == (3, 10)
     assert [a[0].label for a in answers] == [e.label for e in expected]
     assert [a[0].score for a in answers] == pytest.approx([e.score for e in expected], abs=1e-5)
+
+
+def test_batcher_waits_for_company_only_under_load(fp32_artifact: Path) -> None:
+    """An idle server runs a lone request at once; after a multi-row batch it waits up to max_wait_ms to fill one."""
+    import asyncio
+
+    from kdnas_deploy.artifact.runtime import Artifact
+    from kdnas_deploy.artifact.serve import MicroBatcher, ServeConfig
+
+    art = Artifact(fp32_artifact)
+
+    async def main():
+        batcher = MicroBatcher(art, ServeConfig(max_batch=8, max_wait_ms=3000))
+        batcher.start()
+        try:
+            tic = time.perf_counter()
+            await batcher.submit([SENTENCES[0]])
+            alone = time.perf_counter() - tic
+            await asyncio.gather(*(batcher.submit([t]) for t in SENTENCES[:3]))  # a batch of 3: under load now
+            before = batcher.batches
+
+            async def late():
+                await asyncio.sleep(0.3)
+                return await batcher.submit([SENTENCES[2]])
+
+            await asyncio.gather(batcher.submit([SENTENCES[1]]), late())
+            return alone, batcher.batches - before
+        finally:
+            await batcher.stop()
+
+    alone, batches = asyncio.run(main())
+    assert alone < 2.0  # did not sit out the 3 s wait
+    assert batches == 1  # the request 0.3 s later joined the waiting one

