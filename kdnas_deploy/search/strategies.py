@@ -107,8 +107,7 @@ class RegularizedEvolution(_Base):
         current[name] = values[min(max(i + step, 0), len(values) - 1)]
         if current["hidden"] % current["heads"]:
             return arch
-        # int(): the space keeps ratios as floats, and an FFN size of 768.0 would not survive the journal's str/parse.
-        return StudentArch(current["layers"], current["hidden"], current["heads"], int(round(current["hidden"] * current["ratio"])))
+        return StudentArch(current["layers"], current["hidden"], current["heads"], s.ffn_size(current["hidden"], current["ratio"]))
 
     def propose(self, k: int, history: Sequence[Observation]) -> list[Proposal]:
         seen = {o.arch for o in history}
