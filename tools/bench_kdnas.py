@@ -34,7 +34,9 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,33 +94,54 @@ class Student:
 
 
 class Bench:
-    def __init__(self, work: Path, python: str = sys.executable):
-        self.work, self.python = work, python
+    def __init__(self, work: Path, python: str = sys.executable, jobs: int = 1):
+        self.work, self.python, self.jobs = work, python, jobs
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.state_path = work / "state.json"
         self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.lock = threading.Lock()
 
     def save(self) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2) + "\n")
-        tmp.replace(self.state_path)
+        with self.lock:
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.state, indent=2) + "\n")
+            tmp.replace(self.state_path)
 
     def cli(self, name: str, *args: str) -> None:
-        """One `kdnas-deploy` command, logged, its wall time kept; a failure ends the benchmark with the log's tail."""
+        self.run_all([(name, list(args))])
+
+    def run_all(self, commands: list[tuple[str, list[str]]]) -> None:
+        """`kdnas-deploy` commands, `jobs` at a time, each logged with its wall time kept. With several jobs each
+        gets its share of the cores (two one-thread trainings get more done on this machine than one two-thread
+        one). A failure ends the benchmark with the log's tail once the commands already running have finished,
+        so their work is kept."""
+        env = dict(os.environ)
+        if self.jobs > 1:
+            threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        with ThreadPoolExecutor(self.jobs) as pool:
+            failures = [f for f in pool.map(lambda c: self._run(*c, env), commands) if f]
+        if failures:
+            sys.exit(failures[0])
+
+    def _run(self, name: str, args: list[str], env: dict[str, str]) -> str | None:
         cmd = [self.python, "-m", "kdnas_deploy.cli", *args]
         shown = "kdnas-deploy " + " ".join(args)
-        self.state.setdefault("commands", {})[name] = shown
+        with self.lock:
+            self.state.setdefault("commands", {})[name] = shown
         print(f"$ {shown}", flush=True)
         log = self.logs / f"{name.replace('/', '_')}.log"
         tic = time.time()
         with log.open("w") as f:
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
-        self.state.setdefault("wall_s", {})[name] = round(time.time() - tic, 1)
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
+        with self.lock:
+            self.state.setdefault("wall_s", {})[name] = round(time.time() - tic, 1)
         self.save()
-        if code != 0:
-            tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-15:]
-            sys.exit(f"{name} failed (exit {code}); {log}:\n" + "\n".join(tail))
+        if code == 0:
+            return None
+        tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-15:]
+        return f"{name} failed (exit {code}); {log}:\n" + "\n".join(tail)
 
 
 def data_args(plan: TaskPlan) -> list[str]:
@@ -226,6 +249,7 @@ def stage_finals(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
     from kdnas_deploy.model_folder import read_info
 
     done: set[tuple[str, int]] = set()
+    commands = []
     for s in students:
         if s.role == "teacher":
             continue
@@ -238,19 +262,22 @@ def stage_finals(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
                     "--epochs", str(FINAL["epochs"]), "--max-length", str(MAX_LENGTH), "--seed", str(seed)]
             if plan.train_samples:
                 args += ["--train-samples", str(plan.train_samples)]
-            bench.cli(f"{plan.name}/distill-{s.arch}-s{seed}", *args)
+            commands.append((f"{plan.name}/distill-{s.arch}-s{seed}", args))
+    bench.run_all(commands)
 
 
 def stage_proxy(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> None:
     from kdnas_deploy.model_folder import read_info
 
+    commands = []
     for arch in dict.fromkeys(s.arch for s in students if s.role != "teacher"):
         folder = out / "proxy" / arch
         if read_info(folder) is None:
-            bench.cli(f"{plan.name}/proxy-{arch}", "distill", "--teacher", str(out / "teacher"), "--arch", arch,
-                      *data_args(plan), "--out", str(folder), "--proxy", str(SEARCH["proxy"]),
-                      "--held-out", str(SEARCH["held_out"]), "--epochs", str(SEARCH["proxy_epochs"]),
-                      "--max-length", str(plan.proxy_max_length), "--seed", "0")
+            commands.append((f"{plan.name}/proxy-{arch}", [
+                "distill", "--teacher", str(out / "teacher"), "--arch", arch, *data_args(plan), "--out", str(folder),
+                "--proxy", str(SEARCH["proxy"]), "--held-out", str(SEARCH["held_out"]),
+                "--epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length), "--seed", "0"]))
+    bench.run_all(commands)
 
 
 def artifact_dir(out: Path, key: str, seed: int | None, profile: str) -> Path:
@@ -276,11 +303,11 @@ def artifacts_of(plan: TaskPlan, out: Path, students: list[Student]) -> list[tup
 
 
 def stage_export(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> None:
-    for s, seed, profile, model, target in artifacts_of(plan, out, students):
-        if not (target / "kdnas_card.json").exists():
-            # --max-drop 100: the benchmark reports an int8 accuracy drop instead of refusing to export.
-            bench.cli(f"{plan.name}/export-{target.name}", "export", str(model), "--hw", profile, "--out", str(target),
-                      "--max-drop", "100", "--no-measure", "--overwrite")
+    # --max-drop 100: the benchmark reports an int8 accuracy drop instead of refusing to export.
+    bench.run_all([(f"{plan.name}/export-{target.name}", ["export", str(model), "--hw", profile, "--out", str(target),
+                                                          "--max-drop", "100", "--no-measure", "--overwrite"])
+                   for _s, _seed, profile, model, target in artifacts_of(plan, out, students)
+                   if not (target / "kdnas_card.json").exists()])
 
 
 def dev_rows(plan: TaskPlan) -> tuple[list[Any], np.ndarray]:
@@ -494,10 +521,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench-out/kdnas"))
     ap.add_argument("--tasks", default="sst2,mnli")
     ap.add_argument("--until", choices=STAGES, default="report", help="stop after this stage")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="commands run at once in the finals, proxy and export stages (never in timed stages)")
     ap.add_argument("--docs", type=Path, default=REPO / "docs", help="where benchmarks.md and the plots go")
     args = ap.parse_args()
     tasks = [TASKS[t] for t in args.tasks.split(",")]
-    bench = Bench(args.work)
+    bench = Bench(args.work, jobs=args.jobs)
     last = STAGES.index(args.until)
     results: dict[str, Any] = {}
     for plan in tasks:
