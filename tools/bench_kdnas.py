@@ -478,7 +478,10 @@ def markdown(results: dict[str, Any], state: dict[str, Any]) -> str:
              "`python tools/bench_kdnas.py --until report`. Scores are the dev scores of the shipped int8 artifact "
              f"(mean and standard deviation over seeds); latencies are medians of {TIMING_ROUNDS} interleaved rounds of "
              "the final artifacts timed in one run, with p10-p90 across rounds, batch 1 x 128 tokens, on "
-             f"{results['machine']}.", ""]
+             f"{results['machine']}.", "",
+             "A seed sets the student's initialisation order, the data order and, where the task's training rows are "
+             "sampled (SST-2: 20,000 of 67,349), the sample itself: a hand-crafted and a KD-NAS student with the same "
+             "seed see the same rows, other seeds see other rows, so the spread over seeds includes the data's.", ""]
     for task, r in results["tasks"].items():
         lines += [f"## {task.upper()}", "", f"Teacher dev score {r['teacher_dev']:.2f}. Budgets (table, {PROFILES[0]}): "
                   + ", ".join(f"{b:.2f} ms" for b in r["budgets"]["budgets_ms"]) + ".", "",
