@@ -24,10 +24,15 @@ CONFIG = RewardConfig({"cpu": 8.0})
 
 
 class SlowEvaluator:
-    """Synthetic scores after a pause, reporting when and where it ran; raises or kills its worker on request."""
+    """Synthetic scores, reporting when and where it ran; raises or kills its worker on request.
 
-    def __init__(self, fail_on: frozenset[StudentArch] = frozenset(), die_on: frozenset[StudentArch] = frozenset()):
-        self.fail_on, self.die_on = fail_on, die_on
+    It stays running until it has seen another evaluation running in another process (or for `patience`
+    seconds): a fixed pause made the overlap depend on how fast Ray's second worker came up, which on a loaded
+    machine took longer than the pause."""
+
+    def __init__(self, markers: Path, fail_on: frozenset[StudentArch] = frozenset(),
+                 die_on: frozenset[StudentArch] = frozenset(), patience: float = 10.0):
+        self.markers, self.fail_on, self.die_on, self.patience = markers, fail_on, die_on, patience
 
     def __call__(self, arch: StudentArch):
         start = time.time()
@@ -35,7 +40,16 @@ class SlowEvaluator:
             os._exit(3)  # like the kernel's OOM killer: no exception, the process is gone
         if arch in self.fail_on:
             raise RuntimeError("loss is NaN")
-        time.sleep(3.0)
+        mine = self.markers / f"{os.getpid()}-{arch}"
+        mine.touch()
+        try:
+            while time.time() - start < self.patience:
+                if any(not m.name.startswith(f"{os.getpid()}-") for m in self.markers.iterdir()):
+                    time.sleep(0.5)  # both are running now; stay a moment so the peer sees this one too
+                    break
+                time.sleep(0.05)
+        finally:
+            mine.unlink()
         return synthetic_score(arch), {"start": start, "end": time.time(), "pid": os.getpid()}
 
 
@@ -52,7 +66,8 @@ def ray_executor():
 
 def test_candidates_run_in_parallel_and_failures_are_journaled(ray_executor: RayExecutor, tmp_path: Path) -> None:
     first = make_strategy("kdnas", SPACE, CONFIG, synthetic_latency, seed=1).propose(4, [])
-    evaluator = SlowEvaluator(fail_on=frozenset({first[1].arch}), die_on=frozenset({first[2].arch}))
+    (tmp_path / "running").mkdir()
+    evaluator = SlowEvaluator(tmp_path / "running", fail_on=frozenset({first[1].arch}), die_on=frozenset({first[2].arch}))
     with Journal(tmp_path / "journal.sqlite") as journal:
         done = run_episodes(make_strategy("kdnas", SPACE, CONFIG, synthetic_latency, seed=1), journal, evaluator,
                             synthetic_latency, CONFIG, episodes=2, top_k=4, executor=ray_executor)
