@@ -510,11 +510,12 @@ def markdown(results: dict[str, Any], state: dict[str, Any]) -> str:
                      f"(target 97%: {'met' if f['pct_of_teacher'] >= 97 else 'missed'})." if f else "no student is 3x faster."),
                   f"- KD-NAS against random search at the same {s['kdnas']['candidates']} candidates: best proxy reward "
                   f"{s['kdnas']['best_reward']:.4f} against {s['random']['best_reward']:.4f}; final student at a third of the "
-                  f"teacher's latency: {r['kdnas_vs_random']['kdnas']} against {r['kdnas_vs_random']['random']}.",
+                  f"teacher's latency: dev {r['kdnas_vs_random']['kdnas']:.2f} against {r['kdnas_vs_random']['random']:.2f}.",
                   f"- Proxy fidelity: Kendall tau {pf['kendall_tau']:.2f} (p = {pf['p_value']:.2f}) between proxy and full-training "
                   f"dev scores over {pf['archs']} architectures.", ""]
     lines += ["## Commands", "", "```"] + [f"{v}" for v in state.get("commands", {}).values()] + ["```", "",
-              f"Total wall time of the stages: {sum(state.get('wall_s', {}).values()) / 3600:.1f} h. Versions: "
+              f"Sum of the stages' and commands' wall times: {sum(state.get('wall_s', {}).values()) / 3600:.1f} h (with "
+              "`--jobs 2` the finals, proxy and export commands ran two at a time, so less time passed). Versions: "
               + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + "."]
     return "\n".join(lines) + "\n"
 
@@ -556,12 +557,12 @@ def main() -> None:
                 stage_timing(bench, plan, out, students)
             if last >= STAGES.index("report"):
                 results[plan.name] = task_results(bench, plan, out, students, budgets)
+                args.docs.mkdir(parents=True, exist_ok=True)
                 plot(plan.name, results[plan.name], args.docs / f"benchmarks-{plan.name}.png")
     if results:
         full = {"tasks": results, "versions": versions(), "machine": f"{platform.processor() or platform.machine()}, "
                 f"{os.cpu_count()} CPUs", "wall_s": bench.state.get("wall_s", {})}
         (args.work / "results.json").write_text(json.dumps(full, indent=2, default=str) + "\n")
-        args.docs.mkdir(parents=True, exist_ok=True)
         (args.docs / "benchmarks.md").write_text(markdown(full, bench.state))
         print(f"wrote {args.docs / 'benchmarks.md'}")
 
