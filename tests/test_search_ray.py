@@ -40,11 +40,12 @@ class SlowEvaluator:
             os._exit(3)  # like the kernel's OOM killer: no exception, the process is gone
         if arch in self.fail_on:
             raise RuntimeError("loss is NaN")
-        mine = self.markers / f"{os.getpid()}-{arch}"
+        prefix = f"{os.getpid()}-"
+        mine = self.markers / f"{prefix}{arch}"
         mine.touch()
         try:
             while time.time() - start < self.patience:
-                if any(not m.name.startswith(f"{os.getpid()}-") for m in self.markers.iterdir()):
+                if any(not m.name.startswith(prefix) for m in self.markers.iterdir()):
                     time.sleep(0.5)  # both are running now; stay a moment so the peer sees this one too
                     break
                 time.sleep(0.05)

@@ -116,11 +116,14 @@ class Bench:
         gets its share of the cores (two one-thread trainings get more done on this machine than one two-thread
         one). A failure ends the benchmark with the log's tail once the commands already running have finished,
         so their work is kept."""
+        workers = min(self.jobs, len(commands))
+        if not workers:
+            return
         env = dict(os.environ)
-        if self.jobs > 1:
-            threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        if workers > 1:  # a command that runs alone (the teacher, a search) keeps every core
+            threads = str(max(1, (os.cpu_count() or 1) // workers))
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        with ThreadPoolExecutor(self.jobs) as pool:
+        with ThreadPoolExecutor(workers) as pool:
             failures = [f for f in pool.map(lambda c: self._run(*c, env), commands) if f]
         if failures:
             sys.exit(failures[0])
