@@ -139,7 +139,9 @@ class Bench:
         with log.open("w") as f:
             code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
         with self.lock:
-            self.state.setdefault("wall_s", {})[name] = round(time.time() - tic, 1)
+            wall = self.state.setdefault("wall_s", {})
+            # A resumed command continues the work of the one cut off: both parts count.
+            wall[name] = round(time.time() - tic + (wall.get(name, 0.0) if "--resume" in args else 0.0), 1)
         self.save()
         if code == 0:
             return None
@@ -163,6 +165,11 @@ def stage_teacher(bench: Bench, plan: TaskPlan, out: Path) -> None:
         recipe = (t.get("train_samples"), t["config"]["epochs"], t["config"]["seed"], info.max_length)
         if recipe != (plan.train_samples, 1, 0, MAX_LENGTH) or Path(info.data.get("data_dir", "")).name != plan.folder:
             sys.exit(f"{folder} holds a teacher made with another recipe {recipe}; delete it to retrain")
+        # A teacher trained before this tool kept wall times still counts in the total: its own record has it.
+        wall = bench.state.setdefault("wall_s", {})
+        if f"{plan.name}/teacher" not in wall and t.get("wall_seconds"):
+            wall[f"{plan.name}/teacher"] = round(float(t["wall_seconds"]), 1)
+            bench.save()
         return
     args = ["teacher", "--backbone", backbone_path(), "--out", str(folder), *data_args(plan), "--epochs", "1",
             "--max-length", str(MAX_LENGTH), "--seed", "0"]
@@ -206,6 +213,7 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[float]) 
     for strategy in ("kdnas", "random"):
         run = out / f"search-{strategy}"
         if (run / "report.json").exists():
+            record_search_wall(bench, f"{plan.name}/search-{strategy}", run)
             continue
         args = ["search", "--teacher", str(out / "teacher"), *data_args(plan), "--out", str(run), "--hw", PROFILES[0],
                 "--strategy", strategy, "--episodes", str(SEARCH["episodes"]), "--top-k", str(SEARCH["top_k"]),
@@ -216,6 +224,19 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[float]) 
         if (run / "run.json").exists():
             args.append("--resume")
         bench.cli(f"{plan.name}/search-{strategy}", *args)
+
+
+def record_search_wall(bench: Bench, name: str, run: Path) -> None:
+    """A search cut off before this tool summed resumed parts kept only its last part's wall time; its journal
+    keeps each candidate's, a lower bound of the whole that is used where it is larger."""
+    from kdnas_deploy.search.journal import Journal
+
+    with Journal(run / "journal.sqlite") as journal:
+        spent = sum(c.wall_s or 0.0 for c in journal.candidates())
+    wall = bench.state.setdefault("wall_s", {})
+    if spent > wall.get(name, 0.0):
+        wall[name] = round(spent, 1)
+        bench.save()
 
 
 def chosen_students(plan: TaskPlan, out: Path, budgets: dict[str, Any]) -> list[Student]:
@@ -516,11 +537,58 @@ def markdown(results: dict[str, Any], state: dict[str, Any]) -> str:
                   f"teacher's latency: dev {r['kdnas_vs_random']['kdnas']:.2f} against {r['kdnas_vs_random']['random']:.2f}.",
                   f"- Proxy fidelity: Kendall tau {pf['kendall_tau']:.2f} (p = {pf['p_value']:.2f}) between proxy and full-training "
                   f"dev scores over {pf['archs']} architectures.", ""]
-    lines += ["## Commands", "", "```"] + [f"{v}" for v in state.get("commands", {}).values()] + ["```", "",
-              f"Sum of the stages' and commands' wall times: {sum(state.get('wall_s', {}).values()) / 3600:.1f} h (with "
-              "`--jobs 2` the finals, proxy and export commands ran two at a time, so less time passed). Versions: "
-              + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + "."]
+    groups = {k: v for k, v in step_groups(state).items() if k[0] in results["tasks"]}
+    wall = state.get("wall_s", {})
+    lines += ["## Wall time", "", "Summed wall time of each step's commands (with `--jobs 2` the finals, proxy and export "
+              "commands ran two at a time, so less time passed than their sum).", "",
+              "| task | step | commands | hours |", "|---|---|---|---|"]
+    for task in results["tasks"]:
+        mine = {step: names for (t, step), names in groups.items() if t == task}
+        for step, names in mine.items():
+            lines.append(f"| {task} | {step} | {len(names)} | {sum(wall.get(n, 0) for n in names) / 3600:.2f} |")
+        lines.append(f"| {task} | **all** | {sum(len(n) for n in mine.values())} | "
+                     f"**{sum(wall.get(n, 0) for names in mine.values() for n in names) / 3600:.2f}** |")
+    lines += ["", f"Total: {sum(wall.get(n, 0) for names in groups.values() for n in names) / 3600:.1f} h. Versions: "
+              + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".", "", "## Commands", "",
+              "Run by `tools/bench_kdnas.py`; where a step runs one command per student, the arguments that change "
+              "are shown as `<flag>` and the variants listed.", ""]
+    commands = state.get("commands", {})
+    for (task, step), names in groups.items():
+        shown = [commands[n] for n in names if n in commands]
+        if shown:
+            lines += [f"{task} {step}:", "", "```", command_template(shown), "```", ""]
+            if len(shown) > 1:
+                lines += ["variants: " + ", ".join(n.split("/", 1)[1][len(step) + 1:] for n in names if n in commands), ""]
     return "\n".join(lines) + "\n"
+
+
+def step_groups(state: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
+    """(task, step) -> the names of its timed parts, in run order: "sst2/distill-L3-H384-A12-I1536-s0" is a part
+    of ("sst2", "distill"); stage-level names ("sst2/budgets", "sst2/search-kdnas") are steps of their own."""
+    import re
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name in dict.fromkeys([*state.get("wall_s", {}), *state.get("commands", {})]):
+        task, rest = name.split("/", 1)
+        m = re.match(r"(.+?)-(?:L\d+-H\d+|teacher)", rest)
+        groups.setdefault((task, m.group(1) if m else rest), []).append(name)
+    return groups
+
+
+def command_template(commands: list[str]) -> str:
+    """One command line for several that differ only in some arguments: those become <flag> (<arg> when
+    positional); commands of different shapes are listed whole."""
+    split = [c.split() for c in commands]
+    if len({len(t) for t in split}) > 1:
+        return "\n".join(commands)
+    out = []
+    for i, tokens in enumerate(zip(*split)):
+        if len(set(tokens)) == 1:
+            out.append(tokens[0])
+        else:
+            before = split[0][i - 1]
+            out.append(f"<{before[2:]}>" if before.startswith("--") else "<arg>")
+    return " ".join(out)
 
 
 def main() -> None:

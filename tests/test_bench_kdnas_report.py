@@ -1,0 +1,31 @@
+"""The GLUE benchmark's report helpers: how its commands and wall times are grouped into steps."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+bench = pytest.importorskip("bench_kdnas")
+
+
+def test_step_groups_put_per_student_commands_under_their_step():
+    state = {"wall_s": {"sst2/budgets": 10.0, "sst2/search-kdnas": 20.0, "sst2/distill-L3-H384-A12-I1536-s0": 1.0,
+                        "sst2/distill-L2-H256-A4-I1024-s1": 2.0, "sst2/export-teacher-cpu-int8": 3.0,
+                        "mnli/teacher": 4.0}}
+    groups = bench.step_groups(state)
+    assert groups == {("sst2", "budgets"): ["sst2/budgets"], ("sst2", "search-kdnas"): ["sst2/search-kdnas"],
+                      ("sst2", "distill"): ["sst2/distill-L3-H384-A12-I1536-s0", "sst2/distill-L2-H256-A4-I1024-s1"],
+                      ("sst2", "export"): ["sst2/export-teacher-cpu-int8"], ("mnli", "teacher"): ["mnli/teacher"]}
+
+
+def test_command_template_names_the_arguments_that_change():
+    commands = ["kdnas-deploy distill --arch L3-H384-A12-I1536 --out w/L3-s0 --epochs 1 --seed 0",
+                "kdnas-deploy distill --arch L2-H256-A4-I1024 --out w/L2-s1 --epochs 1 --seed 1"]
+    assert bench.command_template(commands) == "kdnas-deploy distill --arch <arch> --out <out> --epochs 1 --seed <seed>"
+    assert bench.command_template(["kdnas-deploy export a --hw cpu", "kdnas-deploy export b --hw cpu"]) == \
+        "kdnas-deploy export <arg> --hw cpu"
+    # Commands of different shapes are not merged into a line that would misstate one of them.
+    mixed = ["kdnas-deploy search --seed 0", "kdnas-deploy search --seed 0 --resume"]
+    assert bench.command_template(mixed) == "\n".join(mixed)
