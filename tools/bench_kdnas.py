@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import threading
@@ -139,9 +140,7 @@ class Bench:
         with log.open("w") as f:
             code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
         with self.lock:
-            wall = self.state.setdefault("wall_s", {})
-            # A resumed command continues the work of the one cut off: both parts count.
-            wall[name] = round(time.time() - tic + (wall.get(name, 0.0) if "--resume" in args else 0.0), 1)
+            self.state.setdefault("wall_s", {})[name] = round(time.time() - tic, 1)
         self.save()
         if code == 0:
             return None
@@ -227,8 +226,8 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[float]) 
 
 
 def record_search_wall(bench: Bench, name: str, run: Path) -> None:
-    """A search cut off before this tool summed resumed parts kept only its last part's wall time; its journal
-    keeps each candidate's, a lower bound of the whole that is used where it is larger."""
+    """A search that was killed and resumed kept only its last part's wall time (a killed command records none);
+    its journal keeps each candidate's, a lower bound of the whole that is used where it is larger."""
     from kdnas_deploy.search.journal import Journal
 
     with Journal(run / "journal.sqlite") as journal:
@@ -539,16 +538,15 @@ def markdown(results: dict[str, Any], state: dict[str, Any]) -> str:
                   f"dev scores over {pf['archs']} architectures.", ""]
     groups = {k: v for k, v in step_groups(state).items() if k[0] in results["tasks"]}
     wall = state.get("wall_s", {})
+    hours = {k: sum(wall.get(n, 0) for n in names) / 3600 for k, names in groups.items()}
     lines += ["## Wall time", "", "Summed wall time of each step's commands (with `--jobs 2` the finals, proxy and export "
               "commands ran two at a time, so less time passed than their sum).", "",
               "| task | step | commands | hours |", "|---|---|---|---|"]
     for task in results["tasks"]:
-        mine = {step: names for (t, step), names in groups.items() if t == task}
-        for step, names in mine.items():
-            lines.append(f"| {task} | {step} | {len(names)} | {sum(wall.get(n, 0) for n in names) / 3600:.2f} |")
-        lines.append(f"| {task} | **all** | {sum(len(n) for n in mine.values())} | "
-                     f"**{sum(wall.get(n, 0) for names in mine.values() for n in names) / 3600:.2f}** |")
-    lines += ["", f"Total: {sum(wall.get(n, 0) for names in groups.values() for n in names) / 3600:.1f} h. Versions: "
+        mine = [k for k in groups if k[0] == task]
+        lines += [f"| {task} | {k[1]} | {len(groups[k])} | {hours[k]:.2f} |" for k in mine]
+        lines.append(f"| {task} | **all** | {sum(len(groups[k]) for k in mine)} | **{sum(hours[k] for k in mine):.2f}** |")
+    lines += ["", f"Total: {sum(hours.values()):.1f} h. Versions: "
               + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".", "", "## Commands", "",
               "Run by `tools/bench_kdnas.py`; where a step runs one command per student, the arguments that change "
               "are shown as `<flag>` and the variants listed.", ""]
@@ -565,8 +563,6 @@ def markdown(results: dict[str, Any], state: dict[str, Any]) -> str:
 def step_groups(state: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
     """(task, step) -> the names of its timed parts, in run order: "sst2/distill-L3-H384-A12-I1536-s0" is a part
     of ("sst2", "distill"); stage-level names ("sst2/budgets", "sst2/search-kdnas") are steps of their own."""
-    import re
-
     groups: dict[tuple[str, str], list[str]] = {}
     for name in dict.fromkeys([*state.get("wall_s", {}), *state.get("commands", {})]):
         task, rest = name.split("/", 1)
