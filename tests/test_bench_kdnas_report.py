@@ -29,3 +29,15 @@ def test_command_template_names_the_arguments_that_change():
     # Commands of different shapes are not merged into a line that would misstate one of them.
     mixed = ["kdnas-deploy search --seed 0", "kdnas-deploy search --seed 0 --resume"]
     assert bench.command_template(mixed) == "\n".join(mixed)
+
+
+def test_regenerated_page_keeps_the_hand_written_findings():
+    results = {"machine": "x86_64, 2 CPUs", "tasks": {}, "versions": {"torch": "2.13.0"}}
+    state = {"wall_s": {"sst2/teacher": 3600.0}, "commands": {"sst2/teacher": "kdnas-deploy teacher --seed 0"}}
+    empty = bench.markdown(results, state)
+    assert bench.kept_findings(empty) == f"{bench.FINDINGS_BEGIN}\n{bench.FINDINGS_END}"
+    written = empty.replace(bench.FINDINGS_END, "The proxy cannot rank near-chance students.\n" + bench.FINDINGS_END)
+    again = bench.markdown(results, state, bench.kept_findings(written))
+    assert "The proxy cannot rank near-chance students." in again
+    assert again.count(bench.FINDINGS_BEGIN) == 1
+    assert bench.kept_findings("no block here") is None

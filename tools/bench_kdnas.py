@@ -495,7 +495,16 @@ def versions() -> dict[str, str]:
     return {p: md.version(p) for p in ("kdnas-deploy", "torch", "transformers", "onnxruntime", "onnx", "datasets", "optimum-onnx")}
 
 
-def markdown(results: dict[str, Any], state: dict[str, Any]) -> str:
+FINDINGS_BEGIN, FINDINGS_END = "<!-- findings: written by hand, kept on regeneration -->", "<!-- /findings -->"
+
+
+def kept_findings(page: str) -> str | None:
+    """The hand-written block of an earlier page, so regenerating the numbers never drops the explanation of them."""
+    start, end = page.find(FINDINGS_BEGIN), page.find(FINDINGS_END)
+    return page[start:end + len(FINDINGS_END)] if 0 <= start < end else None
+
+
+def markdown(results: dict[str, Any], state: dict[str, Any], findings: str | None = None) -> str:
     lines = ["# Benchmark: KD-NAS students on real GLUE data", "",
              "Produced by `python tools/bench_kdnas.py` (see its docstring for the stages); regenerate this page with "
              "`python tools/bench_kdnas.py --until report`. Scores are the dev scores of the shipped int8 artifact "
@@ -505,6 +514,7 @@ def markdown(results: dict[str, Any], state: dict[str, Any]) -> str:
              "A seed sets the student's initialisation order, the data order and, where the task's training rows are "
              "sampled (SST-2: 20,000 of 67,349), the sample itself: a hand-crafted and a KD-NAS student with the same "
              "seed see the same rows, other seeds see other rows, so the spread over seeds includes the data's.", ""]
+    lines += [findings or f"{FINDINGS_BEGIN}\n{FINDINGS_END}", ""]
     for task, r in results["tasks"].items():
         lines += [f"## {task.upper()}", "", f"Teacher dev score {r['teacher_dev']:.2f}. Budgets (table, {PROFILES[0]}): "
                   + ", ".join(f"{b:.2f} ms" for b in r["budgets"]["budgets_ms"]) + ".", "",
@@ -630,7 +640,9 @@ def main() -> None:
         full = {"tasks": results, "versions": versions(), "machine": f"{platform.processor() or platform.machine()}, "
                 f"{os.cpu_count()} CPUs", "wall_s": bench.state.get("wall_s", {})}
         (args.work / "results.json").write_text(json.dumps(full, indent=2, default=str) + "\n")
-        (args.docs / "benchmarks.md").write_text(markdown(full, bench.state))
+        page = args.docs / "benchmarks.md"
+        findings = kept_findings(page.read_text()) if page.exists() else None
+        page.write_text(markdown(full, bench.state, findings))
         print(f"wrote {args.docs / 'benchmarks.md'}")
 
 
