@@ -544,7 +544,7 @@ def markdown(results: dict[str, Any], state: dict[str, Any], findings: str | Non
                   f"- KD-NAS against random search at the same {s['kdnas']['candidates']} candidates: best proxy reward "
                   f"{s['kdnas']['best_reward']:.4f} against {s['random']['best_reward']:.4f}; final student at a third of the "
                   f"teacher's latency: dev {r['kdnas_vs_random']['kdnas']:.2f} against {r['kdnas_vs_random']['random']:.2f}.",
-                  f"- Proxy fidelity: Kendall tau {pf['kendall_tau']:.2f} (p = {pf['p_value']:.2f}) between proxy and full-training "
+                  f"- Proxy fidelity: Kendall tau {pf['kendall_tau']:.2f} (p = {pf['p_value']:.3f}) between proxy and full-training "
                   f"dev scores over {pf['archs']} architectures.", ""]
     groups = {k: v for k, v in step_groups(state).items() if k[0] in results["tasks"]}
     wall = state.get("wall_s", {})
