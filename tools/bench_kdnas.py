@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_distill import backbone_path  # noqa: E402  (tools/ is on sys.path when run as a script)
+from kdnas_deploy.model_folder import write_json_atomic, write_text_atomic  # noqa: E402
 from kdnas_deploy.paths import glue_dir  # noqa: E402
 
 STAGES = ("teacher", "budgets", "search", "finals", "proxy", "export", "predict", "timing", "report")
@@ -105,9 +106,7 @@ class Bench:
 
     def save(self) -> None:
         with self.lock:
-            tmp = self.state_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.state, indent=2) + "\n")
-            tmp.replace(self.state_path)
+            write_json_atomic(self.state_path, self.state)
 
     def cli(self, name: str, *args: str) -> None:
         self.run_all([(name, list(args))])
@@ -639,11 +638,12 @@ def main() -> None:
     if results:
         full = {"tasks": results, "versions": versions(), "machine": f"{platform.processor() or platform.machine()}, "
                 f"{os.cpu_count()} CPUs", "wall_s": bench.state.get("wall_s", {})}
-        (args.work / "results.json").write_text(json.dumps(full, indent=2, default=str) + "\n")
+        write_text_atomic(args.work / "results.json", json.dumps(full, indent=2, default=str) + "\n")
+        # Atomic: the page carries hand-written findings that the next regeneration reads back from it.
         page = args.docs / "benchmarks.md"
         findings = kept_findings(page.read_text()) if page.exists() else None
-        page.write_text(markdown(full, bench.state, findings))
-        print(f"wrote {args.docs / 'benchmarks.md'}")
+        write_text_atomic(page, markdown(full, bench.state, findings))
+        print(f"wrote {page}")
 
 
 if __name__ == "__main__":
