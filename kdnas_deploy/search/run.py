@@ -1,8 +1,9 @@
 """One KD-NAS search run: settings -> latency table and teacher timing -> episodes -> final student -> report.
 
 The run directory holds everything needed to resume or audit it: `run.json` (every resolved setting with the
-teacher and profile hashes and the machine fingerprint), `journal.sqlite`, `students/<arch>/`,
-`report.{md,json}` and `pareto.png`. `--resume` reads `run.json` alone.
+teacher and profile hashes and the machine fingerprint), `journal.sqlite`, `choices.json` (the student chosen
+per budget, with its side-by-side timing), `students/<arch>/`, `report.{md,json}` and `pareto.png`. `--resume`
+reads `run.json` alone.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from kdnas_deploy.hashing import stable_hash
 from kdnas_deploy.model_folder import model_ref, read_info, write_json_atomic, write_text_atomic
 from kdnas_deploy.search.executors import Executor
 from kdnas_deploy.search.episodes import SearchProgress, best_candidate, prediction_quality, run_episodes
+from kdnas_deploy.search.finals import CONFIRM_ROUNDS, Budget, Choice, InterleavedTimer, choose_finals, parse_budget, resolve_budgets
 from kdnas_deploy.search.journal import Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig
-from kdnas_deploy.search.strategies import STRATEGIES, Allowed, make_strategy
+from kdnas_deploy.search.strategies import STRATEGIES, Allowed, budget_bands, make_strategy
 
 RUN_FILE = "run.json"
+CHOICES_FILE = "choices.json"
 #: Without --target-ms or --speedup the search aims at the paper's CPU operating point.
 DEFAULT_SPEEDUP = 3.0
 
@@ -53,8 +56,11 @@ class SearchSettings:
     max_params: int | None = None
     #: Largest artifact allowed, in MB, for every profile searched (int8 and fp16 artifacts weigh less than fp32).
     max_mb: float | None = None
-    #: Latency budgets in ms on the first profile: one final student per budget (the best proxy score within it).
-    budgets: list[float] | None = None
+    #: Latency budgets on the first profile, in ms or as architectures ("as fast as L3-H384-A12-I1536"): each gets
+    #: its band of the search and one final student (the best proxy score within it, confirmed by re-timing).
+    budgets: list[float | str] | None = None
+    #: Interleaved rounds that re-time each budget's finalists before the pick; 0 picks by the table alone.
+    confirm_rounds: int = CONFIRM_ROUNDS
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -69,8 +75,12 @@ class SearchSettings:
             raise KdnasError(f"--reward {self.reward!r}: use soft or hard")
         if self.max_mb is not None and not self.max_mb > 0:
             raise KdnasError(f"--max-mb must be positive, got {self.max_mb}")
-        if self.budgets is not None and (not self.budgets or any(not b > 0 for b in self.budgets)):
-            raise KdnasError(f"--budgets must be positive milliseconds, got {self.budgets}")
+        if self.budgets is not None:
+            if not self.budgets:
+                raise KdnasError("--budgets needs at least one budget")
+            self.budgets = [parse_budget(b) for b in self.budgets]
+        if self.confirm_rounds < 0:
+            raise KdnasError(f"--confirm-rounds must be 0 or more, got {self.confirm_rounds}")
 
 
 def settings_from(flags: dict[str, Any], data: DataSource, config: Path | None = None) -> SearchSettings:
@@ -189,7 +199,8 @@ def export_finals(folder: Path, profiles: list[Any], out: Path, table: Path,
 
 def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, progress: SearchProgress | None = None,
                latency_progress: Any = None, final_progress: Any = None, executor: Executor | None = None,
-               export_status: Callable[[str], None] | None = None) -> dict[str, Any]:
+               export_status: Callable[[str], None] | None = None,
+               confirm_status: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Runs (or resumes) a search into `out` and returns the report it writes. `executor` says where candidates
     run (default: one after another in this process); it is not a setting of the run, so a resumed run may use
     another."""
@@ -200,6 +211,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.search.evaluator import ProxyEvaluator
     from kdnas_deploy.search.latency import LatencyOracle
+    from kdnas_deploy.space import StudentArch
 
     if (out / RUN_FILE).exists() and not resume:
         raise KdnasError(f"{out} already holds a search run: use --resume to continue it, or another --out")
@@ -221,7 +233,9 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
 
     with LatencyTable(r.table_path) as table:
         oracle = LatencyOracle(table, profiles)
-        oracle.fill(space, extra=[teacher_arch], calibration=settings.calibration, seed=settings.seed, progress=latency_progress)
+        references = [StudentArch.parse(b) for b in settings.budgets or [] if isinstance(b, str)]
+        oracle.fill(space, extra=[teacher_arch, *references], calibration=settings.calibration, seed=settings.seed,
+                    progress=latency_progress)
         teacher_ms = oracle(teacher_arch)
         if settings.target_ms is not None:
             config = RewardConfig({p.name: settings.target_ms for p in profiles}, form=settings.reward)
@@ -233,15 +247,20 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         evaluate = ProxyEvaluator.from_prepared(teacher, prepared, settings.proxy, settings.held_out,
                                                 train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
         teacher_metrics = evaluate.teacher_metrics()
+        first = profiles[0].name
+        budgets = resolve_budgets(settings.budgets, lambda a: oracle(a)[first]) if settings.budgets else None
+        bands = budget_bands([b.ms for b in budgets], first) if budgets else ()
         strategy = make_strategy(settings.strategy, space, config, oracle, settings.seed,
-                                 deployment_limits(settings, teacher_config, profiles))
+                                 deployment_limits(settings, teacher_config, profiles), bands)
         with Journal(out / "journal.sqlite") as journal:
             candidates = run_episodes(strategy, journal, evaluate, oracle, config, settings.episodes, settings.top_k,
                                       progress, executor)
+    choices = chosen_finals(out, candidates, budgets, profiles[0], settings.confirm_rounds, confirm_status)
     finals: list[dict[str, Any]] = []
     if settings.final:
-        for budget, chosen in choose_finals(candidates, settings.budgets, profiles[0].name):
-            entry: dict[str, Any] = {"budget_ms": budget, "arch": str(chosen.arch) if chosen else None}
+        for choice in choices:
+            chosen = choice.candidate
+            entry: dict[str, Any] = {**choice.to_dict(), "budget_ms": choice.budget.ms if budgets else None}
             if chosen is not None:
                 folder = out / "students" / str(chosen.arch)
                 info = read_info(folder)  # a resumed run, or a second budget with the same winner, keeps it
@@ -254,8 +273,31 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
                     entry["artifacts"] = export_finals(folder, profiles, out, r.table_path, export_status)
             finals.append(entry)
     report = build_report(settings, candidates, teacher_arch, teacher_ms, teacher_metrics["score"], config, finals)
+    if budgets:
+        report["choices"] = [c.to_dict() for c in choices]
     write_report(out, report)
     return report
+
+
+def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] | None, profile: Any, rounds: int,
+                  status: Callable[[str], None] | None = None) -> list[Choice]:
+    """The student per budget, re-timed side by side unless `rounds` is 0. The choice is kept in choices.json
+    for the candidates it was made from, so a resumed run distils what it chose before instead of re-timing
+    (and perhaps choosing differently) after a crash between the choice and the distillation."""
+    if not budgets:
+        return choose_finals(candidates, None, profile.name)
+    done = sorted(str(c.arch) for c in candidates if c.status == "done")
+    path = out / CHOICES_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("candidates") == done and saved.get("rounds") == rounds:
+            by_arch = {str(c.arch): c for c in candidates}
+            return [Choice(Budget(c["budget_ms"], c["reference"]), by_arch.get(c["arch"]) if c["arch"] else None,
+                           c["measured_ms"], c["limit_ms"], c["confirmed"]) for c in saved["choices"]]
+    timer = InterleavedTimer(profile, rounds, status) if rounds > 0 else None
+    choices = choose_finals(candidates, budgets, profile.name, timer)
+    write_json_atomic(path, {"candidates": done, "rounds": rounds, "choices": [c.to_dict() for c in choices]})
+    return choices
 
 
 #: Cold timing cost per table entry measured with the shipped CPU profiles on 2 cores (123 timings in 5-10 min).
@@ -312,18 +354,6 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
     }
 
 
-def choose_finals(candidates: list[Candidate], budgets: list[float] | None, profile: str) -> list[tuple[float | None, Candidate | None]]:
-    """Without budgets: the best reward. With budgets: per budget, the best proxy score among candidates within it."""
-    if not budgets:
-        best = best_candidate(candidates)
-        return [(None, best)] if best is not None else []
-    out: list[tuple[float | None, Candidate | None]] = []
-    for budget in sorted(budgets):
-        within = [c for c in candidates if c.status == "done" and c.score is not None and c.latency[profile] <= budget]
-        out.append((budget, max(within, key=lambda c: c.score) if within else None))  # type: ignore[arg-type, return-value]
-    return out
-
-
 def _journal_part(candidates: list[Candidate]) -> dict[str, Any]:
     """The part of the report that the journal alone determines."""
     best = best_candidate(candidates)
@@ -374,8 +404,13 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
               + ", ".join(f"{e}: {'-' if v is None else f'{v:.2f}'}" for e, v in report["prediction_quality"].items()), ""]
     if report["best"]:
         lines.append(f"Best candidate: `{report['best']}`.")
+    if report.get("choices"):
+        lines += ["", "Per budget, the finalists re-timed side by side (median ms) and the choice:", ""]
+        for c in report["choices"]:
+            lines.append(f"- {_budget_text(c)}: " + _choice_text(c))
+        lines.append("")
     for final in report.get("finals", []):
-        budget = f"budget {final['budget_ms']:.2f} ms: " if final["budget_ms"] is not None else ""
+        budget = f"{_budget_text(final)}: " if final["budget_ms"] is not None else ""
         if final["arch"] is None:
             lines.append(f"- {budget}no candidate within it.")
             continue
@@ -390,6 +425,24 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
                          f"{art['artifact_dev']['score']:.4f}, latency table {art['latency']['predicted_ms']:.2f} ms"
                          + (f", measured {measured['median_ms']:.2f} ms" if measured else "") + ".")
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _budget_text(entry: dict[str, Any]) -> str:
+    ref = entry.get("reference")
+    return f"budget {entry['budget_ms']:.2f} ms" + (f" (as fast as `{ref}`)" if ref else "")
+
+
+def _choice_text(choice: dict[str, Any]) -> str:
+    if choice["arch"] is None:
+        return "no candidate within it"
+    measured = choice.get("measured_ms") or {}
+    if not measured:
+        return f"`{choice['arch']}` (by the latency table)"
+    timed = ", ".join(f"`{a}` {ms:.2f}" for a, ms in measured.items())
+    verdict = (f"`{choice['arch']}` at {measured[choice['arch']]:.2f} ms within {choice['limit_ms']:.2f} ms"
+               if choice["confirmed"] else
+               f"none fits {choice['limit_ms']:.2f} ms when re-timed; `{choice['arch']}` kept by the table, unconfirmed")
+    return f"{timed}; chose {verdict}"
 
 
 def regenerate_report(run_dir: Path) -> dict[str, Any]:

@@ -11,6 +11,13 @@
 Every strategy skips architectures already distilled, those a deployment limit rules out (`allowed`: parameters,
 artifact size), and, under a hard reward, those over the latency target (their latency is known before any
 distillation).
+
+With latency budgets (`bands`), one search serves several deployment limits: the budgets cut the latency axis
+into bands, (previous budget, budget], and each episode's candidates are shared among the bands, most to the
+band with the fewest candidates so far. Within a band a strategy runs as it would under a hard reward at the
+band's budget (the controller ranks by optimistic score, evolution selects by score), so every budget gets
+candidates near it instead of whatever a single reward target happens to favour. The controller's score model
+is shared by all bands: what a 2-layer student teaches it about width also informs the 6-layer band.
 """
 
 from __future__ import annotations
@@ -49,6 +56,42 @@ class Proposal:
     uncertainty: float | None = None
 
 
+@dataclass(frozen=True)
+class Band:
+    """A latency budget's share of the search: architectures over `low_ms` and at most `high_ms` on `profile`."""
+
+    profile: str
+    low_ms: float
+    high_ms: float
+
+    def contains(self, latency_ms: Mapping[str, float]) -> bool:
+        return self.low_ms < latency_ms[self.profile] <= self.high_ms
+
+    @property
+    def config(self) -> RewardConfig:
+        """The reward a strategy optimises inside the band: the score, for anything within the budget."""
+        return RewardConfig({self.profile: self.high_ms}, form="hard")
+
+
+def budget_bands(budgets: Sequence[float], profile: str) -> list[Band]:
+    """Bands that partition the latency axis at the budgets: (0, b1], (b1, b2], ..."""
+    edges = sorted(set(budgets))
+    if not edges or any(not b > 0 for b in edges):
+        raise KdnasError(f"latency budgets must be positive milliseconds, got {list(budgets)}")
+    return [Band(profile, low, high) for low, high in zip([0.0, *edges[:-1]], edges)]
+
+
+def share_slots(k: int, counts: Sequence[int]) -> list[int]:
+    """`k` new candidates shared among bands that hold `counts` already: each to the band with the fewest so far
+    (ties to the larger budget, listed last, whose students are the costliest to get wrong)."""
+    have, out = list(counts), [0] * len(counts)
+    for _ in range(k):
+        i = min(range(len(have)), key=lambda j: (have[j], -j))
+        have[i] += 1
+        out[i] += 1
+    return out
+
+
 class Strategy(Protocol):
     name: str
 
@@ -59,32 +102,63 @@ class _Base:
     name = "base"
 
     def __init__(self, space: SearchSpace, config: RewardConfig, latency: LatencyFn, seed: int = 0, pool: int = 4096,
-                 allowed: Allowed | None = None):
+                 allowed: Allowed | None = None, bands: Sequence[Band] = ()):
         self.space, self.config, self.latency = space, config, latency
         self.rng = np.random.default_rng(seed)
         self.pool_size = pool
         self.allowed = allowed
+        self.bands = list(bands)
 
-    def _feasible(self, arch: StudentArch) -> bool:
+    def _feasible(self, arch: StudentArch, band: Band | None = None) -> bool:
         if self.allowed is not None and not self.allowed(arch):
             return False
+        if band is not None:
+            return band.contains(self.latency(arch))
         return self.config.form != "hard" or within_target(self.latency(arch), self.config)
 
-    def _candidates(self, seen: set[StudentArch]) -> list[StudentArch]:
+    def _candidates(self, seen: set[StudentArch], band: Band | None = None) -> list[StudentArch]:
         """Unseen feasible architectures: all of them when the space is small, else a fresh random pool."""
         archs = self.space.enumerate() if len(self.space) <= self.pool_size else self.space.sample(self.pool_size, self.rng)
-        return [a for a in archs if a not in seen and self._feasible(a)]
+        return [a for a in archs if a not in seen and self._feasible(a, band)]
 
-    def _random(self, k: int, seen: set[StudentArch]) -> list[Proposal]:
-        pool = self._candidates(seen)
+    def _random(self, k: int, seen: set[StudentArch], band: Band | None = None) -> list[Proposal]:
+        pool = self._candidates(seen, band)
         return [Proposal(pool[i]) for i in self.rng.permutation(len(pool))[:k]]
+
+    def _reward(self, o: Observation, band: Band | None) -> float | None:
+        """An observation's reward as the strategy should see it: inside a band, the band's hard reward."""
+        if band is None or o.score is None:
+            return o.reward
+        return reward(o.score, self.latency(o.arch), band.config)
+
+    def propose(self, k: int, history: Sequence[Observation]) -> list[Proposal]:
+        seen = {o.arch for o in history}
+        if not self.bands:
+            return self._propose(k, history, seen, None)
+        counts = [sum(1 for o in history if b.contains(self.latency(o.arch))) for b in self.bands]
+        out: list[Proposal] = []
+        for band, n in zip(self.bands, share_slots(k, counts)):
+            out += self._propose_in(n, history, seen, band)
+        for band in reversed(self.bands):  # a band that ran dry hands its slots to the others
+            if len(out) >= k:
+                break
+            out += self._propose_in(k - len(out), history, seen, band)
+        return out
+
+    def _propose_in(self, n: int, history: Sequence[Observation], seen: set[StudentArch], band: Band) -> list[Proposal]:
+        picks = self._propose(n, history, seen, band) if n > 0 else []
+        seen.update(p.arch for p in picks)
+        return picks
+
+    def _propose(self, k: int, history: Sequence[Observation], seen: set[StudentArch], band: Band | None) -> list[Proposal]:
+        raise NotImplementedError
 
 
 class RandomSearch(_Base):
     name = "random"
 
-    def propose(self, k: int, history: Sequence[Observation]) -> list[Proposal]:
-        return self._random(k, {o.arch for o in history})
+    def _propose(self, k: int, history: Sequence[Observation], seen: set[StudentArch], band: Band | None) -> list[Proposal]:
+        return self._random(k, seen, band)
 
 
 class RegularizedEvolution(_Base):
@@ -109,24 +183,24 @@ class RegularizedEvolution(_Base):
             return arch
         return StudentArch(current["layers"], current["hidden"], current["heads"], s.ffn_size(current["hidden"], current["ratio"]))
 
-    def propose(self, k: int, history: Sequence[Observation]) -> list[Proposal]:
-        seen = {o.arch for o in history}
-        scored = [o for o in history if o.reward is not None]
+    def _propose(self, k: int, history: Sequence[Observation], seen: set[StudentArch], band: Band | None) -> list[Proposal]:
+        seen = set(seen)
+        scored = [(o, r) for o in history if (r := self._reward(o, band)) is not None]
         if len(scored) < self.population:
-            return self._random(k, seen)
+            return self._random(k, seen, band)
         population = scored[-self.population:]  # oldest age out
         out: list[Proposal] = []
         for _ in range(k):
             child = None
             for _attempt in range(50):
                 picks = self.rng.choice(len(population), size=min(self.tournament, len(population)), replace=False)
-                parent = max((population[i] for i in picks), key=lambda o: o.reward)  # type: ignore[arg-type, return-value]
+                parent = max((population[i] for i in picks), key=lambda pair: pair[1])[0]
                 candidate = self._mutate(parent.arch)
-                if candidate in self.space and candidate not in seen and self._feasible(candidate):
+                if candidate in self.space and candidate not in seen and self._feasible(candidate, band):
                     child = candidate
                     break
             if child is None:  # a crowded neighbourhood: fall back to a fresh random architecture
-                pool = self._candidates(seen)
+                pool = self._candidates(seen, band)
                 if not pool:
                     break
                 child = pool[int(self.rng.integers(len(pool)))]
@@ -171,15 +245,15 @@ class KdnasController(_Base):
             dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
         return [Proposal(pool[i]) for i in chosen]
 
-    def propose(self, k: int, history: Sequence[Observation]) -> list[Proposal]:
-        pool = self._candidates({o.arch for o in history})
+    def _propose(self, k: int, history: Sequence[Observation], seen: set[StudentArch], band: Band | None) -> list[Proposal]:
+        pool = self._candidates(seen, band)
         if not pool:
             return []
         if not self.fit(history):
             return self._space_filling(pool, k)
         assert self.gp is not None
         x_pool = self.space.encode(pool)
-        factors = np.array([self._factor(a) for a in pool])
+        factors = np.array([self._factor(a, band) for a in pool])
         x_obs, y_obs = self.gp.x, self.gp.y
         chosen: list[Proposal] = []
         gp = self.gp
@@ -189,16 +263,17 @@ class KdnasController(_Base):
             for p in chosen:
                 acquisition[pool.index(p.arch)] = -np.inf
             i = int(acquisition.argmax())
-            chosen.append(Proposal(pool[i], float(mean[i] * factors[i]), float(mean[i]), float(std[i])))
+            # The predicted reward is the journal's (the run's reward config), whatever band chose the pick.
+            chosen.append(Proposal(pool[i], reward(float(mean[i]), self.latency(pool[i]), self.config), float(mean[i]), float(std[i])))
             # Kriging believer: pretend the pick scored its predicted mean, so the next pick looks elsewhere.
             x_obs = np.vstack([x_obs, x_pool[i]])
             y_obs = np.append(y_obs, mean[i])
             gp = _refit_same(gp, x_obs, y_obs)
         return chosen
 
-    def _factor(self, arch: StudentArch) -> float:
+    def _factor(self, arch: StudentArch, band: Band | None = None) -> float:
         """reward(score) / score: exact, since the reward is linear in the score for a given latency."""
-        value = reward(1.0, self.latency(arch), self.config)
+        value = reward(1.0, self.latency(arch), band.config if band else self.config)
         return 0.0 if value is None else value
 
 
@@ -215,9 +290,10 @@ def _refit_same(gp: GaussianProcess, x: np.ndarray, y: np.ndarray) -> GaussianPr
 
 
 def make_strategy(name: str, space: SearchSpace, config: RewardConfig, latency: LatencyFn, seed: int = 0,
-                  allowed: Allowed | None = None) -> Strategy:
-    """A strategy by name; `allowed` says which architectures a deployment accepts (size limits)."""
+                  allowed: Allowed | None = None, bands: Sequence[Band] = ()) -> Strategy:
+    """A strategy by name; `allowed` says which architectures a deployment accepts (size limits), `bands` which
+    latency budgets share each episode's candidates."""
     classes = {"kdnas": KdnasController, "random": RandomSearch, "evolution": RegularizedEvolution}
     if name not in classes:
         raise KdnasError(f"unknown strategy {name!r}: use {', '.join(STRATEGIES)}")
-    return classes[name](space, config, latency, seed=seed, allowed=allowed)
+    return classes[name](space, config, latency, seed=seed, allowed=allowed, bands=bands)

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.search.finals import Budget, InterleavedTimer, choose_finals, finalists, parse_budget, resolve_budgets
+from kdnas_deploy.search.journal import Candidate
+from kdnas_deploy.space import StudentArch
+
+A = StudentArch.parse
+
+
+def cand(arch: str, table_ms: float, score: float | None, status: str = "done") -> Candidate:
+    return Candidate(A(arch), 1, status, {"cpu": table_ms}, score=score, reward=score)
+
+
+CANDIDATES = [
+    cand("L4-H384-A12-I1152", 10.8, 0.90),  # 8% over the 10 ms budget by the table
+    cand("L3-H384-A12-I1536", 9.5, 0.88),   # the table's pick
+    cand("L4-H256-A4-I1024", 9.9, 0.85),
+    cand("L6-H384-A12-I1536", 16.0, 0.95),  # far over: never a finalist
+    cand("L2-H384-A12-I1536", 6.0, 0.80),
+    cand("L5-H384-A12-I1536", 12.0, None, status="failed"),
+]
+
+
+class FakeTimer:
+    """Side-by-side medians as the machine might measure them now; records what it was asked to time."""
+
+    def __init__(self, ms: dict[str, float]) -> None:
+        self.ms, self.asked = ms, []  # type: ignore[var-annotated]
+
+    def __call__(self, archs: Sequence[StudentArch]) -> dict[StudentArch, float]:
+        self.asked.append([str(a) for a in archs])
+        return {a: self.ms[str(a)] for a in archs}
+
+
+def test_budgets_parse_as_milliseconds_or_architectures() -> None:
+    assert parse_budget("7.5") == 7.5 and parse_budget(3) == 3.0
+    assert parse_budget(" L3-H384-A12-I1536 ") == "L3-H384-A12-I1536"
+    for bad in ("0", "-2", "fast", "L0-H64-A2-I128"):
+        with pytest.raises(KdnasError):
+            parse_budget(bad)
+    budgets = resolve_budgets([12.0, "L3-H384-A12-I1536"], lambda a: 9.0 if a.layers == 3 else 99.0)
+    assert budgets == [Budget(9.0, "L3-H384-A12-I1536"), Budget(12.0)]
+
+
+def test_finalists_take_the_best_scores_near_the_budget_and_the_tables_pick() -> None:
+    names = [str(c.arch) for c in finalists(CANDIDATES, Budget(10.0), "cpu", top=2)]
+    assert names == ["L4-H384-A12-I1152", "L3-H384-A12-I1536"]
+    names = [str(c.arch) for c in finalists(CANDIDATES, Budget(10.0), "cpu", top=1)]
+    assert names == ["L4-H384-A12-I1152", "L3-H384-A12-I1536"]  # the table's pick always stays in the running
+
+
+def test_without_a_timer_the_table_decides() -> None:
+    (choice,) = choose_finals(CANDIDATES, [Budget(10.0)], "cpu")
+    assert str(choice.candidate.arch) == "L3-H384-A12-I1536" and not choice.confirmed and choice.measured_ms == {}
+
+
+def test_retiming_against_a_reference_picks_the_best_that_really_fits() -> None:
+    ref = "L4-H312-A12-I1200"
+    timer = FakeTimer({"L4-H384-A12-I1152": 9.6, "L3-H384-A12-I1536": 9.2, "L4-H256-A4-I1024": 8.0,
+                       "L2-H384-A12-I1536": 5.5, ref: 9.7})
+    low, high = choose_finals(CANDIDATES, [Budget(7.0), Budget(10.0, ref)], "cpu", timer)
+    assert len(timer.asked) == 1 and ref in timer.asked[0]  # one interleaved session for every budget
+    assert "L6-H384-A12-I1536" not in timer.asked[0]
+    # Over the budget by the table, within the reference when timed beside it: the better student wins.
+    assert str(high.candidate.arch) == "L4-H384-A12-I1152" and high.confirmed and high.limit_ms == 9.7
+    assert high.measured_ms[ref] == 9.7 and high.to_dict()["reference"] == ref
+    assert str(low.candidate.arch) == "L2-H384-A12-I1536" and low.confirmed and low.limit_ms == 7.0
+
+
+def test_when_nothing_fits_after_retiming_the_tables_pick_is_kept_unconfirmed() -> None:
+    ref = "L4-H312-A12-I1200"
+    timer = FakeTimer({"L4-H384-A12-I1152": 11.0, "L3-H384-A12-I1536": 10.5, "L4-H256-A4-I1024": 10.2, ref: 8.0})
+    (choice,) = choose_finals(CANDIDATES, [Budget(10.0, ref)], "cpu", timer)
+    assert str(choice.candidate.arch) == "L3-H384-A12-I1536" and not choice.confirmed and choice.limit_ms == 8.0
+    (none,) = choose_finals(CANDIDATES, [Budget(1.0)], "cpu", FakeTimer({}))
+    assert none.candidate is None and none.measured_ms == {}
+
+
+def test_interleaved_timer_times_real_graphs_and_leaves_nothing_behind(fast_profile, tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    said: list[str] = []
+    archs = [A("L1-H32-A2-I64"), A("L2-H64-A2-I128")]
+    ms = InterleavedTimer(fast_profile, rounds=2, progress=said.append)(archs)
+    assert set(ms) == set(archs) and all(v > 0 for v in ms.values())
+    assert sum("timing round" in s for s in said) == 2 and sum("building" in s for s in said) == 2
+    assert not list(tmp_path.glob("kdnas-confirm-*"))  # the graphs were built in a temporary folder and removed
+    with pytest.raises(KdnasError, match="at least one timing round"):
+        InterleavedTimer(fast_profile, rounds=0)
