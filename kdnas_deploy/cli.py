@@ -357,7 +357,7 @@ def search(
     calibration: Annotated[int, typer.Option(min=0, help="Whole models timed to calibrate the latency table.")] = 12,
     max_params: Annotated[Optional[int], typer.Option("--max-params", min=1, help="Exclude students with more parameters.")] = None,
     max_mb: Annotated[Optional[float], typer.Option("--max-mb", help="Exclude students whose artifact (at each --hw profile's precision) is larger, in MB.")] = None,
-    budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets on the first --hw, in ms or as architectures whose latency to match, e.g. 5,L3-H384-A12-I1536: each gets its share of the search and one final student.")] = None,
+    budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets on the first --hw: ms, an architecture whose latency to match, or a fraction of one, e.g. 5,L3-H384-A12-I1536,L6-H384-A12-I1536/3: each gets its share of the search and one final student.")] = None,
     confirm_rounds: Annotated[int, typer.Option("--confirm-rounds", min=0, help="Rounds that re-time each budget's finalists side by side before the pick (0: by the latency table).")] = 5,
     seed: SeedOpt = 0,
     executor: Annotated[str, typer.Option(help="Where an episode's candidates run: local (one after another) or ray (in parallel).")] = "local",
@@ -417,7 +417,8 @@ def search(
         runner.close()
     out.print(f"best: {report['best']}; report: {escape(str(out_dir / 'report.md'))}")
     for final in report.get("finals", []):
-        ref = f", as fast as {final['reference']}" if final.get("reference") else ""
+        divisor = final.get("divisor", 1.0)
+        ref = f", as fast as {final['reference']}" + (f" / {divisor:g}" if divisor != 1 else "") if final.get("reference") else ""
         budget = f" (budget {final['budget_ms']:g} ms{ref})" if final["budget_ms"] is not None else ""
         if final["arch"] is None:
             out.print(f"no candidate within{budget}")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from kdnas_deploy.errors import KdnasError
-from kdnas_deploy.search.finals import Budget, InterleavedTimer, choose_finals, finalists, parse_budget, resolve_budgets
+from kdnas_deploy.search.finals import Budget, InterleavedTimer, choose_finals, parse_budget, ranked_within, resolve_budgets
 from kdnas_deploy.search.journal import Candidate
 from kdnas_deploy.space import StudentArch
 
@@ -38,21 +38,21 @@ class FakeTimer:
         return {a: self.ms[str(a)] for a in archs}
 
 
-def test_budgets_parse_as_milliseconds_or_architectures() -> None:
+def test_budgets_parse_as_milliseconds_architectures_or_fractions_of_one() -> None:
     assert parse_budget("7.5") == 7.5 and parse_budget(3) == 3.0
     assert parse_budget(" L3-H384-A12-I1536 ") == "L3-H384-A12-I1536"
-    for bad in ("0", "-2", "fast", "L0-H64-A2-I128"):
+    assert parse_budget("L6-H384-A12-I1536/3") == "L6-H384-A12-I1536/3" and parse_budget("L6-H384-A12-I1536/2.50") == "L6-H384-A12-I1536/2.5"
+    for bad in ("0", "-2", "fast", "L0-H64-A2-I128", "L6-H384-A12-I1536/0", "L6-H384-A12-I1536/x"):
         with pytest.raises(KdnasError):
             parse_budget(bad)
-    budgets = resolve_budgets([12.0, "L3-H384-A12-I1536"], lambda a: 9.0 if a.layers == 3 else 99.0)
-    assert budgets == [Budget(9.0, "L3-H384-A12-I1536"), Budget(12.0)]
+    budgets = resolve_budgets([12.0, "L3-H384-A12-I1536", "L6-H384-A12-I1536/3"], lambda a: {3: 9.0, 6: 18.0}[a.layers])
+    assert budgets == [Budget(6.0, "L6-H384-A12-I1536", 3.0), Budget(9.0, "L3-H384-A12-I1536"), Budget(12.0)]
 
 
-def test_finalists_take_the_best_scores_near_the_budget_and_the_tables_pick() -> None:
-    names = [str(c.arch) for c in finalists(CANDIDATES, Budget(10.0), "cpu", top=2)]
-    assert names == ["L4-H384-A12-I1152", "L3-H384-A12-I1536"]
-    names = [str(c.arch) for c in finalists(CANDIDATES, Budget(10.0), "cpu", top=1)]
-    assert names == ["L4-H384-A12-I1152", "L3-H384-A12-I1536"]  # the table's pick always stays in the running
+def test_candidates_are_retimed_best_score_first_up_to_the_slack() -> None:
+    names = [str(c.arch) for c in ranked_within(CANDIDATES, Budget(10.0), "cpu")]
+    assert names == ["L4-H384-A12-I1152", "L3-H384-A12-I1536", "L4-H256-A4-I1024", "L2-H384-A12-I1536"]
+    assert [str(c.arch) for c in ranked_within(CANDIDATES, Budget(10.0), "cpu", slack=0.0)][0] == "L3-H384-A12-I1536"
 
 
 def test_without_a_timer_the_table_decides() -> None:
@@ -60,26 +60,38 @@ def test_without_a_timer_the_table_decides() -> None:
     assert str(choice.candidate.arch) == "L3-H384-A12-I1536" and not choice.confirmed and choice.measured_ms == {}
 
 
-def test_retiming_against_a_reference_picks_the_best_that_really_fits() -> None:
-    ref = "L4-H312-A12-I1200"
+def test_retiming_against_references_picks_the_best_that_really_fits() -> None:
+    ref, teacher = "L4-H312-A12-I1200", "L6-H384-A12-I1536"
     timer = FakeTimer({"L4-H384-A12-I1152": 9.6, "L3-H384-A12-I1536": 9.2, "L4-H256-A4-I1024": 8.0,
-                       "L2-H384-A12-I1536": 5.5, ref: 9.7})
-    low, high = choose_finals(CANDIDATES, [Budget(7.0), Budget(10.0, ref)], "cpu", timer)
+                       "L2-H384-A12-I1536": 5.5, ref: 9.7, teacher: 18.3})
+    low, high = choose_finals(CANDIDATES, [Budget(7.0, teacher, 3.0), Budget(10.0, ref)], "cpu", timer)
     assert len(timer.asked) == 1 and ref in timer.asked[0]  # one interleaved session for every budget
-    assert "L6-H384-A12-I1536" not in timer.asked[0]
+    assert "L6-H384-A12-I1536" in timer.asked[0]  # as the reference: as a candidate it is far over every budget
     # Over the budget by the table, within the reference when timed beside it: the better student wins.
     assert str(high.candidate.arch) == "L4-H384-A12-I1152" and high.confirmed and high.limit_ms == 9.7
     assert high.measured_ms[ref] == 9.7 and high.to_dict()["reference"] == ref
-    assert str(low.candidate.arch) == "L2-H384-A12-I1536" and low.confirmed and low.limit_ms == 7.0
+    # A third of the teacher's re-timed latency: 6.1 ms.
+    assert str(low.candidate.arch) == "L2-H384-A12-I1536" and low.confirmed and low.limit_ms == pytest.approx(6.1)
+
+
+def test_a_batch_where_nothing_fits_sends_the_next_ones_to_be_timed() -> None:
+    ref = "L4-H312-A12-I1200"
+    timer = FakeTimer({"L4-H384-A12-I1152": 11.0, "L3-H384-A12-I1536": 10.5, "L4-H256-A4-I1024": 10.2,
+                       "L2-H384-A12-I1536": 5.5, ref: 8.0})
+    (choice,) = choose_finals(CANDIDATES, [Budget(10.0, ref)], "cpu", timer, top=2)
+    assert timer.asked == [["L4-H384-A12-I1152", "L3-H384-A12-I1536", ref], ["L4-H256-A4-I1024", "L2-H384-A12-I1536", ref]]
+    assert str(choice.candidate.arch) == "L2-H384-A12-I1536" and choice.confirmed and len(choice.measured_ms) == 5
 
 
 def test_when_nothing_fits_after_retiming_the_tables_pick_is_kept_unconfirmed() -> None:
     ref = "L4-H312-A12-I1200"
-    timer = FakeTimer({"L4-H384-A12-I1152": 11.0, "L3-H384-A12-I1536": 10.5, "L4-H256-A4-I1024": 10.2, ref: 8.0})
-    (choice,) = choose_finals(CANDIDATES, [Budget(10.0, ref)], "cpu", timer)
-    assert str(choice.candidate.arch) == "L3-H384-A12-I1536" and not choice.confirmed and choice.limit_ms == 8.0
+    timer = FakeTimer({"L4-H384-A12-I1152": 11.0, "L3-H384-A12-I1536": 10.5, "L4-H256-A4-I1024": 10.2,
+                       "L2-H384-A12-I1536": 6.0, ref: 5.0})
+    (choice,) = choose_finals(CANDIDATES, [Budget(10.0, ref)], "cpu", timer, top=1, batches=2)
+    assert len(timer.asked) == 2  # the batch limit, not the whole ranking
+    assert str(choice.candidate.arch) == "L3-H384-A12-I1536" and not choice.confirmed and choice.limit_ms == 5.0
     (none,) = choose_finals(CANDIDATES, [Budget(1.0)], "cpu", FakeTimer({}))
-    assert none.candidate is None and none.measured_ms == {}
+    assert none.candidate is None and none.measured_ms == {} and none.limit_ms is None
 
 
 def test_interleaved_timer_times_real_graphs_and_leaves_nothing_behind(fast_profile, tmp_path: Path, monkeypatch) -> None:
@@ -88,9 +100,11 @@ def test_interleaved_timer_times_real_graphs_and_leaves_nothing_behind(fast_prof
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     said: list[str] = []
     archs = [A("L1-H32-A2-I64"), A("L2-H64-A2-I128")]
-    ms = InterleavedTimer(fast_profile, rounds=2, progress=said.append)(archs)
-    assert set(ms) == set(archs) and all(v > 0 for v in ms.values())
-    assert sum("timing round" in s for s in said) == 2 and sum("building" in s for s in said) == 2
+    with InterleavedTimer(fast_profile, rounds=2, progress=said.append) as timer:
+        ms = timer(archs)
+        assert set(ms) == set(archs) and all(v > 0 for v in ms.values())
+        assert sum("timing round" in s for s in said) == 2 and sum("building" in s for s in said) == 2
+        assert set(timer(archs[1:])) == {archs[1]} and sum("building" in s for s in said) == 2  # built once
     assert not list(tmp_path.glob("kdnas-confirm-*"))  # the graphs were built in a temporary folder and removed
     with pytest.raises(KdnasError, match="at least one timing round"):
         InterleavedTimer(fast_profile, rounds=0)

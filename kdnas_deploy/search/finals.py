@@ -1,13 +1,14 @@
 """Choosing the final student per latency budget, with the finalists' latencies confirmed side by side.
 
-A budget is milliseconds on the search's first profile, or an architecture ("as fast as L3-H384-A12-I1536"),
-whose table latency bounds the search and whose measured latency the finalists must match. The search itself
-goes by the latency table: one timing per architecture, taken at some other time, which on a shared CPU is off
-by 10-25% either way. That cannot carry a decision at a few percent, so before the pick the best few candidates
-per budget by proxy score (up to CONFIRM_SLACK over the budget by the table) are timed again, whole, in
-interleaved rounds in one session together with the reference architectures: a slow spell of the machine then
-hits all of them alike. The final student is the best proxy score whose measured median is within the budget
-(the reference's measured median, or the milliseconds given).
+A budget is milliseconds on the search's first profile, or an architecture ("as fast as L3-H384-A12-I1536"), or
+a fraction of one ("L6-H384-A12-I1536/3": three times faster than the teacher), whose table latency bounds the
+search and whose measured latency the finalists must match. The search itself goes by the latency table: one
+timing per architecture, taken at some other time, which on a shared CPU is off by 10-25% either way. That cannot
+carry a decision at a few percent, so before the pick each budget's candidates (up to CONFIRM_SLACK over it by
+the table) are timed again, whole, best proxy score first, CONFIRM_TOP at a time, in interleaved rounds in one
+session with the reference architectures: a slow spell of the machine then hits all of them alike. The final
+student is the best proxy score whose measured median is within the budget (the reference's measured median over
+its divisor, or the milliseconds given); a batch where none fits sends the next CONFIRM_TOP to be timed.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from kdnas_deploy.space import StudentArch
 #: How far over a budget (by the table) a candidate may be and still be re-timed: the table's error on this
 #: class of machine is 10-25%, so a candidate 10% over by the table is often within it when timed beside the rest.
 CONFIRM_SLACK = 0.15
-#: Finalists re-timed per budget.
+#: Finalists re-timed per budget and batch.
 CONFIRM_TOP = 3
+#: Batches per budget at most: how far down the ranking a budget looks for a candidate that really fits.
+CONFIRM_BATCHES = 4
 #: Interleaved timing rounds (one fresh session per architecture per round); the median over rounds decides.
 CONFIRM_ROUNDS = 5
 
@@ -39,7 +42,8 @@ Timer = Callable[[Sequence[StudentArch]], Mapping[StudentArch, float]]
 
 
 def parse_budget(item: float | int | str) -> float | str:
-    """A budget as given: positive milliseconds, or a valid architecture string (kept as text for run.json)."""
+    """A budget as given: positive milliseconds, or an architecture string with an optional `/divisor` (kept as
+    text for run.json)."""
     if isinstance(item, (int, float)):
         if not item > 0:
             raise KdnasError(f"--budgets must be positive milliseconds or architectures, got {item}")
@@ -49,22 +53,32 @@ def parse_budget(item: float | int | str) -> float | str:
         return parse_budget(float(text))
     except ValueError:
         pass
+    arch, _, divisor = text.partition("/")
     try:
-        return str(StudentArch.parse(text))
+        value = str(StudentArch.parse(arch))
+        if divisor:
+            if not float(divisor) > 0:
+                raise ValueError(divisor)
+            value += f"/{float(divisor):g}"
+        return value
     except (KdnasError, ValueError):
-        raise KdnasError(f"--budgets item {text!r}: expected milliseconds (5.5) or an architecture (L3-H384-A12-I1536)") from None
+        raise KdnasError(f"--budgets item {text!r}: expected milliseconds (5.5), an architecture (L3-H384-A12-I1536) "
+                         "or a fraction of one (L6-H384-A12-I1536/3)") from None
 
 
 @dataclass(frozen=True)
 class Budget:
     #: The table latency (ms) that bounds the search's band for this budget.
     ms: float
-    #: The architecture whose latency this budget is, if it was given as one.
+    #: The architecture whose latency (over `divisor`) this budget is, if it was given as one.
     reference: str | None = None
+    divisor: float = 1.0
 
     @property
     def label(self) -> str:
-        return f"{self.ms:.2f} ms" + (f" (as fast as {self.reference})" if self.reference else "")
+        if not self.reference:
+            return f"{self.ms:.2f} ms"
+        return f"{self.ms:.2f} ms (as fast as {self.reference}" + (f" / {self.divisor:g})" if self.divisor != 1 else ")")
 
 
 def resolve_budgets(items: Sequence[float | str], latency_ms: Callable[[StudentArch], float]) -> list[Budget]:
@@ -72,7 +86,12 @@ def resolve_budgets(items: Sequence[float | str], latency_ms: Callable[[StudentA
     out = []
     for item in items:
         value = parse_budget(item)
-        out.append(Budget(value) if isinstance(value, float) else Budget(latency_ms(StudentArch.parse(value)), value))
+        if isinstance(value, float):
+            out.append(Budget(value))
+        else:
+            arch, _, divisor = value.partition("/")
+            d = float(divisor) if divisor else 1.0
+            out.append(Budget(latency_ms(StudentArch.parse(arch)) / d, arch, d))
     return sorted(out, key=lambda b: b.ms)
 
 
@@ -88,7 +107,7 @@ class Choice:
     confirmed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget_ms": self.budget.ms, "reference": self.budget.reference,
+        return {"budget_ms": self.budget.ms, "reference": self.budget.reference, "divisor": self.budget.divisor,
                 "arch": str(self.candidate.arch) if self.candidate else None, "measured_ms": self.measured_ms,
                 "limit_ms": self.limit_ms, "confirmed": self.confirmed}
 
@@ -97,49 +116,53 @@ def _done(candidates: Sequence[Candidate]) -> list[Candidate]:
     return [c for c in candidates if c.status == "done" and c.score is not None]
 
 
-def finalists(candidates: Sequence[Candidate], budget: Budget, profile: str, top: int = CONFIRM_TOP,
-              slack: float = CONFIRM_SLACK) -> list[Candidate]:
-    """The best `top` proxy scores up to `slack` over the budget by the table, and the best one within it."""
-    ranked = sorted(_done(candidates), key=lambda c: -c.score)  # type: ignore[operator]
-    near = [c for c in ranked if c.latency[profile] <= budget.ms * (1 + slack)][:top]
-    within = next((c for c in ranked if c.latency[profile] <= budget.ms), None)
-    return near + [within] if within is not None and within not in near else near
+def ranked_within(candidates: Sequence[Candidate], budget: Budget, profile: str,
+                  slack: float = CONFIRM_SLACK) -> list[Candidate]:
+    """Candidates up to `slack` over the budget by the table, best proxy score first: the order they are re-timed."""
+    return sorted((c for c in _done(candidates) if c.latency[profile] <= budget.ms * (1 + slack)),
+                  key=lambda c: -c.score)  # type: ignore[operator]
 
 
 def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | None, profile: str,
-                  timer: Timer | None = None) -> list[Choice]:
+                  timer: Timer | None = None, top: int = CONFIRM_TOP, batches: int = CONFIRM_BATCHES) -> list[Choice]:
     """Without budgets: the best reward. With budgets: per budget, the best proxy score within it, by re-timed
     latency when there is a `timer`, else by the table."""
     if not budgets:
         best = best_candidate(list(candidates))
         return [Choice(Budget(0.0), best)] if best is not None else []
+    by_table = {b: next((c for c in ranked_within(candidates, b, profile, 0.0)), None) for b in budgets}
     if timer is None:
-        return [Choice(b, max((c for c in _done(candidates) if c.latency[profile] <= b.ms),
-                              key=lambda c: c.score, default=None))  # type: ignore[arg-type, return-value]
-                for b in budgets]
-    shortlist = {b: finalists(candidates, b, profile) for b in budgets}
-    archs = list(dict.fromkeys([c.arch for cs in shortlist.values() for c in cs]
-                               + [StudentArch.parse(b.reference) for b in budgets if b.reference]))
-    measured = {str(a): ms for a, ms in timer(archs).items()} if archs else {}
-    out = []
-    for b in budgets:
-        limit = measured[b.reference] if b.reference else b.ms
-        mine = {str(c.arch): measured[str(c.arch)] for c in shortlist[b]}
-        if b.reference:
-            mine[b.reference] = limit
-        fits = [c for c in shortlist[b] if measured[str(c.arch)] <= limit]
-        if fits:
-            out.append(Choice(b, max(fits, key=lambda c: c.score), mine, limit, True))  # type: ignore[arg-type, return-value]
-        else:  # nothing re-timed fits: keep the table's pick, marked unconfirmed, rather than no student
-            table_pick = next((c for c in sorted(_done(candidates), key=lambda c: -c.score)  # type: ignore[operator]
-                               if c.latency[profile] <= b.ms), None)
-            out.append(Choice(b, table_pick, mine, limit, False))
-    return out
+        return [Choice(b, by_table[b]) for b in budgets]
+    ranked = {b: ranked_within(candidates, b, profile) for b in budgets}
+    measured: dict[Budget, dict[str, float]] = {b: {} for b in budgets}
+    limits: dict[Budget, float] = {}
+    chosen: dict[Budget, Candidate] = {}
+    for batch in range(batches):
+        todo = {b: ranked[b][batch * top:(batch + 1) * top] for b in budgets if b not in chosen}
+        todo = {b: cs for b, cs in todo.items() if cs}
+        if not todo:
+            break
+        # One interleaved session per batch, the references timed again in it: a candidate is only ever compared
+        # with a reference measured beside it.
+        archs = list(dict.fromkeys([c.arch for cs in todo.values() for c in cs]
+                                   + [StudentArch.parse(b.reference) for b in todo if b.reference]))
+        ms = {str(a): v for a, v in timer(archs).items()}
+        for b, cs in todo.items():
+            limits[b] = ms[b.reference] / b.divisor if b.reference else b.ms
+            if b.reference:
+                measured[b][b.reference] = ms[b.reference]
+            measured[b].update({str(c.arch): ms[str(c.arch)] for c in cs})
+            fit = next((c for c in cs if ms[str(c.arch)] <= limits[b]), None)  # ranked: the first fit scores best
+            if fit is not None:
+                chosen[b] = fit
+    # Nothing re-timed fits: keep the table's pick, marked unconfirmed, rather than no student.
+    return [Choice(b, chosen.get(b, by_table[b]), measured[b], limits.get(b), b in chosen) for b in budgets]
 
 
 class InterleavedTimer:
     """Whole-model latency of several architectures on one profile, timed in interleaved rounds: each round
-    times every architecture once in a fresh session, in an order rotated per round; the median over rounds."""
+    times every architecture once in a fresh session, in an order rotated per round; the median over rounds.
+    Graphs are built once per architecture and kept until `close()`, so a later batch re-times without rebuilding."""
 
     def __init__(self, profile: Any, rounds: int = CONFIRM_ROUNDS, progress: Callable[[str], None] | None = None,
                  measurer: Any = None) -> None:
@@ -149,23 +172,36 @@ class InterleavedTimer:
             raise KdnasError(f"confirmation needs at least one timing round, got {rounds}")
         self.profile, self.rounds, self.progress = profile, rounds, progress
         self.measurer = measurer or OnnxMeasurer()
+        self._tmp: Path | None = None
+        self._graphs: dict[StudentArch, Any] = {}
+
+    def _say(self, message: str) -> None:
+        if self.progress:
+            self.progress(message)
 
     def __call__(self, archs: Sequence[StudentArch]) -> dict[StudentArch, float]:
         self.profile.check_runnable()
-        tmp = Path(tempfile.mkdtemp(prefix="kdnas-confirm-"))
-        try:
-            graphs = []
-            for i, arch in enumerate(archs):
-                if self.progress:
-                    self.progress(f"building {arch} ({i + 1}/{len(archs)}) for side-by-side timing")
-                graphs.append(self.measurer.build(arch, self.profile, tmp / str(arch)))
-            samples: dict[StudentArch, list[float]] = {a: [] for a in archs}
-            for r in range(self.rounds):
-                order = graphs[r % len(graphs):] + graphs[:r % len(graphs)]
-                for graph in order:
-                    samples[graph.arch].append(self.measurer.time(graph, self.profile, r).median_ms)
-                if self.progress:
-                    self.progress(f"timing round {r + 1}/{self.rounds} of {len(archs)} finalists")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="kdnas-confirm-"))
+        new = [a for a in archs if a not in self._graphs]
+        for i, arch in enumerate(new):
+            self._say(f"building {arch} ({i + 1}/{len(new)}) for side-by-side timing")
+            self._graphs[arch] = self.measurer.build(arch, self.profile, self._tmp / str(arch))
+        graphs = [self._graphs[a] for a in archs]
+        samples: dict[StudentArch, list[float]] = {a: [] for a in archs}
+        for r in range(self.rounds):
+            for graph in graphs[r % len(graphs):] + graphs[:r % len(graphs)]:
+                samples[graph.arch].append(self.measurer.time(graph, self.profile, r).median_ms)
+            self._say(f"timing round {r + 1}/{self.rounds} of {len(archs)} architectures")
         return {a: float(np.median(v)) for a, v in samples.items()}
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp, self._graphs = None, {}
+
+    def __enter__(self) -> InterleavedTimer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,4 +1,5 @@
-"""The search's picture: proxy score against latency for every candidate, the Pareto front and the teacher."""
+"""The search's picture: proxy score against latency for every candidate, the Pareto front, the teacher and,
+with budgets, each budget and the candidate chosen for it."""
 
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ def plot_search(report: dict[str, Any], path: Path) -> Path:
     if teacher.get("score") is not None:
         ax.scatter([teacher["latency_ms"][profile]], [teacher["score"]], marker="D", s=60, c="black", label=f"teacher {teacher['arch']}")
     ax.axvline(report["reward"]["targets_ms"][profile], color="grey", ls="--", lw=1, label="latency target")
+    choices = report.get("choices") or []
+    for i, choice in enumerate(choices):  # budgets are on the first profile, the one plotted
+        ax.axvline(choice["budget_ms"], color="tab:orange", ls=":", lw=1, label="budgets" if i == 0 else None)
+    picked = [c for c in done if c["arch"] in {ch["arch"] for ch in choices}]
+    if picked:
+        ax.scatter([c["latency_ms"][profile] for c in picked], [c["score"] for c in picked], marker="s", s=90,
+                   facecolors="none", edgecolors="tab:orange", label="chosen per budget")
     ax.set_xscale("log")
     ax.set_xlabel(f"latency on {profile} (ms, log scale)")
     ax.set_ylabel("proxy score (held-out slice of train)")

@@ -233,7 +233,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
 
     with LatencyTable(r.table_path) as table:
         oracle = LatencyOracle(table, profiles)
-        references = [StudentArch.parse(b) for b in settings.budgets or [] if isinstance(b, str)]
+        references = [StudentArch.parse(b.partition("/")[0]) for b in settings.budgets or [] if isinstance(b, str)]
         oracle.fill(space, extra=[teacher_arch, *references], calibration=settings.calibration, seed=settings.seed,
                     progress=latency_progress)
         teacher_ms = oracle(teacher_arch)
@@ -292,10 +292,13 @@ def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] 
         saved = json.loads(path.read_text())
         if saved.get("candidates") == done and saved.get("rounds") == rounds:
             by_arch = {str(c.arch): c for c in candidates}
-            return [Choice(Budget(c["budget_ms"], c["reference"]), by_arch.get(c["arch"]) if c["arch"] else None,
+            return [Choice(Budget(c["budget_ms"], c["reference"], c["divisor"]), by_arch.get(c["arch"]) if c["arch"] else None,
                            c["measured_ms"], c["limit_ms"], c["confirmed"]) for c in saved["choices"]]
-    timer = InterleavedTimer(profile, rounds, status) if rounds > 0 else None
-    choices = choose_finals(candidates, budgets, profile.name, timer)
+    if rounds > 0:
+        with InterleavedTimer(profile, rounds, status) as timer:
+            choices = choose_finals(candidates, budgets, profile.name, timer)
+    else:
+        choices = choose_finals(candidates, budgets, profile.name)
     write_json_atomic(path, {"candidates": done, "rounds": rounds, "choices": [c.to_dict() for c in choices]})
     return choices
 
@@ -428,8 +431,10 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 
 
 def _budget_text(entry: dict[str, Any]) -> str:
-    ref = entry.get("reference")
-    return f"budget {entry['budget_ms']:.2f} ms" + (f" (as fast as `{ref}`)" if ref else "")
+    ref, divisor = entry.get("reference"), entry.get("divisor", 1.0)
+    if not ref:
+        return f"budget {entry['budget_ms']:.2f} ms"
+    return f"budget {entry['budget_ms']:.2f} ms (as fast as `{ref}`" + (f" / {divisor:g})" if divisor != 1 else ")")
 
 
 def _choice_text(choice: dict[str, Any]) -> str:
@@ -441,7 +446,8 @@ def _choice_text(choice: dict[str, Any]) -> str:
     timed = ", ".join(f"`{a}` {ms:.2f}" for a, ms in measured.items())
     verdict = (f"`{choice['arch']}` at {measured[choice['arch']]:.2f} ms within {choice['limit_ms']:.2f} ms"
                if choice["confirmed"] else
-               f"none fits {choice['limit_ms']:.2f} ms when re-timed; `{choice['arch']}` kept by the table, unconfirmed")
+               f"none fits {choice['limit_ms']:.2f} ms when re-timed; `{choice['arch']}` kept by the table, unconfirmed"
+               if choice["limit_ms"] is not None else f"`{choice['arch']}` (nothing near the budget to re-time)")
     return f"{timed}; chose {verdict}"
 
 
