@@ -41,3 +41,31 @@ def test_regenerated_page_keeps_the_hand_written_findings():
     assert "The proxy cannot rank near-chance students." in again
     assert again.count(bench.FINDINGS_BEGIN) == 1
     assert bench.kept_findings("no block here") is None
+
+
+def test_students_come_from_each_searchs_choices_paired_by_reference(tmp_path: Path):
+    """KD-NAS gets a student per budget, paired with the hand-crafted one it was confirmed against; random
+    search only the 3x one; a budget with no candidate adds no student."""
+    import json
+
+    from kdnas_deploy.model_folder import ModelInfo, write_text_atomic
+
+    (tmp_path / "teacher").mkdir()
+    info = ModelInfo(kind="teacher", arch="L6-H384-A12-I1536", task="sst2", max_length=128)
+    write_text_atomic(tmp_path / "teacher" / "kdnas.json", info.model_dump_json())
+    budgets = {"teacher_ms": 19.5, "predicted_ms": {"L3-H384-A12-I1536": 9.8, "L4-H312-A12-I1200": 7.8,
+                                                    "L2-H256-A4-I1024": 2.3, "L6-H384-A12-I1536": 19.5}}
+    choices = [{"reference": "L2-H256-A4-I1024", "divisor": 1.0, "arch": None},
+               {"reference": "L6-H384-A12-I1536", "divisor": 3.0, "arch": "L2-H384-A2-I1536"},
+               {"reference": "L4-H312-A12-I1200", "divisor": 1.0, "arch": "L3-H384-A12-I1152"},
+               {"reference": "L3-H384-A12-I1536", "divisor": 1.0, "arch": "L3-H384-A12-I1536"}]
+    for strategy, arch in (("kdnas", None), ("random", "L1-H384-A4-I1152")):
+        (tmp_path / f"search-{strategy}").mkdir()
+        mine = [dict(c, arch=arch or c["arch"]) if c["arch"] else c for c in choices]
+        (tmp_path / f"search-{strategy}" / "report.json").write_text(json.dumps({"choices": mine}))
+    students = bench.chosen_students(bench.TASKS["sst2"], tmp_path, budgets)
+    got = {(s.role, s.label, s.arch, s.budget_ms) for s in students if s.role in ("kdnas", "random")}
+    assert got == {("kdnas", "KD-NAS @ teacher / 3", "L2-H384-A2-I1536", 6.5),
+                   ("kdnas", "KD-NAS @ 7.80 ms", "L3-H384-A12-I1152", 7.8),
+                   ("kdnas", "KD-NAS @ 9.80 ms", "L3-H384-A12-I1536", 9.8),
+                   ("random", "random search @ teacher / 3", "L1-H384-A4-I1152", 6.5)}
