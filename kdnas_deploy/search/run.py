@@ -56,8 +56,9 @@ class SearchSettings:
     max_params: int | None = None
     #: Largest artifact allowed, in MB, for every profile searched (int8 and fp16 artifacts weigh less than fp32).
     max_mb: float | None = None
-    #: Latency budgets on the first profile, in ms or as architectures ("as fast as L3-H384-A12-I1536"): each gets
-    #: its band of the search and one final student (the best proxy score within it, confirmed by re-timing).
+    #: Latency budgets on the first profile: ms, an architecture ("as fast as L3-H384-A12-I1536") or a fraction of
+    #: one ("L6-H384-A12-I1536/3"). Each gets its band of the search and one final student (the best proxy score
+    #: within it, confirmed by re-timing).
     budgets: list[float | str] | None = None
     #: Interleaved rounds that re-time each budget's finalists before the pick; 0 picks by the table alone.
     confirm_rounds: int = CONFIRM_ROUNDS
@@ -287,10 +288,11 @@ def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] 
     if not budgets:
         return choose_finals(candidates, None, profile.name)
     done = sorted(str(c.arch) for c in candidates if c.status == "done")
+    key = {"candidates": done, "rounds": rounds, "budgets": [asdict(b) for b in budgets]}
     path = out / CHOICES_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("candidates") == done and saved.get("rounds") == rounds:
+        if all(saved.get(k) == v for k, v in key.items()):
             by_arch = {str(c.arch): c for c in candidates}
             return [Choice(Budget(c["budget_ms"], c["reference"], c["divisor"]), by_arch.get(c["arch"]) if c["arch"] else None,
                            c["measured_ms"], c["limit_ms"], c["confirmed"]) for c in saved["choices"]]
@@ -299,7 +301,7 @@ def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] 
             choices = choose_finals(candidates, budgets, profile.name, timer)
     else:
         choices = choose_finals(candidates, budgets, profile.name)
-    write_json_atomic(path, {"candidates": done, "rounds": rounds, "choices": [c.to_dict() for c in choices]})
+    write_json_atomic(path, {**key, "choices": [c.to_dict() for c in choices]})
     return choices
 
 
