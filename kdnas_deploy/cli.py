@@ -371,6 +371,7 @@ def search(
     """Search the student space: latency from the table, proxy distillation, controller; final student and report."""
     _quiet_libraries()
     from kdnas_deploy.search.executors import make_executor
+    from kdnas_deploy.search.finals import reference_text
     from kdnas_deploy.search.run import dry_run as plan_search, load_settings, run_search, settings_from
 
     if resume:
@@ -417,9 +418,8 @@ def search(
         runner.close()
     out.print(f"best: {report['best']}; report: {escape(str(out_dir / 'report.md'))}")
     for final in report.get("finals", []):
-        divisor = final.get("divisor", 1.0)
-        ref = f", as fast as {final['reference']}" + (f" / {divisor:g}" if divisor != 1 else "") if final.get("reference") else ""
-        budget = f" (budget {final['budget_ms']:g} ms{ref})" if final["budget_ms"] is not None else ""
+        ref = reference_text(final)
+        budget = f" (budget {final['budget_ms']:g} ms{', ' + ref if ref else ''})" if final["budget_ms"] is not None else ""
         if final["arch"] is None:
             out.print(f"no candidate within{budget}")
         else:

@@ -110,3 +110,15 @@ def test_noise_rule_repeats_noisy_rounds_and_keeps_the_calmest(fast_profile):
     assert t.median_ms == pytest.approx(2000, rel=0.03)
     t = time_callable(lambda: None, rule, clock=_Clock(noisy * 3))
     assert t.rounds == 3 and t.noisy and t.spread > 0.1
+
+
+def test_interleaved_rounds_rotate_the_order_and_keep_one_sample_per_round() -> None:
+    from kdnas_deploy.latency.timing import interleaved_rounds
+
+    calls: list[tuple[str, int]] = []
+    rounds_done: list[int] = []
+    samples = interleaved_rounds(["a", "b", "c"], lambda k, r: calls.append((k, r)) or float(len(calls)), 4,
+                                 rounds_done.append)
+    assert [k for k, _ in calls] == list("abc" "bca" "cab" "abc") and rounds_done == [0, 1, 2, 3]
+    assert samples == {"a": [1.0, 6.0, 8.0, 10.0], "b": [2.0, 4.0, 9.0, 11.0], "c": [3.0, 5.0, 7.0, 12.0]}
+    assert interleaved_rounds([], lambda k, r: 0.0, 3) == {}

@@ -377,22 +377,18 @@ def stage_timing(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
         return bench.state[key]
     from kdnas_deploy.artifact.runtime import read_card
     from kdnas_deploy.hardware import load_profile
-    from kdnas_deploy.latency.timing import time_graph
+    from kdnas_deploy.latency.timing import interleaved_rounds, time_graph
 
     targets = [(target.name, target, profile) for s, seed, profile, _m, target in artifacts_of(plan, out, students)
                if seed in (None, plan.seeds[0])]
     profiles = {p: load_profile(p) for p in PROFILES}
     cards = {name: read_card(target) for name, target, _p in targets}
-    samples: dict[str, list[float]] = {name: [] for name, _t, _p in targets}
     tic = time.time()
-    for r in range(TIMING_ROUNDS):
-        order = targets[r % len(targets):] + targets[:r % len(targets)]
-        for name, target, profile in order:
-            t = time_graph(target / cards[name]["file"], profiles[profile], seed=r, sessions=1)
-            samples[name].append(t.median_ms)
-        print(f"timing round {r + 1}/{TIMING_ROUNDS} done", flush=True)
+    samples = interleaved_rounds(
+        targets, lambda t, r: time_graph(t[1] / cards[t[0]]["file"], profiles[t[2]], seed=r, sessions=1).median_ms,
+        TIMING_ROUNDS, lambda r: print(f"timing round {r + 1}/{TIMING_ROUNDS} done", flush=True))
     result = {name: {"median_ms": float(np.median(v)), "p10_ms": float(np.percentile(v, 10)),
-                     "p90_ms": float(np.percentile(v, 90)), "rounds": v} for name, v in samples.items()}
+                     "p90_ms": float(np.percentile(v, 90)), "rounds": v} for (name, _t, _p), v in samples.items()}
     bench.state[key] = result
     bench.state.setdefault("wall_s", {})[key] = round(time.time() - tic, 1)
     bench.save()

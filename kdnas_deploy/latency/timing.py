@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from kdnas_deploy.errors import KdnasError, first_line
 from kdnas_deploy.hardware import HardwareProfile, TimingSection
 from kdnas_deploy.space import BERT_VOCAB_SIZE
 
+K = TypeVar("K")
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
@@ -129,6 +131,20 @@ def combine_sessions(timings: list[Timing]) -> Timing:
         mid.spread, mid.samples, sum(t.rounds for t in timings), all(t.noisy for t in timings),
         len(timings), float((meds.max() - meds.min()) / med) if med > 0 else 0.0,
     )
+
+
+def interleaved_rounds(keys: Sequence[K], time_one: Callable[[K, int], float], rounds: int,
+                       after_round: Callable[[int], None] | None = None) -> dict[K, list[float]]:
+    """One sample per key per round: each round times every key once (`time_one(key, round)`), in an order rotated
+    per round, so a slow spell of the machine hits them all alike and comparisons between keys stay fair."""
+    samples: dict[K, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        shift = r % len(keys) if keys else 0
+        for key in list(keys[shift:]) + list(keys[:shift]):
+            samples[key].append(time_one(key, r))
+        if after_round:
+            after_round(r)
+    return samples
 
 
 def time_graph(

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.latency.timing import interleaved_rounds
 from kdnas_deploy.search.episodes import best_candidate
 from kdnas_deploy.search.journal import Candidate
 from kdnas_deploy.space import StudentArch
@@ -74,11 +75,24 @@ class Budget:
     reference: str | None = None
     divisor: float = 1.0
 
-    @property
-    def label(self) -> str:
-        if not self.reference:
-            return f"{self.ms:.2f} ms"
-        return f"{self.ms:.2f} ms (as fast as {self.reference}" + (f" / {self.divisor:g})" if self.divisor != 1 else ")")
+
+def reference_text(entry: Mapping[str, Any], quote: str = "") -> str:
+    """"as fast as L6-H384-A12-I1536 / 3" for a budget (a Choice's dict) given as an architecture, else ""."""
+    if not entry.get("reference"):
+        return ""
+    divisor = entry.get("divisor", 1.0)
+    return f"as fast as {quote}{entry['reference']}{quote}" + (f" / {divisor:g}" if divisor != 1 else "")
+
+
+def _split(value: str) -> tuple[StudentArch, float]:
+    """A parsed architecture budget's architecture and divisor."""
+    arch, _, divisor = value.partition("/")
+    return StudentArch.parse(arch), float(divisor) if divisor else 1.0
+
+
+def budget_references(items: Sequence[float | str]) -> list[StudentArch]:
+    """The architectures among parsed budgets: the latency table must hold them before the budgets resolve."""
+    return [_split(v)[0] for v in items if isinstance(v, str)]
 
 
 def resolve_budgets(items: Sequence[float | str], latency_ms: Callable[[StudentArch], float]) -> list[Budget]:
@@ -89,9 +103,8 @@ def resolve_budgets(items: Sequence[float | str], latency_ms: Callable[[StudentA
         if isinstance(value, float):
             out.append(Budget(value))
         else:
-            arch, _, divisor = value.partition("/")
-            d = float(divisor) if divisor else 1.0
-            out.append(Budget(latency_ms(StudentArch.parse(arch)) / d, arch, d))
+            arch, divisor = _split(value)
+            out.append(Budget(latency_ms(arch) / divisor, str(arch), divisor))
     return sorted(out, key=lambda b: b.ms)
 
 
@@ -110,6 +123,13 @@ class Choice:
         return {"budget_ms": self.budget.ms, "reference": self.budget.reference, "divisor": self.budget.divisor,
                 "arch": str(self.candidate.arch) if self.candidate else None, "measured_ms": self.measured_ms,
                 "limit_ms": self.limit_ms, "confirmed": self.confirmed}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], candidates: Sequence[Candidate]) -> Choice:
+        """A saved choice, its architecture looked up among `candidates`."""
+        by_arch = {str(c.arch): c for c in candidates}
+        return cls(Budget(d["budget_ms"], d["reference"], d["divisor"]), by_arch.get(d["arch"]) if d["arch"] else None,
+                   dict(d["measured_ms"]), d["limit_ms"], d["confirmed"])
 
 
 def _done(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -130,10 +150,10 @@ def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | N
     if not budgets:
         best = best_candidate(list(candidates))
         return [Choice(Budget(0.0), best)] if best is not None else []
-    by_table = {b: next((c for c in ranked_within(candidates, b, profile, 0.0)), None) for b in budgets}
+    ranked = {b: ranked_within(candidates, b, profile) for b in budgets}
+    by_table = {b: next((c for c in ranked[b] if c.latency[profile] <= b.ms), None) for b in budgets}
     if timer is None:
         return [Choice(b, by_table[b]) for b in budgets]
-    ranked = {b: ranked_within(candidates, b, profile) for b in budgets}
     measured: dict[Budget, dict[str, float]] = {b: {} for b in budgets}
     limits: dict[Budget, float] = {}
     chosen: dict[Budget, Candidate] = {}
@@ -187,12 +207,9 @@ class InterleavedTimer:
         for i, arch in enumerate(new):
             self._say(f"building {arch} ({i + 1}/{len(new)}) for side-by-side timing")
             self._graphs[arch] = self.measurer.build(arch, self.profile, self._tmp / str(arch))
-        graphs = [self._graphs[a] for a in archs]
-        samples: dict[StudentArch, list[float]] = {a: [] for a in archs}
-        for r in range(self.rounds):
-            for graph in graphs[r % len(graphs):] + graphs[:r % len(graphs)]:
-                samples[graph.arch].append(self.measurer.time(graph, self.profile, r).median_ms)
-            self._say(f"timing round {r + 1}/{self.rounds} of {len(archs)} architectures")
+        samples = interleaved_rounds(
+            list(archs), lambda a, r: self.measurer.time(self._graphs[a], self.profile, r).median_ms, self.rounds,
+            lambda r: self._say(f"timing round {r + 1}/{self.rounds} of {len(archs)} architectures"))
         return {a: float(np.median(v)) for a, v in samples.items()}
 
     def close(self) -> None:

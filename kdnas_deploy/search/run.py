@@ -19,7 +19,8 @@ from kdnas_deploy.hashing import stable_hash
 from kdnas_deploy.model_folder import model_ref, read_info, write_json_atomic, write_text_atomic
 from kdnas_deploy.search.executors import Executor
 from kdnas_deploy.search.episodes import SearchProgress, best_candidate, prediction_quality, run_episodes
-from kdnas_deploy.search.finals import CONFIRM_ROUNDS, Budget, Choice, InterleavedTimer, choose_finals, parse_budget, resolve_budgets
+from kdnas_deploy.search.finals import (CONFIRM_ROUNDS, Budget, Choice, InterleavedTimer, budget_references, choose_finals,
+                                       parse_budget, reference_text, resolve_budgets)
 from kdnas_deploy.search.journal import Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig
 from kdnas_deploy.search.strategies import STRATEGIES, Allowed, budget_bands, make_strategy
@@ -212,7 +213,6 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.search.evaluator import ProxyEvaluator
     from kdnas_deploy.search.latency import LatencyOracle
-    from kdnas_deploy.space import StudentArch
 
     if (out / RUN_FILE).exists() and not resume:
         raise KdnasError(f"{out} already holds a search run: use --resume to continue it, or another --out")
@@ -234,7 +234,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
 
     with LatencyTable(r.table_path) as table:
         oracle = LatencyOracle(table, profiles)
-        references = [StudentArch.parse(b.partition("/")[0]) for b in settings.budgets or [] if isinstance(b, str)]
+        references = budget_references(settings.budgets or [])
         oracle.fill(space, extra=[teacher_arch, *references], calibration=settings.calibration, seed=settings.seed,
                     progress=latency_progress)
         teacher_ms = oracle(teacher_arch)
@@ -293,9 +293,7 @@ def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] 
     if path.is_file():
         saved = json.loads(path.read_text())
         if all(saved.get(k) == v for k, v in key.items()):
-            by_arch = {str(c.arch): c for c in candidates}
-            return [Choice(Budget(c["budget_ms"], c["reference"], c["divisor"]), by_arch.get(c["arch"]) if c["arch"] else None,
-                           c["measured_ms"], c["limit_ms"], c["confirmed"]) for c in saved["choices"]]
+            return [Choice.from_dict(c, candidates) for c in saved["choices"]]
     if rounds > 0:
         with InterleavedTimer(profile, rounds, status) as timer:
             choices = choose_finals(candidates, budgets, profile.name, timer)
@@ -433,10 +431,8 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 
 
 def _budget_text(entry: dict[str, Any]) -> str:
-    ref, divisor = entry.get("reference"), entry.get("divisor", 1.0)
-    if not ref:
-        return f"budget {entry['budget_ms']:.2f} ms"
-    return f"budget {entry['budget_ms']:.2f} ms (as fast as `{ref}`" + (f" / {divisor:g})" if divisor != 1 else ")")
+    ref = reference_text(entry, quote="`")
+    return f"budget {entry['budget_ms']:.2f} ms" + (f" ({ref})" if ref else "")
 
 
 def _choice_text(choice: dict[str, Any]) -> str:

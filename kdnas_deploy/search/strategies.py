@@ -245,13 +245,16 @@ class KdnasController(_Base):
             dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
         return [Proposal(pool[i]) for i in chosen]
 
+    def propose(self, k: int, history: Sequence[Observation]) -> list[Proposal]:
+        self.fit(history)  # once per episode: every band's picks come from the same score model
+        return super().propose(k, history)
+
     def _propose(self, k: int, history: Sequence[Observation], seen: set[StudentArch], band: Band | None) -> list[Proposal]:
         pool = self._candidates(seen, band)
         if not pool:
             return []
-        if not self.fit(history):
+        if self.gp is None:  # too few scores to fit yet
             return self._space_filling(pool, k)
-        assert self.gp is not None
         x_pool = self.space.encode(pool)
         factors = np.array([self._factor(a, band) for a in pool])
         x_obs, y_obs = self.gp.x, self.gp.y
