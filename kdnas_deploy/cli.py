@@ -70,7 +70,7 @@ def profile(
 ) -> None:
     """Fill the latency lookup table for a search space on hardware profiles, and summarise it."""
     from kdnas_deploy.hardware import load_profile
-    from kdnas_deploy.latency.profiler import plan, profile_items, summarize, verify_sample
+    from kdnas_deploy.latency.profiler import plan, profile_items, summarize, verify_sample, verify_steps
     from kdnas_deploy.latency.profiler import verify as run_verify
     from kdnas_deploy.latency.predictor import LatencyModel, items_for
     from kdnas_deploy.latency.table import LatencyTable, default_table_path
@@ -102,7 +102,7 @@ def profile(
             if verify:
                 sample = verify_sample(model, the_space, verify, seed + 1)
                 with _progress() as bar:
-                    task = bar.add_task(f"{escape(prof.name)}: verifying", total=len(sample))
+                    task = bar.add_task(f"{escape(prof.name)}: verifying", total=verify_steps(model, sample))
                     rows = run_verify(model, sample, progress=lambda a: bar.update(task, advance=1))
             summary = summarize(model, the_space, result, refs, rows, teacher=teacher_arch)
             summaries.append(summary)
@@ -358,7 +358,7 @@ def search(
     max_params: Annotated[Optional[int], typer.Option("--max-params", min=1, help="Exclude students with more parameters.")] = None,
     max_mb: Annotated[Optional[float], typer.Option("--max-mb", help="Exclude students whose artifact (at each --hw profile's precision) is larger, in MB.")] = None,
     budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets on the first --hw: ms, an architecture whose latency to match, or a fraction of one, e.g. 5,L3-H384-A12-I1536,L6-H384-A12-I1536/3: each gets its share of the search and one final student.")] = None,
-    confirm_rounds: Annotated[int, typer.Option("--confirm-rounds", min=0, help="Rounds that re-time each budget's finalists side by side before the pick (0: by the latency table).")] = 5,
+    confirm_rounds: Annotated[int, typer.Option("--confirm-rounds", min=0, help="Rounds that re-time each budget's finalists side by side before the pick (0: by the latency table).")] = 6,
     seed: SeedOpt = 0,
     executor: Annotated[str, typer.Option(help="Where an episode's candidates run: local (one after another) or ray (in parallel).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join ('auto', ray://host:10001); default: start a local one.")] = None,

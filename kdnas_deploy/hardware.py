@@ -71,8 +71,8 @@ class TimingSection(_Strict):
     #: A round lasts at least this long: fast graphs get more repeats, so a 0.2 ms model is not
     #: judged on 6 ms of samples that one scheduler hiccup can skew.
     min_round_ms: float = Field(0.0, ge=0)
-    #: Fresh sessions per measurement (median of their medians): session-to-session variation
-    #: (memory placement, thread start-up) is as large as within-session jitter on small CPUs.
+    #: Fresh sessions per measurement (the fastest one's median counts): session-to-session variation
+    #: (memory placement, thread start-up, neighbours) is larger than within-session jitter on small CPUs.
     sessions: int = Field(1, ge=1)
     #: Noise rule: a round of `repeats` whose spread ((p90 - p10) / median) is above this is
     #: measured again, up to `max_rounds` rounds; the calmest round is kept.

@@ -36,7 +36,7 @@ def test_int8_artifact_folder_and_card(int8_artifact: Path, student_dir: Path) -
     assert m["drop_points"] == pytest.approx(100 * (m["pytorch_dev"]["score"] - m["artifact_dev"]["score"]), abs=1e-3)
     assert card["data"]["dev_rows"] == 300
     lat = card["latency"]
-    assert lat["predicted_ms"] > 0 and lat["measured"]["median_ms"] > 0 and lat["measured"]["sessions"] == 3
+    assert lat["predicted_ms"] > 0 and lat["measured"]["median_ms"] > 0 and lat["measured"]["sessions"] == load_profile("cpu-int8").timing.sessions
     assert lat["measured"]["p10_ms"] <= lat["measured"]["median_ms"] <= lat["measured"]["p90_ms"]
     assert card["fingerprint"]["profile_hash"] == load_profile("cpu-int8").content_hash()
     assert {"torch", "transformers", "onnxruntime", "kdnas_deploy"} <= set(card["versions"])

@@ -7,7 +7,7 @@ For each profile (default: cpu and cpu-int8):
 3. freeze the table (opened read-only) and predict N random architectures it has never timed whole;
 4. measure each of them whole: `--sessions` fresh ONNX Runtime sessions per architecture,
    interleaved round by round over all N so that a slow spell of the machine hits every
-   architecture alike; the measurement is the median over sessions. Each session is bracketed by
+   architecture alike; the measurement is the fastest session, as in the table. Each session is bracketed by
    the profiler's probe, so sessions met by a slow spell are known (and more rounds run, up to
    --max-rounds, until every architecture has enough calm ones);
 5. the noise floor, two ways: the rounds split into interleaved halves (even/odd: jitter between
@@ -77,14 +77,15 @@ def measure_interleaved(archs, model: LatencyModel, sessions: int, max_rounds: i
 
 
 def halves(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per column: median of the kept sessions, and of their first and second half (in time)."""
+    """Per column: the fastest of the kept sessions (the table's estimate), and of their first and second half (in
+    time)."""
     full, first, second = [], [], []
     for col, keep in zip(values.T, mask.T):
         kept = col[keep] if keep.sum() >= 2 else col
         h = len(kept) // 2
-        full.append(np.median(kept))
-        first.append(np.median(kept[:h]))
-        second.append(np.median(kept[h:]))
+        full.append(np.min(kept))
+        first.append(np.min(kept[:h]))
+        second.append(np.min(kept[h:]))
     return np.array(full), np.array(first), np.array(second)
 
 
@@ -126,7 +127,7 @@ def bench_profile(name: str, space: SearchSpace, args: argparse.Namespace, workd
     everything = np.ones_like(calm)
     measured, first, second = halves(medians, everything)
     calm_measured, calm_first, calm_second = halves(medians, calm)
-    even, odd = np.median(medians[0::2], axis=0), np.median(medians[1::2], axis=0)
+    even, odd = np.min(medians[0::2], axis=0), np.min(medians[1::2], axis=0)
     pred_ms = np.array([p.ms for p in preds])
     composed_ms = np.array([p.composed_ms for p in preds])
     stats = error_stats(pred_ms, measured)

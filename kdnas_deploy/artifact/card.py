@@ -54,7 +54,7 @@ def render_card(card: dict[str, Any]) -> str:
         f"| latency table ({lat['predicted_from']}) | {lat['predicted_ms']:.3f} | | |",
     ]
     if measured:
-        lines.append(f"| measured at export ({measured['sessions']} sessions) | {measured['median_ms']:.3f} | "
+        lines.append(f"| measured at export (the fastest of {measured['sessions']} sessions) | {measured['median_ms']:.3f} | "
                      f"{measured['p10_ms']:.3f} | {measured['p90_ms']:.3f} |")
     fp = card["fingerprint"]
     lines += [

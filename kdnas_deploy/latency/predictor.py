@@ -25,7 +25,7 @@ import numpy as np
 from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.fingerprint import fingerprint_id, machine_fingerprint
 from kdnas_deploy.hardware import HardwareProfile
-from kdnas_deploy.latency.measure import BuiltGraph, Measurement, Measurer, OnnxMeasurer, measure_now
+from kdnas_deploy.latency.measure import BuiltGraph, Measurer, OnnxMeasurer, measure_now
 from kdnas_deploy.latency.table import Entry, LatencyTable
 from kdnas_deploy.latency.timing import Timing
 from kdnas_deploy.space import BERT_VOCAB_SIZE, StudentArch
@@ -164,11 +164,6 @@ class LatencyModel:
         self._check_can_measure(kind, arch)
         m = measure_now(self.measurer, arch, self.profile, vocab_for(kind))
         return self.store(kind, m.graph, m.timing)
-
-    def time_whole(self, arch: StudentArch) -> Measurement:
-        """Time `arch` whole without storing it: a verification must not feed the table it checks."""
-        self.profile.check_runnable()
-        return measure_now(self.measurer, arch, self.profile)
 
     def ensure(self, kind: str, arch: StudentArch) -> Entry:
         entry = self.lookup(kind, arch)

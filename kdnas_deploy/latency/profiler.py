@@ -15,8 +15,8 @@ from scipy.stats import spearmanr
 
 from kdnas_deploy.latency.measure import BuiltGraph
 from kdnas_deploy.latency.predictor import BLOCK_VOCAB, Item, LatencyModel, Prediction, base_arch, block_arch
-from kdnas_deploy.latency.timing import Timing, combine_sessions
-from kdnas_deploy.space import SearchSpace, StudentArch
+from kdnas_deploy.latency.timing import Timing, combine_sessions, interleaved_rounds
+from kdnas_deploy.space import BERT_VOCAB_SIZE, SearchSpace, StudentArch
 
 #: Whole models timed per space to calibrate the composition.
 DEFAULT_CALIBRATION = 12
@@ -68,6 +68,8 @@ class ProfileResult:
 SESSION_LAG = 16
 #: A session counts as calm while the probe runs within this factor of its fastest time.
 CALM_RATIO = 1.15
+#: Calm sessions an item needs before its timing is committed (the fastest session counts, so two are plenty).
+NEED_CALM = 2
 #: Sessions an item may take beyond the profile's count while waiting for calm ones.
 MAX_EXTRA_SESSIONS = 3
 #: The probe: a small fixed graph whose timing shows the machine's state at each session.
@@ -140,8 +142,8 @@ def profile_items(
       seconds apart, so one slow spell rarely meets all of them;
     - a probe graph is timed before and after every session; a session whose probes ran more than
       CALM_RATIO above the probe's best counts as slowed, and the item gets up to
-      MAX_EXTRA_SESSIONS more sessions to collect a majority of calm ones. The median of the calm
-      sessions is stored (of all, flagged noisy, if calm ones never came);
+      MAX_EXTRA_SESSIONS more sessions to collect NEED_CALM calm ones. The fastest session is stored
+      (flagged noisy if calm ones never came): slowdowns are one-sided, see `combine_sessions`;
     - if the probe's best improved after an item was committed (the run began in a slow spell),
       that item is measured again once at the end.
     With sessions = 1 in the profile, each item is built, timed once and committed: no probe.
@@ -177,7 +179,7 @@ def _measure_all(
 ) -> list[tuple[Item, float]]:
     """The scheduling loop of `profile_items`; returns (item, slowest probe it relied on)."""
     want = model.profile.timing.sessions
-    need_calm = want // 2 + 1
+    need_calm = min(NEED_CALM, want)
     pending: list[_Pending] = []
     committed: list[tuple[Item, float]] = []
     step = built = 0
@@ -196,14 +198,15 @@ def _measure_all(
             if not done:
                 p.due = step + lag
                 continue
-            kept = calm if len(calm) >= need_calm else p.sessions
-            timing = combine_sessions([t for t, _ in kept])
-            if kept is p.sessions and probe is not None:
+            # The fastest session counts whether or not its probes were calm: a session can be slowed, never sped
+            # up. Calm sessions only decide how many sessions an item gets.
+            timing = combine_sessions([t for t, _ in p.sessions])
+            if len(calm) < need_calm and probe is not None:
                 timing = replace(timing, noisy=True)
             entry = model.store(p.item[0], p.graph, timing)
             shutil.rmtree(p.workdir, ignore_errors=True)
             pending.remove(p)
-            committed.append((p.item, max(pr for _, pr in kept)))
+            committed.append((p.item, min(p.sessions, key=lambda tp: tp[0].median_ms)[1]))
             result.measured.append(p.item)
             result.extra_sessions += len(p.sessions) - want
             if not entry.fused:
@@ -265,18 +268,40 @@ def verify_sample(model: LatencyModel, space: SearchSpace, n: int, seed: int = 1
     return pool[:n]
 
 
+def verify_steps(model: LatencyModel, archs: Sequence[StudentArch]) -> int:
+    """How many times `verify` calls its progress callback: one build and the profile's sessions per architecture."""
+    return len(archs) * (1 + model.profile.timing.sessions)
+
+
 def verify(
     model: LatencyModel, archs: Sequence[StudentArch], progress: Callable[[StudentArch], None] | None = None
 ) -> list[VerifyRow]:
-    """Time each architecture whole (not stored) and set it beside the table's prediction."""
-    rows = []
-    for arch in archs:
-        pred = model.predict(arch, use_whole=False)
-        timing = model.time_whole(arch).timing
-        rows.append(VerifyRow(pred, timing))
+    """Time each architecture whole (not stored) and set it beside the table's prediction.
+
+    The architectures are timed side by side: the profile's sessions become interleaved rounds, one fresh session
+    per architecture per round, so a slow spell meets every architecture alike instead of deciding one row's error.
+    `progress(arch)` is called after each build and each session (`verify_steps` in all).
+    """
+    model.profile.check_runnable()
+    preds = [model.predict(arch, use_whole=False) for arch in archs]
+
+    def step(arch: StudentArch) -> None:
         if progress:
             progress(arch)
-    return rows
+
+    with tempfile.TemporaryDirectory(prefix="kdnas-verify-") as tmp:
+        graphs = {}
+        for arch in archs:
+            graphs[arch] = model.measurer.build(arch, model.profile, Path(tmp) / str(arch), BERT_VOCAB_SIZE)
+            step(arch)
+
+        def session(arch: StudentArch, r: int) -> Timing:
+            timing = model.time_session(graphs[arch], seed=r)
+            step(arch)
+            return timing
+
+        sessions = interleaved_rounds(list(graphs), session, model.profile.timing.sessions)
+    return [VerifyRow(pred, combine_sessions(sessions[pred.arch])) for pred in preds]
 
 
 def summarize(

@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from kdnas_deploy.errors import KdnasError
-from kdnas_deploy.latency.timing import interleaved_rounds
+from kdnas_deploy.latency.timing import fastest, interleaved_rounds
 from kdnas_deploy.search.episodes import best_candidate
 from kdnas_deploy.search.journal import Candidate
 from kdnas_deploy.space import StudentArch
@@ -35,8 +33,8 @@ CONFIRM_SLACK = 0.15
 CONFIRM_TOP = 3
 #: Batches per budget at most: how far down the ranking a budget looks for a candidate that really fits.
 CONFIRM_BATCHES = 4
-#: Interleaved timing rounds (one fresh session per architecture per round); the median over rounds decides.
-CONFIRM_ROUNDS = 5
+#: Interleaved timing rounds (one fresh session per architecture per round); the fastest round decides.
+CONFIRM_ROUNDS = 6
 
 #: Times architectures side by side: {arch: median ms}.
 Timer = Callable[[Sequence[StudentArch]], Mapping[StudentArch, float]]
@@ -181,7 +179,8 @@ def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | N
 
 class InterleavedTimer:
     """Whole-model latency of several architectures on one profile, timed in interleaved rounds: each round
-    times every architecture once in a fresh session, in an order rotated per round; the median over rounds.
+    times every architecture once in a fresh session, in an order rotated per round; the fastest round counts, as
+    in the latency table (see `combine_sessions`).
     Graphs are built once per architecture and kept until `close()`, so a later batch re-times without rebuilding."""
 
     def __init__(self, profile: Any, rounds: int = CONFIRM_ROUNDS, progress: Callable[[str], None] | None = None,
@@ -210,7 +209,7 @@ class InterleavedTimer:
         samples = interleaved_rounds(
             list(archs), lambda a, r: self.measurer.time(self._graphs[a], self.profile, r).median_ms, self.rounds,
             lambda r: self._say(f"timing round {r + 1}/{self.rounds} of {len(archs)} architectures"))
-        return {a: float(np.median(v)) for a, v in samples.items()}
+        return {a: fastest(v) for a, v in samples.items()}
 
     def close(self) -> None:
         if self._tmp is not None:
