@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Latency-table predictions for the GLUE benchmark's reference architectures against the same architectures timed
+whole, side by side.
+
+Two steps, so that tables written by different versions of the code (whose fingerprints differ, so one version
+cannot read the other's rows) are judged against one shared measurement:
+
+  python tools/bench_table_references.py predict TABLE OUT.json    # with the code that wrote TABLE
+  python tools/bench_table_references.py time OUT.json [--rounds 8]
+  python tools/bench_table_references.py compare TIMED.json PRED.json [PRED.json ...]
+
+`time` builds each architecture's cpu-int8 graph once and times it in interleaved rounds (one fresh session per
+architecture per round); the fastest round is the measurement, as in the table. `compare` prints each table's mean
+error, the error left after one common scale factor (a slow state of the whole machine shifts every shape alike
+and moves no band of a search whose budgets are architectures), the rank correlation and the order of the two
+hand-crafted students the table once swapped. Nothing else should run on the machine during `time`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from kdnas_deploy.hardware import load_profile
+from kdnas_deploy.space import BERT_VOCAB_SIZE, StudentArch
+
+#: The benchmark's teacher and hand-crafted students, then picks its searches made.
+ARCHS = ("L6-H384-A12-I1536", "L3-H384-A12-I1536", "L4-H312-A12-I1200", "L2-H256-A4-I1024",
+         "L2-H384-A2-I1536", "L1-H384-A2-I1152", "L3-H384-A12-I1152", "L2-H384-A12-I1536")
+
+
+def predict(table: Path, profile_name: str) -> dict[str, float]:
+    from kdnas_deploy.latency.predictor import LatencyModel
+    from kdnas_deploy.latency.table import LatencyTable
+
+    with LatencyTable(table, readonly=True) as t:
+        model = LatencyModel(t, load_profile(profile_name))
+        return {a: model.predict(StudentArch.parse(a)).ms for a in ARCHS}
+
+
+def time_whole(profile_name: str, rounds: int) -> dict[str, list[float]]:
+    from kdnas_deploy.latency.measure import OnnxMeasurer
+    from kdnas_deploy.latency.timing import interleaved_rounds
+
+    profile, measurer = load_profile(profile_name), OnnxMeasurer()
+    archs = [StudentArch.parse(a) for a in ARCHS]
+    with tempfile.TemporaryDirectory(prefix="kdnas-refs-") as tmp:
+        graphs = {a: measurer.build(a, profile, Path(tmp) / str(a), BERT_VOCAB_SIZE) for a in archs}
+        samples = interleaved_rounds(archs, lambda a, r: measurer.time(graphs[a], profile, r).median_ms, rounds)
+    return {str(a): v for a, v in samples.items()}
+
+
+def compare(timed: dict[str, list[float]], predictions: dict[str, dict[str, float]]) -> list[str]:
+    keys = list(ARCHS)
+    measured = np.array([min(timed[k]) for k in keys])
+    lines = ["measured (fastest round): " + ", ".join(f"{k} {m:.3f}" for k, m in zip(keys, measured))]
+    for name, pred in predictions.items():
+        table = np.array([pred[k] for k in keys])
+        log_ratio = np.log(table / measured)
+        scale_free = np.abs(log_ratio - np.median(log_ratio))
+        lines.append(
+            f"{name}: mean |error| {100 * np.mean(np.abs(table / measured - 1)):.1f}%, after one common scale "
+            f"{100 * scale_free.mean():.1f}% (worst {100 * scale_free.max():.1f}%), Spearman "
+            f"{spearmanr(table, measured).statistic:.3f}; {keys[1]} / {keys[2]}: table {table[1] / table[2]:.2f}, "
+            f"measured {measured[1] / measured[2]:.2f}")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", default="cpu-int8")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("predict")
+    p.add_argument("table", type=Path)
+    p.add_argument("out", type=Path)
+    t = sub.add_parser("time")
+    t.add_argument("out", type=Path)
+    t.add_argument("--rounds", type=int, default=8)
+    c = sub.add_parser("compare")
+    c.add_argument("timed", type=Path)
+    c.add_argument("predictions", type=Path, nargs="+")
+    args = ap.parse_args()
+    if args.cmd == "predict":
+        args.out.write_text(json.dumps(predict(args.table, args.profile), indent=1))
+    elif args.cmd == "time":
+        args.out.write_text(json.dumps(time_whole(args.profile, args.rounds), indent=1))
+    else:
+        timed = json.loads(args.timed.read_text())
+        preds = {str(p): json.loads(p.read_text()) for p in args.predictions}
+        print("\n".join(compare(timed, preds)))
+
+
+if __name__ == "__main__":
+    main()
