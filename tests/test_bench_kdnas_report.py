@@ -69,3 +69,12 @@ def test_students_come_from_each_searchs_choices_paired_by_reference(tmp_path: P
                    ("kdnas", "KD-NAS @ 7.80 ms", "L3-H384-A12-I1152", 7.8),
                    ("kdnas", "KD-NAS @ 9.80 ms", "L3-H384-A12-I1536", 9.8),
                    ("random", "random search @ teacher / 3", "L1-H384-A4-I1152", 6.5)}
+
+
+def test_page_names_the_command_that_regenerates_it(tmp_path: Path):
+    assert bench.regenerate_command(Path("bench-out/kdnas"), bench.DEFAULT_TASKS, bench.REPO / "docs") == \
+        "python tools/bench_kdnas.py --work bench-out/kdnas --until report"
+    rerun = bench.regenerate_command(tmp_path / "w", "sst2", bench.REPO / "docs" / "rerun")
+    assert rerun == f"python tools/bench_kdnas.py --work {tmp_path / 'w'} --tasks sst2 --docs docs/rerun --until report"
+    results = {"machine": "x86_64, 2 CPUs", "tasks": {}, "versions": {}, "regenerate": rerun}
+    assert f"regenerate this page with `{rerun}`" in bench.markdown(results, {"wall_s": {}})

@@ -55,6 +55,7 @@ from bench_distill import backbone_path  # noqa: E402  (tools/ is on sys.path wh
 from kdnas_deploy.model_folder import write_json_atomic, write_text_atomic  # noqa: E402
 from kdnas_deploy.paths import glue_dir  # noqa: E402
 
+DEFAULT_TASKS = "sst2,mnli"
 STAGES = ("teacher", "budgets", "search", "finals", "proxy", "export", "predict", "timing", "report")
 HANDCRAFTED = {  # name shown in the tables -> architecture
     "DistilBERT-style half depth": "L3-H384-A12-I1536",
@@ -512,7 +513,8 @@ def kept_findings(page: str) -> str | None:
 def markdown(results: dict[str, Any], state: dict[str, Any], findings: str | None = None) -> str:
     lines = ["# Benchmark: KD-NAS students on real GLUE data", "",
              "Produced by `python tools/bench_kdnas.py` (see its docstring for the stages); regenerate this page with "
-             "`python tools/bench_kdnas.py --until report`. Scores are the dev scores of the shipped int8 artifact "
+             f"`{results.get('regenerate', 'python tools/bench_kdnas.py --until report')}`. Scores are the dev scores "
+             "of the shipped int8 artifact "
              f"(mean and standard deviation over seeds); latencies are medians of {TIMING_ROUNDS} interleaved rounds of "
              "the final artifacts timed in one run, with p10-p90 across rounds, batch 1 x 128 tokens, on "
              f"{results['machine']}.", "",
@@ -602,10 +604,21 @@ def command_template(commands: list[str]) -> str:
     return " ".join(out)
 
 
+def regenerate_command(work: Path, tasks: str, docs: Path) -> str:
+    """The command that rewrites this page from the cached stages: the page names its own work folder and docs."""
+    parts = ["python tools/bench_kdnas.py", f"--work {work}"]
+    if tasks != DEFAULT_TASKS:
+        parts.append(f"--tasks {tasks}")
+    if docs.resolve() != (REPO / "docs").resolve():
+        docs = docs.resolve()
+        parts.append(f"--docs {docs.relative_to(REPO) if docs.is_relative_to(REPO) else docs}")
+    return " ".join([*parts, "--until report"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("bench-out/kdnas"))
-    ap.add_argument("--tasks", default="sst2,mnli")
+    ap.add_argument("--tasks", default=DEFAULT_TASKS)
     ap.add_argument("--until", choices=STAGES, default="report", help="stop after this stage")
     ap.add_argument("--jobs", type=int, default=1,
                     help="commands run at once in the finals, proxy and export stages (never in timed stages)")
@@ -643,7 +656,8 @@ def main() -> None:
                 plot(plan.name, results[plan.name], args.docs / f"benchmarks-{plan.name}.png")
     if results:
         full = {"tasks": results, "versions": versions(), "machine": f"{platform.processor() or platform.machine()}, "
-                f"{os.cpu_count()} CPUs", "wall_s": bench.state.get("wall_s", {})}
+                f"{os.cpu_count()} CPUs", "wall_s": bench.state.get("wall_s", {}),
+                "regenerate": regenerate_command(args.work, args.tasks, args.docs)}
         write_text_atomic(args.work / "results.json", json.dumps(full, indent=2, default=str) + "\n")
         # Atomic: the page carries hand-written findings that the next regeneration reads back from it.
         page = args.docs / "benchmarks.md"
