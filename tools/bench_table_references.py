@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from kdnas_deploy.hardware import load_profile
-from kdnas_deploy.space import BERT_VOCAB_SIZE, StudentArch
+from kdnas_deploy.space import StudentArch
 
 #: The benchmark's teacher and hand-crafted students, then picks its searches made.
 ARCHS = ("L6-H384-A12-I1536", "L3-H384-A12-I1536", "L4-H312-A12-I1200", "L2-H256-A4-I1024",
@@ -44,14 +43,11 @@ def predict(table: Path, profile_name: str) -> dict[str, float]:
 
 
 def time_whole(profile_name: str, rounds: int) -> dict[str, list[float]]:
-    from kdnas_deploy.latency.measure import OnnxMeasurer
-    from kdnas_deploy.latency.timing import interleaved_rounds
+    """The search's side-by-side timer (the one that confirms its picks), keeping every round."""
+    from kdnas_deploy.search.finals import InterleavedTimer
 
-    profile, measurer = load_profile(profile_name), OnnxMeasurer()
-    archs = [StudentArch.parse(a) for a in ARCHS]
-    with tempfile.TemporaryDirectory(prefix="kdnas-refs-") as tmp:
-        graphs = {a: measurer.build(a, profile, Path(tmp) / str(a), BERT_VOCAB_SIZE) for a in archs}
-        samples = interleaved_rounds(archs, lambda a, r: measurer.time(graphs[a], profile, r).median_ms, rounds)
+    with InterleavedTimer(load_profile(profile_name), rounds) as timer:
+        samples = timer.samples([StudentArch.parse(a) for a in ARCHS])
     return {str(a): v for a, v in samples.items()}
 
 

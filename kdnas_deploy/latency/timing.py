@@ -125,9 +125,9 @@ def combine_sessions(timings: list[Timing]) -> Timing:
 
     On a shared machine a session can only be slowed (a neighbour, a throttled core, a preempted
     thread), never sped up, so the fastest session is the one that met the machine as it is when
-    nothing competes. Measured on the 2-vCPU VM this was built on (14 graphs, 8 interleaved sessions,
-    timed twice): re-timing agreed within 1.4-1.8% for the fastest of 6-8 sessions against 6.5-7.7%
-    for their median, and composed predictions matched whole models within 3% instead of 16%.
+    nothing competes. Measured on the 2-vCPU VM this was built on (tools/bench_timing_estimators.py,
+    14 graphs, 8 interleaved sessions, timed twice): re-timing agreed within 2.8% for the fastest of 6
+    sessions against 17% for their median (README, "Which session counts").
     """
     if len(timings) == 1:
         return timings[0]

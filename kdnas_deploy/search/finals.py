@@ -199,6 +199,10 @@ class InterleavedTimer:
             self.progress(message)
 
     def __call__(self, archs: Sequence[StudentArch]) -> dict[StudentArch, float]:
+        return {a: fastest(v) for a, v in self.samples(archs).items()}
+
+    def samples(self, archs: Sequence[StudentArch]) -> dict[StudentArch, list[float]]:
+        """Every round's median ms per architecture, in round order (what `__call__` reduces to the fastest)."""
         self.profile.check_runnable()
         if self._tmp is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="kdnas-confirm-"))
@@ -206,10 +210,9 @@ class InterleavedTimer:
         for i, arch in enumerate(new):
             self._say(f"building {arch} ({i + 1}/{len(new)}) for side-by-side timing")
             self._graphs[arch] = self.measurer.build(arch, self.profile, self._tmp / str(arch))
-        samples = interleaved_rounds(
+        return interleaved_rounds(
             list(archs), lambda a, r: self.measurer.time(self._graphs[a], self.profile, r).median_ms, self.rounds,
             lambda r: self._say(f"timing round {r + 1}/{self.rounds} of {len(archs)} architectures"))
-        return {a: fastest(v) for a, v in samples.items()}
 
     def close(self) -> None:
         if self._tmp is not None:
