@@ -45,6 +45,22 @@ def test_int8_artifact_folder_and_card(int8_artifact: Path, student_dir: Path) -
     assert STUDENT in readme and "cpu-int8" in readme and "ORTModelForSequenceClassification" in readme
 
 
+def test_a_random_weight_graph_of_the_artifacts_config_has_its_signature(int8_artifact: Path, fp32_artifact: Path,
+                                                                        tmp_path: Path) -> None:
+    """A trained student's graph and a random-weight graph of its configuration are the same graph but for the
+    weight values: what the latency table assumes, and what lets the benchmark time a stand-in for an artifact
+    whose weights are gone."""
+    from transformers import AutoConfig
+
+    from kdnas_deploy.artifact.runtime import read_card
+    from kdnas_deploy.latency.graph import build_profile_graph, graph_signature, random_weights
+
+    for folder, profile in ((int8_artifact, "cpu-int8"), (fp32_artifact, "cpu")):
+        config = AutoConfig.from_pretrained(folder)
+        standin = build_profile_graph(random_weights(config, seed=3), load_profile(profile), tmp_path / profile)
+        assert graph_signature(standin.path) == graph_signature(folder / read_card(folder)["file"]), profile
+
+
 @pytest.mark.parametrize("profile", ["cpu", "cpu-int8", "cuda"])
 def test_artifact_size_is_known_before_building(profile: str, tmp_path: Path) -> None:
     """`--max-mb` filters candidates by this estimate: it must match the graph the profile really ships."""
@@ -54,7 +70,7 @@ def test_artifact_size_is_known_before_building(profile: str, tmp_path: Path) ->
     for arch in (StudentArch.parse("L2-H128-A2-I512"), StudentArch.parse("L3-H96-A4-I192")):
         graph = build_profile_graph(random_model(arch, vocab_size=4000), prof, tmp_path / f"{profile}-{arch}")
         real = graph.path.stat().st_size / 1e6
-        assert artifact_megabytes(arch, prof.precision, vocab_size=4000) == pytest.approx(real, rel=0.01, abs=0.03), (arch, real)
+        assert artifact_megabytes(arch, prof.precision, vocab_size=4000) == pytest.approx(real, rel=0.01, abs=0.04), (arch, real)
     assert prof.precision in (Precision.fp32, Precision.int8, Precision.fp16)
 
 

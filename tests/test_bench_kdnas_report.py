@@ -43,16 +43,15 @@ def test_regenerated_page_keeps_the_hand_written_findings():
     assert bench.kept_findings("no block here") is None
 
 
-def test_students_come_from_each_searchs_choices_paired_by_reference(tmp_path: Path):
-    """KD-NAS gets a student per budget, paired with the hand-crafted one it was confirmed against; random
-    search only the 3x one; a budget with no candidate adds no student."""
+def _fake_searched_task(out: Path) -> dict:
+    """A task folder after its searches: the teacher's info and each strategy's report; returns the budgets."""
     import json
 
     from kdnas_deploy.model_folder import ModelInfo, write_text_atomic
 
-    (tmp_path / "teacher").mkdir()
+    (out / "teacher").mkdir(parents=True)
     info = ModelInfo(kind="teacher", arch="L6-H384-A12-I1536", task="sst2", max_length=128)
-    write_text_atomic(tmp_path / "teacher" / "kdnas.json", info.model_dump_json())
+    write_text_atomic(out / "teacher" / "kdnas.json", info.model_dump_json())
     budgets = {"teacher_ms": 19.5, "predicted_ms": {"L3-H384-A12-I1536": 9.8, "L4-H312-A12-I1200": 7.8,
                                                     "L2-H256-A4-I1024": 2.3, "L6-H384-A12-I1536": 19.5}}
     choices = [{"reference": "L2-H256-A4-I1024", "divisor": 1.0, "arch": None},
@@ -60,9 +59,16 @@ def test_students_come_from_each_searchs_choices_paired_by_reference(tmp_path: P
                {"reference": "L4-H312-A12-I1200", "divisor": 1.0, "arch": "L3-H384-A12-I1152"},
                {"reference": "L3-H384-A12-I1536", "divisor": 1.0, "arch": "L3-H384-A12-I1536"}]
     for strategy, arch in (("kdnas", None), ("random", "L1-H384-A4-I1152")):
-        (tmp_path / f"search-{strategy}").mkdir()
+        (out / f"search-{strategy}").mkdir()
         mine = [dict(c, arch=arch or c["arch"]) if c["arch"] else c for c in choices]
-        (tmp_path / f"search-{strategy}" / "report.json").write_text(json.dumps({"choices": mine}))
+        (out / f"search-{strategy}" / "report.json").write_text(json.dumps({"choices": mine}))
+    return budgets
+
+
+def test_students_come_from_each_searchs_choices_paired_by_reference(tmp_path: Path):
+    """KD-NAS gets a student per budget, paired with the hand-crafted one it was confirmed against; random
+    search only the 3x one; a budget with no candidate adds no student."""
+    budgets = _fake_searched_task(tmp_path)
     students = bench.chosen_students(bench.TASKS["sst2"], tmp_path, budgets)
     got = {(s.role, s.label, s.arch, s.budget_ms) for s in students if s.role in ("kdnas", "random")}
     assert got == {("kdnas", "KD-NAS @ teacher / 3", "L2-H384-A2-I1536", 6.5),
@@ -78,3 +84,117 @@ def test_page_names_the_command_that_regenerates_it(tmp_path: Path):
     assert rerun == f"python tools/bench_kdnas.py --work {tmp_path / 'w'} --tasks sst2 --docs docs/rerun --until report"
     results = {"machine": "x86_64, 2 CPUs", "tasks": {}, "versions": {}, "regenerate": rerun}
     assert f"regenerate this page with `{rerun}`" in bench.markdown(results, {"wall_s": {}})
+
+
+def test_state_from_the_record_is_merged_under_this_sessions():
+    recorded = {"sst2/budgets": {"teacher_ms": 4.5}, "commands": {"sst2/teacher": "a"}, "wall_s": {"sst2/teacher": 900.0}}
+    local = {"sst2/timing": {}, "commands": {"sst2/distill-L2-s0": "b"}, "wall_s": {"sst2/teacher": 950.0}}
+    state = bench.merged_state(recorded, local)
+    assert state["sst2/budgets"] == {"teacher_ms": 4.5} and "sst2/timing" in state
+    assert state["commands"] == {"sst2/teacher": "a", "sst2/distill-L2-s0": "b"}
+    assert state["wall_s"] == {"sst2/teacher": 950.0}
+
+
+def test_record_keeps_whole_units_and_restores_only_the_missing_files(tmp_path: Path):
+    out, record = tmp_path / "work" / "sst2", bench.Record(tmp_path / "record")
+    (out / "students" / "L2-s0").mkdir(parents=True)
+    (out / "students" / "L2-s0" / "kdnas.json").write_text('{"arch": "L2"}')
+    (out / "preds").mkdir()
+    (out / "preds" / "L2-s0-cpu-int8.npy").write_bytes(b"\x93NUMPY\xff\x01")  # not text
+    record.keep("sst2", out, "L2-s0", [out / "students" / "L2-s0" / "kdnas.json", out / "preds" / "L2-s0-cpu-int8.npy"])
+    assert [p.name for p in (tmp_path / "record" / "sst2").iterdir()] == ["L2-s0.json"]  # one file per unit
+    fresh = tmp_path / "later" / "sst2"
+    (fresh / "preds").mkdir(parents=True)
+    (fresh / "preds" / "L2-s0-cpu-int8.npy").write_bytes(b"mine")
+    assert record.restore("sst2", fresh) == 1  # the file this session has already is left alone
+    assert (fresh / "students" / "L2-s0" / "kdnas.json").read_text() == '{"arch": "L2"}'
+    assert (fresh / "preds" / "L2-s0-cpu-int8.npy").read_bytes() == b"mine"
+    assert record.restore("sst2", tmp_path / "third" / "sst2") == 2
+    assert (tmp_path / "third" / "sst2" / "preds" / "L2-s0-cpu-int8.npy").read_bytes() == b"\x93NUMPY\xff\x01"
+    assert record.restore("mnli", tmp_path / "x") == 0
+    nowhere = bench.Record(None)
+    nowhere.keep("sst2", out, "L2-s0", [out / "students" / "L2-s0" / "kdnas.json"])
+    assert nowhere.restore("sst2", fresh) == 0 and nowhere.state() == {}
+
+
+def test_a_retrained_teacher_must_be_the_recorded_one(tmp_path: Path):
+    b = bench.Bench(tmp_path / "work", record=bench.Record(tmp_path / "record"))
+    plan = bench.TASKS["sst2"]
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / bench.TEACHER_WEIGHTS).write_bytes(b"weights")
+    bench.check_teacher_weights(b, plan, tmp_path / "t")
+    assert bench.Record(tmp_path / "record").state()["sst2/teacher_sha256"] == bench.weights_sha256(tmp_path / "t")
+    bench.check_teacher_weights(b, plan, tmp_path / "t")  # the same weights again
+    (tmp_path / "t" / bench.TEACHER_WEIGHTS).write_bytes(b"other weights")
+    with pytest.raises(SystemExit, match="differ from the recorded teacher"):
+        bench.check_teacher_weights(b, plan, tmp_path / "t")
+
+
+def test_chains_stop_at_a_failed_step_and_run_the_rest(tmp_path: Path):
+    b = bench.Bench(tmp_path / "work", jobs=2)
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise ValueError("no dev split")
+
+    with pytest.raises(SystemExit, match="fail failed: ValueError: no dev split"):
+        b.run_chains([[lambda: ran.append("a1"), fail, lambda: ran.append("a3")], [lambda: ran.append("b1")]])
+    assert sorted(ran) == ["a1", "b1"]
+
+
+def test_an_artifact_whose_file_is_gone_is_timed_on_a_stand_in_of_its_signature(int8_artifact: Path, tmp_path: Path):
+    import shutil
+
+    from kdnas_deploy.artifact.runtime import read_card
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.graph import graph_signature
+
+    profile = load_profile("cpu-int8")
+    out = tmp_path / "sst2"
+    target = out / "artifacts" / "L1-s0-cpu-int8"
+    target.mkdir(parents=True)
+    file = read_card(int8_artifact)["file"]
+    for name in ("kdnas_card.json", "config.json", file):
+        shutil.copy(int8_artifact / name, target / name)
+    (target / bench.SIGNATURE_FILE).write_text(graph_signature(target / file) + "\n")
+    assert bench.timed_graph(out, target, profile) == (target / file, "artifact")
+    (target / file).unlink()  # a later session: the record has the card, config and signature, not the graph
+    path, kind = bench.timed_graph(out, target, profile)
+    assert kind == "stand-in" and path == out / "standins" / target.name / file and path.is_file()
+    (target / bench.SIGNATURE_FILE).write_text("0" * 64 + "\n")
+    with pytest.raises(SystemExit, match="signature is not the recorded one"):
+        bench.timed_graph(out, target, profile)
+
+
+def test_finals_run_the_first_seed_then_proxies_then_other_seeds_and_nothing_once_recorded(tmp_path: Path):
+    from kdnas_deploy.model_folder import ModelInfo, write_text_atomic
+
+    out, plan = tmp_path / "sst2", bench.TASKS["sst2"]
+    b = bench.Bench(tmp_path / "work", record=bench.Record(tmp_path / "record"))
+    b.state["sst2/budgets"] = _fake_searched_task(out)
+    students = bench.chosen_students(plan, out, b.state["sst2/budgets"])
+    units = bench.units_of(plan, out, students)
+    # 3 hand-crafted and 2 new KD-NAS architectures with 3 seeds, the random one with 1, and the teacher
+    assert len(units) == 5 * 3 + 1 + 1 and units[0].name == "teacher" and units[0].train is None
+    assert {t.name for _p, t in units[0].targets} == {"teacher-cpu-int8", "teacher-cpu"}
+    chains: list = []
+    b.run_chains = chains.extend  # what stage_finals would run, in its order
+    bench.stage_finals(b, plan, out, students)
+    heads = [c[0][0] for c in chains]
+    kinds = [h.split("/")[1].split("-")[0] + (h[-3:] if h.startswith("sst2/distill") else "") for h in heads]
+    assert kinds == ["export"] + ["distill-s0"] * 6 + ["proxy"] * 6 + ["distill-s1"] * 5 + ["distill-s2"] * 5
+    steps = [bench.unit_steps(b, plan, out, u, 1) for u in units]
+    first = steps[1]
+    assert first[0][0] == f"sst2/distill-{units[1].name}" and [s[1][0] for s in first[:-1]] == ["distill", "export", "export"]
+    assert bench.work_left(b, plan, out)
+    for u in units:  # every unit whole, as a resumed run finds them in the record
+        write_text_atomic(u.model / "kdnas.json", ModelInfo(kind="student", arch="L1-H64-A2-I128", task="sst2",
+                                                             max_length=128).model_dump_json())
+        for _profile, target in u.targets:
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "kdnas_card.json").write_text("{}")
+    assert bench.work_left(b, plan, out)  # the proxies are left
+    for arch in bench.proxy_archs(students):
+        write_text_atomic(out / "proxy" / arch / "kdnas.json", ModelInfo(kind="student", arch=arch, task="sst2",
+                                                                         max_length=64).model_dump_json())
+    assert not bench.work_left(b, plan, out)

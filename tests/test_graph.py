@@ -122,3 +122,21 @@ def test_interleaved_rounds_rotate_the_order_and_keep_one_sample_per_round() -> 
     assert [k for k, _ in calls] == list("abc" "bca" "cab" "abc") and rounds_done == [0, 1, 2, 3]
     assert samples == {"a": [1.0, 6.0, 8.0, 10.0], "b": [2.0, 4.0, 9.0, 11.0], "c": [3.0, 5.0, 7.0, 12.0]}
     assert interleaved_rounds([], lambda k, r: 0.0, 3) == {}
+
+
+def test_graph_signature_ignores_weights_but_not_structure(tmp_path, fast_profile):
+    """The benchmark times a random-weight graph in place of a trained one only when their signatures match: the
+    signature must be blind to weight values and see any change of shape or precision."""
+    from kdnas_deploy.latency.graph import graph_signature
+
+    int8 = _profile(fast_profile, precision="int8")
+
+    def sig(arch, seed, profile=int8, labels=2):
+        return graph_signature(build_profile_graph(random_model(arch, num_labels=labels, seed=seed), profile,
+                                                   tmp_path / f"{arch}-{seed}-{profile.precision}-{labels}").path)
+
+    assert sig(TINY, 0) == sig(TINY, 1)
+    assert sig(TINY, 0) != sig(StudentArch(2, 64, 2, 192), 0)  # another FFN size
+    assert sig(TINY, 0) != sig(StudentArch(2, 64, 4, 128), 0)  # another head count
+    assert sig(TINY, 0) != sig(TINY, 0, labels=3)
+    assert sig(TINY, 0) != sig(TINY, 0, profile=fast_profile)  # fp32

