@@ -863,6 +863,18 @@ def regenerate_command(work: Path, tasks: str, docs: Path) -> str:
     return " ".join([*parts, "--until report"])
 
 
+def write_page(work: Path, tasks: str, docs: Path, bench: Bench, results: dict[str, Any]) -> None:
+    full = {"tasks": results, "versions": versions(), "machine": f"{platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPUs", "wall_s": bench.state.get("wall_s", {}),
+            "regenerate": regenerate_command(work, tasks, docs)}
+    write_text_atomic(work / "results.json", json.dumps(full, indent=2, default=str) + "\n")
+    # Atomic: the page carries hand-written findings that the next regeneration reads back from it.
+    page = docs / "benchmarks.md"
+    findings = kept_findings(page.read_text()) if page.exists() else None
+    write_text_atomic(page, markdown(full, bench.state, findings))
+    print(f"wrote {page}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("bench-out/kdnas"))
@@ -905,16 +917,7 @@ def main() -> None:
             results[plan.name] = task_results(bench, plan, out, students, budgets)
             args.docs.mkdir(parents=True, exist_ok=True)
             plot(plan.name, results[plan.name], args.docs / f"benchmarks-{plan.name}.png")
-    if results:
-        full = {"tasks": results, "versions": versions(), "machine": f"{platform.processor() or platform.machine()}, "
-                f"{os.cpu_count()} CPUs", "wall_s": bench.state.get("wall_s", {}),
-                "regenerate": regenerate_command(args.work, args.tasks, args.docs)}
-        write_text_atomic(args.work / "results.json", json.dumps(full, indent=2, default=str) + "\n")
-        # Atomic: the page carries hand-written findings that the next regeneration reads back from it.
-        page = args.docs / "benchmarks.md"
-        findings = kept_findings(page.read_text()) if page.exists() else None
-        write_text_atomic(page, markdown(full, bench.state, findings))
-        print(f"wrote {page}")
+            write_page(args.work, args.tasks, args.docs, bench, results)  # now: the next task may outlast the session
 
 
 if __name__ == "__main__":
