@@ -37,6 +37,7 @@ import argparse
 import base64
 import functools
 import hashlib
+import io
 import json
 import os
 import platform
@@ -58,7 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_distill import backbone_path  # noqa: E402  (tools/ is on sys.path when run as a script)
-from kdnas_deploy.model_folder import write_json_atomic, write_text_atomic  # noqa: E402
+from kdnas_deploy.model_folder import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from kdnas_deploy.paths import glue_dir  # noqa: E402
 
 DEFAULT_TASKS = "sst2,mnli"
@@ -130,7 +131,6 @@ class Record:
             for rel, content in json.loads(unit.read_text()).items():
                 dest = out / rel
                 if not dest.exists():
-                    dest.parent.mkdir(parents=True, exist_ok=True)
                     write_bytes_atomic(dest, base64.b64decode(content["base64"]) if "base64" in content
                                        else content["text"].encode())
                     copied += 1
@@ -158,12 +158,6 @@ class Record:
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.root / "state.json", state)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def merged_state(recorded: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
@@ -373,7 +367,7 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str]) ->
             if (run / "run.json").exists():
                 args.append("--resume")
             bench.cli(name, *args)
-        if (run / "journal.sqlite").exists():  # not in a run resumed from the record: its summary is
+        if (run / "journal.sqlite").exists():  # resumed from the record, the summary is in its state already
             summarise_search(bench, name, run)
         bench.record.keep(plan.name, out, f"search-{strategy}", [run / "report.json"])
 
@@ -517,11 +511,9 @@ def unit_steps(bench: Bench, plan: TaskPlan, out: Path, unit: Unit, threads: int
                     rows, _labels = dev_rows(plan)
                     art = Artifact(target, threads=threads)
                     logits = np.concatenate([art.logits(rows[i:i + 64]) for i in range(0, len(rows), 64)])
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(f".{path.name}.tmp")
-                    with tmp.open("wb") as f:
-                        np.save(f, logits.argmax(axis=1).astype(np.int8))
-                    os.replace(tmp, path)
+                    buf = io.BytesIO()
+                    np.save(buf, logits.argmax(axis=1).astype(np.int8))
+                    write_bytes_atomic(path, buf.getvalue())
                 kept.append(path)
         bench.record.keep(plan.name, out, unit.name, kept)
 
