@@ -198,3 +198,20 @@ def test_finals_run_the_first_seed_then_proxies_then_other_seeds_and_nothing_onc
         write_text_atomic(out / "proxy" / arch / "kdnas.json", ModelInfo(kind="student", arch=arch, task="sst2",
                                                                          max_length=64).model_dump_json())
     assert not bench.work_left(b, plan, out)
+
+
+def test_a_search_left_to_run_fills_the_latency_table_first_and_a_finished_one_does_not(tmp_path: Path, monkeypatch):
+    """A session resumed from the record has the budgets but not the table: the search must not start on an empty
+    one (it would time each missing block on demand, back to back)."""
+    out, plan = tmp_path / "sst2", bench.TASKS["sst2"]
+    _fake_searched_task(out)
+    b = bench.Bench(tmp_path / "work")
+    calls: list[str] = []
+    monkeypatch.setattr(bench, "filled_table", lambda o: calls.append("fill") or {"L6-H384-A12-I1536": 19.5})
+    monkeypatch.setattr(b, "cli", lambda name, *args: calls.append(name))
+    monkeypatch.setattr(bench, "summarise_search", lambda *a: None)
+    bench.stage_search(b, plan, out, bench.search_budgets(out))
+    assert calls == []  # both reports are here
+    (out / "search-random" / "report.json").unlink()
+    bench.stage_search(b, plan, out, bench.search_budgets(out))
+    assert calls == ["fill", "sst2/search-random"]

@@ -314,13 +314,10 @@ def stage_teacher(bench: Bench, plan: TaskPlan, out: Path, needed: Callable[[], 
     again.rename(folder)
 
 
-def stage_budgets(bench: Bench, plan: TaskPlan, out: Path) -> dict[str, Any]:
-    """Table latencies (cpu-int8) of the hand-crafted students and the teacher. The table is first filled exactly
-    as the search will fill it (its space, calibration models and seed), so the budgets and the latencies the
-    search journals come from the same table state."""
-    key = f"{plan.name}/budgets"
-    if key in bench.state:
-        return bench.state[key]
+def filled_table(out: Path) -> dict[str, float]:
+    """Fills the latency table exactly as the search will fill it (its space, calibration models and seed; a no-op
+    where it is full) and returns its cpu-int8 latencies by architecture: the teacher's first, then the
+    hand-crafted students'."""
     from transformers import AutoConfig
 
     from kdnas_deploy.hardware import load_profile
@@ -329,16 +326,24 @@ def stage_budgets(bench: Bench, plan: TaskPlan, out: Path) -> dict[str, Any]:
     from kdnas_deploy.space import SearchSpace, StudentArch
 
     config = AutoConfig.from_pretrained(out / "teacher")
-    teacher_arch = StudentArch.from_config(config)
-    archs = [StudentArch.parse(a) for a in HANDCRAFTED.values()]
-    tic = time.time()
+    archs = [StudentArch.from_config(config), *(StudentArch.parse(a) for a in HANDCRAFTED.values())]
     with LatencyTable(default_table_path()) as table:
         oracle = LatencyOracle(table, [load_profile(PROFILES[0])])
-        oracle.fill(SearchSpace.resolve("auto", config), extra=[teacher_arch, *archs], seed=0)
-        ms = {str(a): oracle(a)[PROFILES[0]] for a in [teacher_arch, *archs]}
-    result = {"profile": PROFILES[0], "predicted_ms": ms, "teacher_ms": ms[str(teacher_arch)],
-              "budgets_ms": sorted([round(ms[a], 3) for a in HANDCRAFTED.values()] +
-                                   [round(ms[str(teacher_arch)] / SPEEDUP_BUDGET, 3)])}
+        oracle.fill(SearchSpace.resolve("auto", config), extra=archs, seed=0)
+        return {str(a): oracle(a)[PROFILES[0]] for a in archs}
+
+
+def stage_budgets(bench: Bench, plan: TaskPlan, out: Path) -> dict[str, Any]:
+    """Table latencies (cpu-int8) of the hand-crafted students and the teacher, from the table filled as the
+    search will fill it, so the budgets and the latencies the search journals come from the same table state."""
+    key = f"{plan.name}/budgets"
+    if key in bench.state:
+        return bench.state[key]
+    tic = time.time()
+    ms = filled_table(out)
+    teacher_ms = next(iter(ms.values()))
+    result = {"profile": PROFILES[0], "predicted_ms": ms, "teacher_ms": teacher_ms,
+              "budgets_ms": sorted([round(ms[a], 3) for a in HANDCRAFTED.values()] + [round(teacher_ms / SPEEDUP_BUDGET, 3)])}
     bench.state[key] = result
     bench.state.setdefault("wall_s", {})[key] = round(time.time() - tic, 1)
     bench.save()
@@ -354,10 +359,16 @@ def search_budgets(out: Path) -> list[str]:
 
 
 def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str]) -> None:
+    """Each strategy's search, unless its report is here. A session that resumes from the record has budgets
+    but an empty latency table: it is filled first, the way the budgets stage filled it, since a search would
+    otherwise time each missing block on demand, back to back, without the table's spread-out sessions."""
+    filled = False
     for strategy in STRATEGIES:
         run = out / f"search-{strategy}"
         name = f"{plan.name}/search-{strategy}"
         if not (run / "report.json").exists():
+            if not filled:
+                filled = bool(filled_table(out))
             args = ["search", "--teacher", str(out / "teacher"), *data_args(plan), "--out", str(run), "--hw", PROFILES[0],
                     "--strategy", strategy, "--episodes", str(SEARCH["episodes"]), "--top-k", str(SEARCH["top_k"]),
                     "--proxy", str(SEARCH["proxy"]), "--held-out", str(SEARCH["held_out"]),
