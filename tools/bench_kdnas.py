@@ -77,7 +77,7 @@ MAX_LENGTH = 128
 SEARCH = {"episodes": 8, "top_k": 4, "proxy": 1000, "held_out": 500, "proxy_epochs": 2}
 FINAL = {"epochs": 1}
 EQUAL_LATENCY = 1.03  # "equal latency": measured at most 3% above the hand-crafted student's
-TIMING_ROUNDS = 12  # one session per graph per round; the latency is the fastest round (see `round_stats`)
+TIMING_ROUNDS = 20  # one session per graph per round; the latency is the fastest round (see `round_stats`)
 BOOTSTRAP = 5000
 
 
