@@ -224,3 +224,49 @@ def test_an_artifacts_latency_is_its_fastest_session_with_the_spread_of_all():
     got = bench.round_stats(rounds)
     assert got["ms"] == 8.02 and got["median_ms"] == 9.32
     assert got["p10_ms"] < got["median_ms"] < got["p90_ms"] < 13.71
+
+
+def test_a_stand_in_is_checked_against_its_artifact_or_another_seeds_of_the_same_signature(int8_artifact: Path, tmp_path: Path):
+    """Where the first seed's artifact is gone (timed as a stand-in), an artifact of another seed with the same
+    graph signature is timed beside it; where the artifact is here, its own stand-in is."""
+    import shutil
+
+    from kdnas_deploy.artifact.runtime import read_card
+    from kdnas_deploy.latency.graph import graph_signature
+
+    out = tmp_path / "sst2"
+    file = read_card(int8_artifact)["file"]
+    targets = [out / "artifacts" / f"L1-s{seed}-cpu-int8" for seed in (0, 2)]
+    for target in targets:
+        target.mkdir(parents=True)
+        for name in ("kdnas_card.json", "config.json", file):
+            shutil.copy(int8_artifact / name, target / name)
+        (target / bench.SIGNATURE_FILE).write_text(graph_signature(target / file) + "\n")
+    (targets[0] / file).unlink()
+    graphs = {targets[0].name: (out / "standins" / targets[0].name / file, "stand-in")}
+    assert bench.standin_checks(out, targets, graphs) == [(targets[0].name, (targets[1] / file, "artifact check"))]
+    signature = (targets[1] / bench.SIGNATURE_FILE).read_text()
+    (targets[1] / bench.SIGNATURE_FILE).write_text("0" * 64 + "\n")  # another graph: no check
+    assert bench.standin_checks(out, targets, graphs) == []
+    (targets[1] / bench.SIGNATURE_FILE).write_text(signature)
+    [(name, (path, kind))] = bench.standin_checks(out, targets, {targets[1].name: (targets[1] / file, "artifact")})
+    assert (name, kind) == (targets[1].name, "stand-in check") and path == out / "standins" / targets[1].name / file
+    stand_in, artifact = {"rounds": [2.2, 2.06], "graph": "stand-in check"}, {"rounds": [2.0, 2.4], "graph": "artifact"}
+    assert bench.standin_ratio(artifact, stand_in) == pytest.approx(1.03)
+    assert bench.standin_ratio({**stand_in, "graph": "stand-in"}, {**artifact, "graph": "artifact check"}) == pytest.approx(1.03)
+
+
+def test_handcrafted_first_runs_the_finals_that_do_not_need_the_search(tmp_path: Path):
+    out, plan = tmp_path / "sst2", bench.TASKS["sst2"]
+    _fake_searched_task(out)
+    for strategy in bench.STRATEGIES:
+        (out / f"search-{strategy}" / "report.json").unlink()  # before the search
+    b = bench.Bench(tmp_path / "work")
+    students = bench.known_students(out, None)
+    assert [(s.role, s.arch, s.budget_ms) for s in students][1:] == [("handcrafted", a, None) for a in bench.HANDCRAFTED.values()]
+    chains: list = []
+    b.run_chains = chains.extend
+    bench.stage_finals(b, plan, out, students)
+    heads = [c[0][0] for c in chains]
+    kinds = [h.split("/")[1].split("-")[0] + (h[-3:] if h.startswith("sst2/distill") else "") for h in heads]
+    assert kinds == ["export"] + ["distill-s0"] * 3 + ["proxy"] * 3 + ["distill-s1"] * 3 + ["distill-s2"] * 3

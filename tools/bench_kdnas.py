@@ -402,13 +402,20 @@ def summarise_search(bench: Bench, name: str, run: Path) -> None:
     bench.save()
 
 
-def chosen_students(plan: TaskPlan, out: Path, budgets: dict[str, Any]) -> list[Student]:
-    """The teacher, the hand-crafted students, and each search's choice per budget. A choice for a hand-crafted
-    student's budget carries that student's table latency, which is what pairs them in the report."""
+def known_students(out: Path, budgets: dict[str, Any] | None) -> list[Student]:
+    """The students that do not depend on the search: the teacher and the hand-crafted ones (with their table
+    latencies once the budgets stage has run)."""
     from kdnas_deploy.model_folder import read_info
 
     students = [Student("teacher", "teacher (MiniLM-L6 fine-tuned)", read_info(out / "teacher").arch)]
-    students += [Student("handcrafted", name, arch, budgets["predicted_ms"][arch]) for name, arch in HANDCRAFTED.items()]
+    return students + [Student("handcrafted", name, arch, budgets["predicted_ms"][arch] if budgets else None)
+                       for name, arch in HANDCRAFTED.items()]
+
+
+def chosen_students(plan: TaskPlan, out: Path, budgets: dict[str, Any]) -> list[Student]:
+    """The teacher, the hand-crafted students, and each search's choice per budget. A choice for a hand-crafted
+    student's budget carries that student's table latency, which is what pairs them in the report."""
+    students = known_students(out, budgets)
     for strategy in ("kdnas", "random"):
         report = json.loads((out / f"search-{strategy}" / "report.json").read_text())
         for choice in report["choices"]:
@@ -610,7 +617,7 @@ def timed_graph(out: Path, target: Path, profile: Any) -> tuple[Path, str]:
     return standin_graph(out, target, profile), "stand-in"
 
 
-STANDIN_CHECK = "~stand-in"  # suffix of the timing keys of stand-ins timed beside their own artifact
+STANDIN_CHECK = "~stand-in"  # suffix of the timing key of what checks a stand-in: its artifact, or the reverse
 
 
 def round_stats(rounds: list[float]) -> dict[str, float]:
@@ -622,6 +629,30 @@ def round_stats(rounds: list[float]) -> dict[str, float]:
 
     return {"ms": fastest(rounds), "median_ms": float(np.median(rounds)), "p10_ms": float(np.percentile(rounds, 10)),
             "p90_ms": float(np.percentile(rounds, 90))}
+
+
+def standin_checks(out: Path, every: list[Path], graphs: dict[str, tuple[Path, str]]) -> list[tuple[str, tuple[Path, str]]]:
+    """For each int8 graph to be timed, what to time beside it to check that a stand-in times like an artifact:
+    its stand-in where it is the artifact itself, or where it is a stand-in, an artifact of the same graph
+    signature whose file is here (another seed of the same architecture, distilled in this session)."""
+    from kdnas_deploy.artifact.runtime import read_card
+    from kdnas_deploy.hardware import load_profile
+
+    present = {}
+    for target in every:
+        file = target / read_card(target)["file"]
+        if target.name.endswith(PROFILES[0]) and file.exists():
+            present.setdefault((target / SIGNATURE_FILE).read_text().strip(), file)
+    checks = []
+    for name, (path, kind) in graphs.items():
+        target = out / "artifacts" / name
+        if not name.endswith(PROFILES[0]):
+            continue
+        if kind == "artifact":
+            checks.append((name, (standin_graph(out, target, load_profile(PROFILES[0])), "stand-in check")))
+        elif (same := present.get((target / SIGNATURE_FILE).read_text().strip())) is not None:
+            checks.append((name, (same, "artifact check")))
+    return checks
 
 
 def stage_timing(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> dict[str, Any]:
@@ -636,13 +667,12 @@ def stage_timing(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
     from kdnas_deploy.latency.timing import interleaved_rounds, time_graph
 
     profiles = {p: load_profile(p) for p in PROFILES}
-    targets = [(target.name, profile) for s, seed, profile, _m, target in artifacts_of(plan, out, students)
-               if seed in (None, plan.seeds[0])]
+    every = artifacts_of(plan, out, students)
+    targets = [(target.name, profile) for s, seed, profile, _m, target in every if seed in (None, plan.seeds[0])]
     graphs = {name: timed_graph(out, out / "artifacts" / name, profiles[profile]) for name, profile in targets}
-    checked = [(n, p) for n, p in targets if p == PROFILES[0] and graphs[n][1] == "artifact"][:2]
-    for name, profile in checked:
-        graphs[name + STANDIN_CHECK] = (standin_graph(out, out / "artifacts" / name, profiles[profile]), "stand-in check")
-        targets.append((name + STANDIN_CHECK, profile))
+    for name, other in standin_checks(out, [t for *_r, t in every], graphs)[:2]:
+        graphs[name + STANDIN_CHECK] = other
+        targets.append((name + STANDIN_CHECK, PROFILES[0]))
     tic = time.time()
     samples = interleaved_rounds(
         targets, lambda t, r: time_graph(graphs[t[0]][0], profiles[t[1]], seed=r, sessions=1).median_ms,
@@ -655,6 +685,14 @@ def stage_timing(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
 
 
 # ---------------------------------------------------------------- statistics and report
+
+def standin_ratio(timed: dict[str, Any], check: dict[str, Any]) -> float:
+    """Fastest session of the stand-in over the artifact's, whichever of the pair was the graph to time."""
+    from kdnas_deploy.latency.timing import fastest
+
+    a, b = fastest(timed["rounds"]), fastest(check["rounds"])
+    return b / a if check["graph"] == "stand-in check" else a / b
+
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
     """95% interval of mean(a) - mean(b) over dev examples resampled with replacement; a and b are per-example
@@ -719,7 +757,7 @@ def task_results(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
             "fast_student": best_fast, "proxy_fidelity": {"archs": len(proxy), "kendall_tau": float(tau.statistic),
                                                           "p_value": float(tau.pvalue), "proxy": proxy, "full": full},
             "search": search, "stand_ins": sorted(n for n, t in timing.items() if t.get("graph") == "stand-in"),
-            "stand_in_check": {n[:-len(STANDIN_CHECK)]: min(t["rounds"]) / min(timing[n[:-len(STANDIN_CHECK)]]["rounds"])
+            "stand_in_check": {n[:-len(STANDIN_CHECK)]: standin_ratio(timing[n[:-len(STANDIN_CHECK)]], t)
                                for n, t in timing.items() if n.endswith(STANDIN_CHECK)},
             "kdnas_vs_random": {"kdnas": kd_third["score_mean"] if kd_third else None,
                                                   "random": rnd["score_mean"] if rnd else None},
@@ -899,6 +937,10 @@ def main() -> None:
     ap.add_argument("--until", choices=STAGES, default="report", help="stop after this stage")
     ap.add_argument("--jobs", type=int, default=1,
                     help="chains run at once in the finals stage (never in timed stages)")
+    ap.add_argument("--handcrafted-first", action="store_true",
+                    help="distil the students that do not depend on the search (the teacher's exports, the "
+                         "hand-crafted students and their proxy runs) before it: for a session too short for the "
+                         "searches, whose budgets stage and searches belong in one later session")
     ap.add_argument("--docs", type=Path, default=REPO / "docs", help="where benchmarks.md and the plots go")
     ap.add_argument("--record", default=None,
                     help="where the small files that let a later session resume are kept (default DOCS/"
@@ -915,6 +957,8 @@ def main() -> None:
         if restored := record.restore(plan.name, out):
             print(f"{plan.name}: {restored} files restored from {record.root / plan.name}", flush=True)
         stage_teacher(bench, plan, out, lambda: work_left(bench, plan, out))
+        if args.handcrafted_first:
+            stage_finals(bench, plan, out, known_students(out, None))
         if last < STAGES.index("budgets"):
             continue
         budgets = stage_budgets(bench, plan, out)
