@@ -77,6 +77,16 @@ def test_students_come_from_each_searchs_choices_paired_by_reference(tmp_path: P
                    ("random", "random search @ teacher / 3", "L1-H384-A4-I1152", 6.5)}
 
 
+def test_one_strategy_reads_only_its_own_report(tmp_path: Path):
+    """`--strategies kdnas` runs before random search has a report: its students must not need one."""
+    budgets = _fake_searched_task(tmp_path)
+    (tmp_path / "search-random" / "report.json").unlink()
+    students = bench.chosen_students(bench.TASKS["sst2"], tmp_path, budgets, ("kdnas",))
+    assert {s.role for s in students} == {"teacher", "handcrafted", "kdnas"} and len(students) == 7
+    with pytest.raises(FileNotFoundError):
+        bench.chosen_students(bench.TASKS["sst2"], tmp_path, budgets)
+
+
 def test_page_names_the_command_that_regenerates_it(tmp_path: Path):
     assert bench.regenerate_command(Path("bench-out/kdnas"), bench.DEFAULT_TASKS, bench.REPO / "docs") == \
         "python tools/bench_kdnas.py --work bench-out/kdnas --until report"
@@ -210,11 +220,48 @@ def test_a_search_left_to_run_fills_the_latency_table_first_and_a_finished_one_d
     monkeypatch.setattr(bench, "filled_table", lambda o: calls.append("fill") or {"L6-H384-A12-I1536": 19.5})
     monkeypatch.setattr(b, "cli", lambda name, *args: calls.append(name))
     monkeypatch.setattr(bench, "summarise_search", lambda *a: None)
+    monkeypatch.setattr(bench, "keep_table", lambda *a: calls.append("keep"))
     bench.stage_search(b, plan, out, bench.search_budgets(out))
     assert calls == []  # both reports are here
     (out / "search-random" / "report.json").unlink()
     bench.stage_search(b, plan, out, bench.search_budgets(out))
-    assert calls == ["fill", "sst2/search-random"]
+    assert calls == ["fill", "sst2/search-random", "keep"]
+
+
+def test_the_recorded_latency_table_is_read_by_a_later_session_of_the_same_fingerprint(
+        tmp_path: Path, monkeypatch, capsys):
+    """Both searches of a task must read one table even when they run in different sessions (fresh hosts)."""
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.latency.timing import Timing
+    from kdnas_deploy.space import StudentArch
+
+    timing = Timing(median_ms=2.5, p10_ms=2.4, p90_ms=2.9, spread=0.2, samples=30, rounds=2, noisy=False)
+    arch, fid = StudentArch(2, 64, 2, 128), bench.search_fingerprint()
+    with LatencyTable(default_table_path()) as table:
+        table.register(fid, {"cpu": "this one"})
+        table.put(fid, "block", arch, 1, 128, timing, 2, 1.5)
+        table.register("another-machine", {"cpu": "that one"})
+        table.put("another-machine", "block", arch, 1, 128, timing, 2, 1.5)
+    out, record = tmp_path / "work" / "mnli", bench.Record(tmp_path / "record")
+    out.mkdir(parents=True)
+    bench.keep_table(bench.Bench(tmp_path / "work", record=record), bench.TASKS["mnli"], out)
+    assert (tmp_path / "record" / "mnli" / "latency-table.json").exists()
+
+    monkeypatch.setenv("KDNAS_CACHE_DIR", str(tmp_path / "fresh-cache"))  # the later session's empty table
+    later = tmp_path / "later" / "mnli"
+    assert record.restore("mnli", later) == 1
+    bench.load_table(bench.TASKS["mnli"], later)
+    assert "1 of 1 recorded latency-table rows added" in capsys.readouterr().out
+    with LatencyTable(default_table_path()) as table:
+        assert table.get(fid, "block", arch, 1, 128).timing == timing
+        assert table.count() == 1  # the other machine's row was never recorded
+
+    monkeypatch.setattr(bench, "search_fingerprint", lambda: "a-third-machine")
+    monkeypatch.setenv("KDNAS_CACHE_DIR", str(tmp_path / "third-cache"))
+    bench.load_table(bench.TASKS["mnli"], later)
+    assert "another machine's" in capsys.readouterr().out
+    with LatencyTable(default_table_path()) as table:
+        assert table.count() == 0
 
 
 def test_an_artifacts_latency_is_its_fastest_session_with_the_spread_of_all():

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import sqlite3
 
@@ -38,6 +39,34 @@ def test_fingerprints_are_isolated(tmp_path):
         assert table.get("other-machine", "block", A, 1, 128) is None
         assert table.entries("other-machine", 1, 128) == []
         assert table.count("this-machine") == 1 and table.count("other-machine") == 0
+
+
+def test_exported_rows_import_into_another_table_without_overwriting_its_own(tmp_path):
+    with LatencyTable(tmp_path / "a.sqlite") as a:
+        a.register("fp1", {"cpu": "x"})
+        a.put("fp1", "block", A, 1, 128, T, 2, 1.5)
+        a.put("fp1", "base", StudentArch(0, 64, 1, 64), 1, 128, T, 0, 0.5)
+        a.register("fp2", {"cpu": "y"})
+        a.put("fp2", "block", A, 1, 128, T, 2, 1.5)
+        rows = a.export_rows("fp1")
+        with pytest.raises(KdnasError, match="no fingerprint"):
+            a.export_rows("fp3")
+    assert len(rows["timings"]) == 2  # only fp1's
+    own = Timing(median_ms=9.0, p10_ms=8.0, p90_ms=10.0, spread=0.2, samples=30, rounds=2, noisy=False)
+    with LatencyTable(tmp_path / "b.sqlite") as b:
+        b.register("fp1", {"cpu": "x"})
+        b.put("fp1", "block", A, 1, 128, own, 2, 1.0)
+        assert b.import_rows(json.loads(json.dumps(rows))) == 1  # survives a trip through a JSON file
+        assert b.get("fp1", "block", A, 1, 128).timing == own  # its own measurement wins
+        base = b.get("fp1", "base", StudentArch(0, 64, 1, 64), 1, 128)
+        assert base is not None and base.timing == T and base.build_s == 0.5
+        assert b.fingerprints() == {"fp1": {"cpu": "x"}}
+        assert b.import_rows(rows) == 0
+        with pytest.raises(KdnasError, match="not an export"):
+            b.import_rows({**rows, "schema_version": 99})
+        mixed = {**rows, "timings": [["fp2", *rows["timings"][0][1:]]]}
+        with pytest.raises(KdnasError, match="mixes"):
+            b.import_rows(mixed)
 
 
 def test_damaged_foreign_and_newer_files_give_clear_errors(tmp_path):

@@ -11,7 +11,9 @@ benchmark-record, committed beside the page) carries what was finished: see `Rec
   budgets   cpu-int8 latency of the hand-crafted students and the teacher from the latency table: the search's
             --budgets are each hand-crafted student and a third of the teacher, given as architectures
             (`L3-H384-A12-I1536`, `L6-H384-A12-I1536/3`), so its picks are confirmed against their latencies
-            measured side by side
+            measured side by side; the search profile's table rows are recorded, so that a search run in a
+            later session (`--strategies` runs one of the two) reads the same latencies on a machine of the
+            same fingerprint
   search    `kdnas-deploy search --strategy kdnas --budgets ... --no-final`, and `--strategy random` with the
             same number of candidates and budgets; one final architecture per budget is read from each run's
             report (its `choices`: the best proxy score per budget whose re-timed latency fits)
@@ -66,6 +68,7 @@ from kdnas_deploy.paths import glue_dir  # noqa: E402
 DEFAULT_TASKS = "sst2,mnli"
 STAGES = ("teacher", "budgets", "search", "finals", "timing", "report")
 RECORD_DIR = "benchmark-record"
+TABLE_FILE = "latency-table.json"  # the search profile's latency-table rows, in the work folder and the record
 HANDCRAFTED = {  # name shown in the tables -> architecture
     "DistilBERT-style half depth": "L3-H384-A12-I1536",
     "TinyBERT-4 shape": "L4-H312-A12-I1200",
@@ -334,6 +337,51 @@ def filled_table(out: Path) -> dict[str, float]:
         return {str(a): oracle(a)[PROFILES[0]] for a in archs}
 
 
+def search_fingerprint() -> str:
+    """The machine fingerprint the search's latencies are keyed by (its profile on this machine)."""
+    from kdnas_deploy.fingerprint import fingerprint_id, machine_fingerprint
+    from kdnas_deploy.hardware import load_profile
+
+    return fingerprint_id(machine_fingerprint(load_profile(PROFILES[0])))
+
+
+def keep_table(bench: Bench, plan: TaskPlan, out: Path) -> None:
+    """Records the search profile's latency-table rows, so that a search run in a later session, on a fresh host of
+    the same fingerprint, reads the latencies the budgets and the other search were read from instead of a table
+    filled anew (5-11% apart from one session to the next here)."""
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+
+    with LatencyTable(default_table_path()) as table:
+        rows = table.export_rows(search_fingerprint())
+    write_json_atomic(out / TABLE_FILE, rows)
+    bench.record.keep(plan.name, out, "latency-table", [out / TABLE_FILE])
+
+
+def load_table(plan: TaskPlan, out: Path) -> None:
+    """Adds the recorded latency-table rows (see `keep_table`) to this session's table where their fingerprint is
+    this machine's; from another fingerprint they would never be read, and the search fills its own."""
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+
+    path = out / TABLE_FILE
+    if not path.exists():
+        return
+    rows = json.loads(path.read_text())
+    recorded = rows["fingerprint"]
+    if recorded["id"] != search_fingerprint():
+        from kdnas_deploy.fingerprint import machine_fingerprint
+        from kdnas_deploy.hardware import load_profile
+
+        here = machine_fingerprint(load_profile(PROFILES[0]))
+        differ = sorted(k for k in {*here, *recorded["info"]} if here.get(k) != recorded["info"].get(k))
+        print(f"{plan.name}: the recorded latency table is another machine's (differs in {', '.join(differ)}); "
+              "this session fills its own", flush=True)
+        return
+    with LatencyTable(default_table_path()) as table:
+        added = table.import_rows(rows)
+    print(f"{plan.name}: {added} of {len(rows['timings'])} recorded latency-table rows added to "
+          f"{default_table_path()}", flush=True)
+
+
 def stage_budgets(bench: Bench, plan: TaskPlan, out: Path) -> dict[str, Any]:
     """Table latencies (cpu-int8) of the hand-crafted students and the teacher, from the table filled as the
     search will fill it, so the budgets and the latencies the search journals come from the same table state."""
@@ -347,6 +395,7 @@ def stage_budgets(bench: Bench, plan: TaskPlan, out: Path) -> dict[str, Any]:
               "budgets_ms": sorted([round(ms[a], 3) for a in HANDCRAFTED.values()] + [round(teacher_ms / SPEEDUP_BUDGET, 3)])}
     bench.state[key] = result
     bench.state.setdefault("wall_s", {})[key] = round(time.time() - tic, 1)
+    keep_table(bench, plan, out)
     bench.save()
     return result
 
@@ -359,12 +408,13 @@ def search_budgets(out: Path) -> list[str]:
     return [*HANDCRAFTED.values(), f"{read_info(out / 'teacher').arch}/{SPEEDUP_BUDGET:g}"]
 
 
-def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str]) -> None:
+def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str],
+                 strategies: tuple[str, ...] = STRATEGIES) -> None:
     """Each strategy's search, unless its report is here. A session that resumes from the record has budgets
     but an empty latency table: it is filled first, the way the budgets stage filled it, since a search would
     otherwise time each missing block on demand, back to back, without the table's spread-out sessions."""
     filled = False
-    for strategy in STRATEGIES:
+    for strategy in strategies:
         run = out / f"search-{strategy}"
         name = f"{plan.name}/search-{strategy}"
         if not (run / "report.json").exists():
@@ -379,6 +429,7 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str]) ->
             if (run / "run.json").exists():
                 args.append("--resume")
             bench.cli(name, *args)
+            keep_table(bench, plan, out)  # a search may have timed what the table lacked
         if (run / "journal.sqlite").exists():  # resumed from the record, the summary is in its state already
             summarise_search(bench, name, run)
         bench.record.keep(plan.name, out, f"search-{strategy}", [run / "report.json"])
@@ -412,11 +463,12 @@ def known_students(out: Path, budgets: dict[str, Any] | None) -> list[Student]:
                        for name, arch in HANDCRAFTED.items()]
 
 
-def chosen_students(plan: TaskPlan, out: Path, budgets: dict[str, Any]) -> list[Student]:
+def chosen_students(plan: TaskPlan, out: Path, budgets: dict[str, Any],
+                    strategies: tuple[str, ...] = STRATEGIES) -> list[Student]:
     """The teacher, the hand-crafted students, and each search's choice per budget. A choice for a hand-crafted
     student's budget carries that student's table latency, which is what pairs them in the report."""
     students = known_students(out, budgets)
-    for strategy in ("kdnas", "random"):
+    for strategy in strategies:
         report = json.loads((out / f"search-{strategy}" / "report.json").read_text())
         for choice in report["choices"]:
             third = choice["divisor"] != 1  # the teacher's latency over SPEEDUP_BUDGET
@@ -941,12 +993,21 @@ def main() -> None:
                     help="distil the students that do not depend on the search (the teacher's exports, the "
                          "hand-crafted students and their proxy runs) before it: for a session too short for the "
                          "searches, whose budgets stage and searches belong in one later session")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES),
+                    help="the searches to run, and whose students the finals distil: one of them for a session too "
+                         "short for both (the other runs in a later one, on the latency table recorded with the "
+                         "budgets); the timing and report stages need both")
     ap.add_argument("--docs", type=Path, default=REPO / "docs", help="where benchmarks.md and the plots go")
     ap.add_argument("--record", default=None,
                     help="where the small files that let a later session resume are kept (default DOCS/"
                          f"{RECORD_DIR}; 'none': nowhere)")
     args = ap.parse_args()
     tasks = [TASKS[t] for t in args.tasks.split(",")]
+    strategies = tuple(s for s in STRATEGIES if s in args.strategies.split(","))
+    if not strategies or set(args.strategies.split(",")) - set(STRATEGIES):
+        sys.exit(f"error: --strategies takes {' and/or '.join(STRATEGIES)}, comma-separated")
+    if strategies != STRATEGIES and STAGES.index(args.until) > STAGES.index("finals"):
+        sys.exit("error: the timing and report stages compare both searches; with one of them, stop at --until finals")
     record = Record(None if args.record == "none" else Path(args.record) if args.record else args.docs / RECORD_DIR)
     bench = Bench(args.work, jobs=args.jobs, record=record)
     last = STAGES.index(args.until)
@@ -956,6 +1017,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         if restored := record.restore(plan.name, out):
             print(f"{plan.name}: {restored} files restored from {record.root / plan.name}", flush=True)
+        load_table(plan, out)
         stage_teacher(bench, plan, out, lambda: work_left(bench, plan, out))
         if args.handcrafted_first:
             stage_finals(bench, plan, out, known_students(out, None))
@@ -965,8 +1027,8 @@ def main() -> None:
         print(f"{plan.name}: budgets {budgets['budgets_ms']} ms", flush=True)
         if last < STAGES.index("search"):
             continue
-        stage_search(bench, plan, out, search_budgets(out))
-        students = chosen_students(plan, out, budgets)
+        stage_search(bench, plan, out, search_budgets(out), strategies)
+        students = chosen_students(plan, out, budgets, strategies)
         print(f"{plan.name}: students " + ", ".join(f"{s.label}={s.arch}" for s in students), flush=True)
         if last < STAGES.index("finals"):
             continue

@@ -202,6 +202,37 @@ class LatencyTable:
             return self._db.execute("SELECT COUNT(*) FROM timings").fetchone()[0]
         return self._db.execute("SELECT COUNT(*) FROM timings WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
 
+    def export_rows(self, fingerprint: str) -> dict[str, Any]:
+        """One fingerprint's rows as plain JSON-able data, for `import_rows` into a table on another machine of the
+        same fingerprint (same CPU model, core count and software): a benchmark resumed on a fresh host of one
+        machine kind then reads exactly the latencies an earlier session measured."""
+        info = self._db.execute("SELECT info, created FROM fingerprints WHERE id = ?", (fingerprint,)).fetchone()
+        if info is None:
+            raise KdnasError(f"latency table {self.path} has no fingerprint {fingerprint}")
+        cur = self._db.execute("SELECT * FROM timings WHERE fingerprint = ? ORDER BY kind, arch, batch, seq_len",
+                               (fingerprint,))
+        columns = [d[0] for d in cur.description]
+        return {"app": APP_ID, "schema_version": SCHEMA_VERSION,
+                "fingerprint": {"id": fingerprint, "info": json.loads(info[0]), "created": info[1]},
+                "columns": columns, "timings": [list(row) for row in cur]}
+
+    def import_rows(self, rows: dict[str, Any]) -> int:
+        """Adds rows written by `export_rows`; a row this table already has is kept as it is (its own measurement
+        wins). Returns how many rows were added."""
+        if rows.get("app") != APP_ID or int(rows.get("schema_version", 0)) != SCHEMA_VERSION:
+            raise KdnasError("not an export of a kdnas-deploy latency table of this schema version")
+        columns = rows["columns"]
+        fp = rows["fingerprint"]
+        if any(row[columns.index("fingerprint")] != fp["id"] for row in rows["timings"]):
+            raise KdnasError("latency table export mixes fingerprints")
+        before = self.count()
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO fingerprints VALUES (?, ?, ?)",
+                       (fp["id"], json.dumps(fp["info"], sort_keys=True), fp["created"]))
+            db.executemany(f"INSERT OR IGNORE INTO timings ({', '.join(columns)}) VALUES "
+                           f"({', '.join('?' * len(columns))})", rows["timings"])
+        return self.count() - before
+
     def integrity_ok(self) -> bool:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
