@@ -136,8 +136,37 @@ def test_a_retrained_teacher_must_be_the_recorded_one(tmp_path: Path):
     assert bench.Record(tmp_path / "record").state()["sst2/teacher_sha256"] == bench.weights_sha256(tmp_path / "t")
     bench.check_teacher_weights(b, plan, tmp_path / "t")  # the same weights again
     (tmp_path / "t" / bench.TEACHER_WEIGHTS).write_bytes(b"other weights")
-    with pytest.raises(SystemExit, match="differ from the recorded teacher"):
+    with pytest.raises(SystemExit, match="differ from the recorded teacher.*no recorded card"):
         bench.check_teacher_weights(b, plan, tmp_path / "t")
+
+
+def _teacher_card(folder: Path, loss: float, accuracy: float = 0.6416, steps: int = 473) -> Path:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / bench.TEACHER_WEIGHTS).write_bytes(f"weights of {folder.name}".encode())
+    training = {"rows": 15130, "steps": steps, "config": {"epochs": 1, "seed": 0},
+                "history": [{"epoch": 1, "loss": loss, "metrics": {"accuracy": accuracy}}]}
+    (folder / "kdnas.json").write_text(json.dumps({"training": training}))
+    return folder
+
+
+def test_a_retrained_teacher_with_other_bits_passes_only_as_the_same_training_run(tmp_path: Path):
+    """Another host of the same kind rounds differently (the MNLI teacher: other weight bits, loss equal to 8
+    digits); a teacher that trained differently must still stop the run."""
+    b = bench.Bench(tmp_path / "work", record=bench.Record(tmp_path / "record"))
+    plan = bench.TASKS["mnli"]
+    first = _teacher_card(tmp_path / "first", 0.9350190922523401)
+    bench.check_teacher_weights(b, plan, first)
+    bench.check_teacher_weights(b, plan, _teacher_card(tmp_path / "rounded", 0.9350190841874411), first)
+    state = bench.Record(tmp_path / "record").state()
+    assert state["mnli/teacher_sha256"] == bench.weights_sha256(first)
+    assert state["mnli/teacher_sha256_same_training"] == [bench.weights_sha256(tmp_path / "rounded")]
+    for name, card, why in (("loss", _teacher_card(tmp_path / "l", 0.9351), "training loss differs"),
+                            ("acc", _teacher_card(tmp_path / "a", 0.9350190922523401, accuracy=0.65), "dev metrics"),
+                            ("steps", _teacher_card(tmp_path / "s", 0.9350190922523401, steps=400), "steps differ")):
+        with pytest.raises(SystemExit, match=why):
+            bench.check_teacher_weights(b, plan, card, first)
 
 
 def test_chains_stop_at_a_failed_step_and_run_the_rest(tmp_path: Path):
