@@ -308,8 +308,10 @@ def check_teacher_weights(bench: Bench, plan: TaskPlan, folder: Path, recorded_f
     equal = bench.state.setdefault(f"{plan.name}/teacher_sha256_same_training", [])
     if sha == recorded or sha in equal:
         return
-    why = "no recorded card to compare with" if recorded_folder is None or not (recorded_folder / "kdnas.json").exists() \
-        else same_training(recorded_folder, folder)
+    if recorded_folder is None or not (recorded_folder / "kdnas.json").exists():
+        why: str | None = "no recorded card to compare with"
+    else:
+        why = same_training(recorded_folder, folder)
     if why is None:
         equal.append(sha)
         bench.save()
@@ -377,12 +379,18 @@ def filled_table(out: Path) -> dict[str, float]:
         return {str(a): oracle(a)[PROFILES[0]] for a in archs}
 
 
-def search_fingerprint() -> str:
-    """The machine fingerprint the search's latencies are keyed by (its profile on this machine)."""
-    from kdnas_deploy.fingerprint import fingerprint_id, machine_fingerprint
+def search_machine() -> dict[str, Any]:
+    """This machine's fingerprint for the search's profile: what its latency-table rows are keyed by."""
+    from kdnas_deploy.fingerprint import machine_fingerprint
     from kdnas_deploy.hardware import load_profile
 
-    return fingerprint_id(machine_fingerprint(load_profile(PROFILES[0])))
+    return machine_fingerprint(load_profile(PROFILES[0]))
+
+
+def search_fingerprint() -> str:
+    from kdnas_deploy.fingerprint import fingerprint_id
+
+    return fingerprint_id(search_machine())
 
 
 def keep_table(bench: Bench, plan: TaskPlan, out: Path) -> None:
@@ -408,10 +416,7 @@ def load_table(plan: TaskPlan, out: Path) -> None:
     rows = json.loads(path.read_text())
     recorded = rows["fingerprint"]
     if recorded["id"] != search_fingerprint():
-        from kdnas_deploy.fingerprint import machine_fingerprint
-        from kdnas_deploy.hardware import load_profile
-
-        here = machine_fingerprint(load_profile(PROFILES[0]))
+        here = search_machine()
         differ = sorted(k for k in {*here, *recorded["info"]} if here.get(k) != recorded["info"].get(k))
         print(f"{plan.name}: the recorded latency table is another machine's (differs in {', '.join(differ)}); "
               "this session fills its own", flush=True)

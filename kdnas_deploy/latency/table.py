@@ -221,9 +221,9 @@ class LatencyTable:
         wins). Returns how many rows were added."""
         if rows.get("app") != APP_ID or int(rows.get("schema_version", 0)) != SCHEMA_VERSION:
             raise KdnasError("not an export of a kdnas-deploy latency table of this schema version")
-        columns = rows["columns"]
-        fp = rows["fingerprint"]
-        if any(row[columns.index("fingerprint")] != fp["id"] for row in rows["timings"]):
+        columns, fp = rows["columns"], rows["fingerprint"]
+        at = columns.index("fingerprint")
+        if any(row[at] != fp["id"] for row in rows["timings"]):
             raise KdnasError("latency table export mixes fingerprints")
         before = self.count()
         with self._write() as db:
