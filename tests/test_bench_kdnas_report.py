@@ -346,3 +346,65 @@ def test_handcrafted_first_runs_the_finals_that_do_not_need_the_search(tmp_path:
     heads = [c[0][0] for c in chains]
     kinds = [h.split("/")[1].split("-")[0] + (h[-3:] if h.startswith("sst2/distill") else "") for h in heads]
     assert kinds == ["export"] + ["distill-s0"] * 3 + ["proxy"] * 3 + ["distill-s1"] * 3 + ["distill-s2"] * 3
+
+
+def test_a_search_cut_off_mid_run_leaves_its_finished_candidates_to_the_next_session(tmp_path: Path):
+    """The journal is copied while the search holds it open in WAL mode, with a commit not yet checkpointed into
+    the file: the copy a later session restores must hold it, and a copy is recorded only when something changed."""
+    import json
+
+    from kdnas_deploy.search.journal import Journal
+    from kdnas_deploy.space import StudentArch
+
+    out, record = tmp_path / "work" / "mnli", bench.Record(tmp_path / "record")
+    run = out / "search-random"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"settings": {"teacher": str(out / "teacher")}}))
+    done, flying = StudentArch(2, 128, 2, 512), StudentArch(1, 256, 4, 1024)
+    snaps = bench.SearchSnapshots(record, "mnli", out, run, "search-random" + bench.PARTIAL)
+    with Journal(run / bench.JOURNAL_FILE) as journal:  # held open, as the search holds it
+        journal.add_pending(done, 1, {"cpu-int8": 2.0})
+        journal.add_pending(flying, 1, {"cpu-int8": 3.0})
+        journal.finish(done, 0.61, 0.58, {"accuracy": 0.61}, 150.0)
+        assert (run / (bench.JOURNAL_FILE + "-wal")).exists()  # the commits are in the WAL, not the file
+        assert snaps.snapshot() and not snaps.snapshot()  # nothing new: not recorded again
+        later = tmp_path / "later" / "mnli"
+        assert record.restore("mnli", later) == 2
+        with Journal(later / "search-random" / bench.JOURNAL_FILE) as copy:
+            got = {c.arch: (c.status, c.score) for c in copy.candidates()}
+        assert got == {done: ("done", 0.61), flying: ("pending", None)}  # resume re-runs the one in flight
+        journal.finish(flying, 0.55, 0.52, {"accuracy": 0.55}, 120.0)
+        assert snaps.snapshot()
+
+
+def test_a_restored_search_resumes_in_this_sessions_folders_and_its_partial_unit_goes_once_done(
+        tmp_path: Path, monkeypatch):
+    import json
+
+    out, plan = tmp_path / "mnli", bench.TASKS["mnli"]
+    _fake_searched_task(out)
+    (out / "search-random" / "report.json").unlink()
+    old = {"settings": {"teacher": "/gone/mnli/teacher", "data": {"data_dir": "/gone/glue/MNLI",
+                                                                  "dev_file": "/gone/glue/MNLI/dev_matched.tsv",
+                                                                  "task": "mnli"}}}
+    (out / "search-random" / "run.json").write_text(json.dumps(old))
+    record = bench.Record(tmp_path / "record")
+    record.keep_files("mnli", "search-random" + bench.PARTIAL, {"search-random/run.json": b"{}"})
+    b = bench.Bench(tmp_path / "work", record=record)
+    calls: list[tuple[str, ...]] = []
+
+    def search(name, *args):
+        calls.append(args)
+        (out / "search-random" / "report.json").write_text(json.dumps({"choices": []}))
+
+    monkeypatch.setattr(bench, "filled_table", lambda o: {"L6-H384-A12-I1536": 19.5})
+    monkeypatch.setattr(b, "cli", search)
+    monkeypatch.setattr(bench, "keep_table", lambda *a: None)
+    bench.stage_search(b, plan, out, bench.search_budgets(out), ("random",))
+    assert len(calls) == 1 and calls[0][-1] == "--resume"
+    settings = json.loads((out / "search-random" / "run.json").read_text())["settings"]
+    glue = bench.glue_dir() / "MNLI"
+    assert settings["teacher"] == str(out / "teacher")
+    assert settings["data"] == {"data_dir": str(glue), "dev_file": str(glue / "dev_matched.tsv"), "task": "mnli"}
+    units = sorted(p.name for p in (tmp_path / "record" / "mnli").iterdir())
+    assert units == ["search-random.json"]  # the whole unit replaced the partial one

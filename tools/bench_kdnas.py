@@ -46,8 +46,10 @@ import os
 import platform
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -142,17 +144,25 @@ class Record:
 
     def keep(self, task: str, out: Path, name: str, paths: list[Path]) -> None:
         """Records one whole unit: `paths` (under `out`) in ROOT/TASK/NAME.json."""
+        self.keep_files(task, name, {path.relative_to(out).as_posix(): path.read_bytes() for path in paths})
+
+    def keep_files(self, task: str, name: str, files: dict[str, bytes]) -> None:
+        """Records one whole unit given as contents: relative path (under the task's work folder) -> bytes."""
         if self.root is None:
             return
-        files = {}
-        for path in paths:
-            data = path.read_bytes()
+        unit: dict[str, dict[str, str]] = {}
+        for rel, data in files.items():
             try:
-                files[path.relative_to(out).as_posix()] = {"text": data.decode()}
+                unit[rel] = {"text": data.decode()}
             except UnicodeDecodeError:
-                files[path.relative_to(out).as_posix()] = {"base64": base64.b64encode(data).decode()}
+                unit[rel] = {"base64": base64.b64encode(data).decode()}
         (self.root / task).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.root / task / f"{name}.json", files)
+        write_json_atomic(self.root / task / f"{name}.json", unit)
+
+    def drop(self, task: str, name: str) -> None:
+        """Removes a unit that a whole one has replaced (a search's partial journal once its report is kept)."""
+        if self.root is not None:
+            (self.root / task / f"{name}.json").unlink(missing_ok=True)
 
     def state(self) -> dict[str, Any]:
         path = self.root / "state.json" if self.root else None
@@ -472,12 +482,96 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str],
                     "--speedup", str(SPEEDUP_BUDGET), "--budgets", ",".join(budgets),
                     "--no-final", "--seed", "0"]
             if (run / "run.json").exists():
+                relocate_run(run, out / "teacher", glue_dir() / plan.folder)
                 args.append("--resume")
-            bench.cli(name, *args)
+            with SearchSnapshots(bench.record, plan.name, out, run, f"search-{strategy}{PARTIAL}"):
+                bench.cli(name, *args)
             keep_table(bench, plan, out)  # a search may have timed what the table lacked
-        if (run / "journal.sqlite").exists():  # resumed from the record, the summary is in its state already
+        if (run / JOURNAL_FILE).exists():  # resumed from the record, the summary is in its state already
             summarise_search(bench, name, run)
         bench.record.keep(plan.name, out, f"search-{strategy}", [run / "report.json"])
+        bench.record.drop(plan.name, f"search-{strategy}{PARTIAL}")
+
+
+#: The record's unit of a search that has not finished: its run.json and journal, so a session that ends mid-search
+#: leaves its finished candidates to the next, which resumes the search instead of starting it again.
+PARTIAL = "-partial"
+JOURNAL_FILE = "journal.sqlite"
+
+
+def search_snapshot(out: Path, run: Path) -> dict[str, bytes] | None:
+    """The search's run.json and a consistent copy of its journal (relative to `out`), or None before both exist.
+    The journal is copied with SQLite's backup API: the search holds it open in WAL mode, so the file alone may
+    lack the last commits, and a copy taken mid-write must not be torn."""
+    settings, journal = run / "run.json", run / JOURNAL_FILE
+    if not (settings.exists() and journal.exists()):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / JOURNAL_FILE
+        src, dst = sqlite3.connect(journal, timeout=30), sqlite3.connect(copy)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+        finally:
+            src.close()
+            dst.close()
+        data = copy.read_bytes()
+    return {settings.relative_to(out).as_posix(): settings.read_bytes(), journal.relative_to(out).as_posix(): data}
+
+
+class SearchSnapshots:
+    """While a search runs, records its snapshot (`search_snapshot`) as the unit `name` whenever it changed, checked
+    every `every` seconds and once more when the search ends. A session may end in the middle of a search that takes
+    longer than it has left (MNLI's: 1.5 hours on a slow host); without this it would lose every candidate."""
+
+    def __init__(self, record: Record, task: str, out: Path, run: Path, name: str, every: float = 30.0):
+        self.record, self.task, self.out, self.run, self.name, self.every = record, task, out, run, name, every
+        self.stop = threading.Event()
+        self.last: str | None = None
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def snapshot(self) -> bool:
+        """Records the snapshot if it differs from the last one recorded; returns whether it did."""
+        try:
+            files = search_snapshot(self.out, self.run)
+        except sqlite3.Error as e:  # the search is creating its journal: the next check gets it
+            print(f"{self.task}: search snapshot skipped ({e})", flush=True)
+            return False
+        if files is None:
+            return False
+        digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
+        if digest == self.last:
+            return False
+        self.record.keep_files(self.task, self.name, files)
+        self.last = digest
+        return True
+
+    def _watch(self) -> None:
+        while not self.stop.wait(self.every):
+            self.snapshot()
+
+    def __enter__(self) -> SearchSnapshots:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.snapshot()
+
+
+def relocate_run(run: Path, teacher: Path, data_dir: Path) -> None:
+    """Points a search's run.json at this session's teacher and data: a run restored from the record names the
+    folders of the session that started it, and `--resume` reads its settings from run.json alone."""
+    record = json.loads((run / "run.json").read_text())
+    settings = record["settings"]
+    data = settings.get("data", {})
+    old_data = data.get("data_dir")
+    for key, value in list(data.items()):
+        if old_data and isinstance(value, str) and (value == old_data or value.startswith(old_data + "/")):
+            data[key] = str(data_dir) + value[len(old_data):]
+    settings["teacher"] = str(teacher)
+    write_json_atomic(run / "run.json", record)
 
 
 def summarise_search(bench: Bench, name: str, run: Path) -> None:
@@ -486,7 +580,7 @@ def summarise_search(bench: Bench, name: str, run: Path) -> None:
     the journal keeps each candidate's, a lower bound of the whole that is used where it is larger."""
     from kdnas_deploy.search.journal import Journal
 
-    with Journal(run / "journal.sqlite") as journal:
+    with Journal(run / JOURNAL_FILE) as journal:
         candidates = journal.candidates()
     done = sorted((c for c in candidates if c.status == "done"), key=lambda c: (c.episode, str(c.arch)))
     bench.state[name] = {"candidates": len(done), "best_reward": max((c.reward for c in done), default=None),
