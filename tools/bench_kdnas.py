@@ -144,7 +144,8 @@ class Record:
 
     def keep(self, task: str, out: Path, name: str, paths: list[Path]) -> None:
         """Records one whole unit: `paths` (under `out`) in ROOT/TASK/NAME.json."""
-        self.keep_files(task, name, {path.relative_to(out).as_posix(): path.read_bytes() for path in paths})
+        if self.root is not None:
+            self.keep_files(task, name, {path.relative_to(out).as_posix(): path.read_bytes() for path in paths})
 
     def keep_files(self, task: str, name: str, files: dict[str, bytes]) -> None:
         """Records one whole unit given as contents: relative path (under the task's work folder) -> bytes."""
@@ -532,6 +533,8 @@ class SearchSnapshots:
 
     def snapshot(self) -> bool:
         """Records the snapshot if it differs from the last one recorded; returns whether it did."""
+        if self.record.root is None:
+            return False
         try:
             files = search_snapshot(self.out, self.run)
         except sqlite3.Error as e:  # the search is creating its journal: the next check gets it
