@@ -66,6 +66,8 @@ sys.path.insert(0, str(REPO))
 from bench_distill import backbone_path  # noqa: E402  (tools/ is on sys.path when run as a script)
 from kdnas_deploy.model_folder import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from kdnas_deploy.paths import glue_dir  # noqa: E402
+from kdnas_deploy.search.journal import JOURNAL_FILE  # noqa: E402
+from kdnas_deploy.search.run import RUN_FILE  # noqa: E402
 
 DEFAULT_TASKS = "sst2,mnli"
 STAGES = ("teacher", "budgets", "search", "finals", "timing", "report")
@@ -482,7 +484,7 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str],
                     "--proxy-epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length),
                     "--speedup", str(SPEEDUP_BUDGET), "--budgets", ",".join(budgets),
                     "--no-final", "--seed", "0"]
-            if (run / "run.json").exists():
+            if (run / RUN_FILE).exists():
                 relocate_run(run, out / "teacher", glue_dir() / plan.folder)
                 args.append("--resume")
             with SearchSnapshots(bench.record, plan.name, out, run, f"search-{strategy}{PARTIAL}"):
@@ -497,14 +499,13 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str],
 #: The record's unit of a search that has not finished: its run.json and journal, so a session that ends mid-search
 #: leaves its finished candidates to the next, which resumes the search instead of starting it again.
 PARTIAL = "-partial"
-JOURNAL_FILE = "journal.sqlite"
 
 
 def search_snapshot(out: Path, run: Path) -> dict[str, bytes] | None:
     """The search's run.json and a consistent copy of its journal (relative to `out`), or None before both exist.
     The journal is copied with SQLite's backup API: the search holds it open in WAL mode, so the file alone may
     lack the last commits, and a copy taken mid-write must not be torn."""
-    settings, journal = run / "run.json", run / JOURNAL_FILE
+    settings, journal = run / RUN_FILE, run / JOURNAL_FILE
     if not (settings.exists() and journal.exists()):
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -528,7 +529,7 @@ class SearchSnapshots:
     def __init__(self, record: Record, task: str, out: Path, run: Path, name: str, every: float = 30.0):
         self.record, self.task, self.out, self.run, self.name, self.every = record, task, out, run, name, every
         self.stop = threading.Event()
-        self.last: str | None = None
+        self.last: dict[str, bytes] | None = None
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
     def snapshot(self) -> bool:
@@ -542,11 +543,10 @@ class SearchSnapshots:
             return False
         if files is None:
             return False
-        digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
-        if digest == self.last:
+        if files == self.last:
             return False
         self.record.keep_files(self.task, self.name, files)
-        self.last = digest
+        self.last = files
         return True
 
     def _watch(self) -> None:
@@ -566,15 +566,15 @@ class SearchSnapshots:
 def relocate_run(run: Path, teacher: Path, data_dir: Path) -> None:
     """Points a search's run.json at this session's teacher and data: a run restored from the record names the
     folders of the session that started it, and `--resume` reads its settings from run.json alone."""
-    record = json.loads((run / "run.json").read_text())
+    record = json.loads((run / RUN_FILE).read_text())
     settings = record["settings"]
     data = settings.get("data", {})
-    old_data = data.get("data_dir")
-    for key, value in list(data.items()):
-        if old_data and isinstance(value, str) and (value == old_data or value.startswith(old_data + "/")):
-            data[key] = str(data_dir) + value[len(old_data):]
+    if old := data.get("data_dir"):
+        for key, value in data.items():
+            if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+                data[key] = str(data_dir) + value[len(old):]
     settings["teacher"] = str(teacher)
-    write_json_atomic(run / "run.json", record)
+    write_json_atomic(run / RUN_FILE, record)
 
 
 def summarise_search(bench: Bench, name: str, run: Path) -> None:

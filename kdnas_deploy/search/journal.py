@@ -18,6 +18,7 @@ from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.space import StudentArch
 
 APP_ID = "kdnas-deploy search journal"
+JOURNAL_FILE = "journal.sqlite"  # its name in a search run folder
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

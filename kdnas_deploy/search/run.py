@@ -21,7 +21,7 @@ from kdnas_deploy.search.executors import Executor
 from kdnas_deploy.search.episodes import SearchProgress, best_candidate, prediction_quality, run_episodes
 from kdnas_deploy.search.finals import (CONFIRM_ROUNDS, Budget, Choice, InterleavedTimer, budget_references, choose_finals,
                                        parse_budget, reference_text, resolve_budgets)
-from kdnas_deploy.search.journal import Candidate, Journal
+from kdnas_deploy.search.journal import JOURNAL_FILE, Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig
 from kdnas_deploy.search.strategies import STRATEGIES, Allowed, budget_bands, make_strategy
 
@@ -253,7 +253,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         bands = budget_bands([b.ms for b in budgets], first) if budgets else ()
         strategy = make_strategy(settings.strategy, space, config, oracle, settings.seed,
                                  deployment_limits(settings, teacher_config, profiles), bands)
-        with Journal(out / "journal.sqlite") as journal:
+        with Journal(out / JOURNAL_FILE) as journal:
             candidates = run_episodes(strategy, journal, evaluate, oracle, config, settings.episodes, settings.top_k,
                                       progress, executor)
     choices = chosen_finals(out, candidates, budgets, profiles[0], settings.confirm_rounds, confirm_status)
@@ -456,7 +456,7 @@ def regenerate_report(run_dir: Path) -> dict[str, Any]:
         load_settings(run_dir)  # a clear error for a folder that is not a run
         raise KdnasError(f"{run_dir} has no report yet: the search has not finished an episode loop")
     report = json.loads(path.read_text())
-    with Journal(run_dir / "journal.sqlite") as journal:
+    with Journal(run_dir / JOURNAL_FILE) as journal:
         candidates = journal.candidates()
     report.update(_journal_part(candidates))
     write_report(run_dir, report)
