@@ -359,6 +359,7 @@ def search(
     max_mb: Annotated[Optional[float], typer.Option("--max-mb", help="Exclude students whose artifact (at each --hw profile's precision) is larger, in MB.")] = None,
     budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets on the first --hw: ms, an architecture whose latency to match, or a fraction of one, e.g. 5,L3-H384-A12-I1536,L6-H384-A12-I1536/3: each gets its share of the search and one final student.")] = None,
     confirm_rounds: Annotated[int, typer.Option("--confirm-rounds", min=0, help="Rounds that re-time each budget's finalists side by side before the pick (0: by the latency table).")] = 6,
+    machine: Annotated[list[str], typer.Option("--machine", help="Read the latencies another machine measured: its fingerprint id in --table, as `kdnas-deploy profile` printed it there (a deployment target profiled on itself). Never measured from here; finalists picked by the table. Repeatable, one per --hw; allowed with --resume.")] = [],
     seed: SeedOpt = 0,
     executor: Annotated[str, typer.Option(help="Where an episode's candidates run: local (one after another) or ray (in parallel).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join ('auto', ray://host:10001); default: start a local one.")] = None,
@@ -376,6 +377,8 @@ def search(
 
     if resume:
         settings = load_settings(out_dir)
+        if machine:  # a run begun on the machine whose table it reads, resumed on another host
+            settings.machines = list(machine)
     else:
         flags = {
             "teacher": teacher_path, "max_length": max_length, "hw": list(hw), "space": space,
@@ -384,6 +387,7 @@ def search(
             "speedup": speedup, "reward": reward, "calibration": calibration, "final_epochs": final_epochs,
             "final": final, "export": export_final, "max_params": max_params, "max_mb": max_mb,
             "budgets": [b for b in budgets.split(",") if b.strip()] if budgets else None, "confirm_rounds": confirm_rounds,
+            "machines": list(machine) or None,
         }
         settings = settings_from(flags, _source(task, data_dir, train_file, dev_file, text_columns, label_column), config)
     if dry_run:

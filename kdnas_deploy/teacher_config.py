@@ -24,3 +24,21 @@ def load_teacher_config(teacher: str) -> Any:
             "(model_type 'bert': BERT, MiniLM, TinyBERT and the like)"
         )
     return config
+
+
+def teacher_config_hash(config: Any) -> str:
+    """Hash of the teacher's config, without where it was loaded from (`_name_or_path`): a run whose teacher folder
+    was moved or restored elsewhere has the same teacher."""
+    from kdnas_deploy.hashing import stable_hash
+
+    values = config.to_dict()
+    values.pop("_name_or_path", None)
+    return stable_hash(values)
+
+
+def located_config_hash(config: Any, path: str) -> str:
+    """The hash runs recorded before `teacher_config_hash` left the folder out: with `_name_or_path` set to `path`,
+    the teacher as that run named it."""
+    from kdnas_deploy.hashing import stable_hash
+
+    return stable_hash({**config.to_dict(), "_name_or_path": path})

@@ -53,6 +53,24 @@ def bump_schema_version(path: Path, version: int = 99) -> None:
     con.close()
 
 
+def as_other_machine(source: Path, target: Path, fingerprint: str) -> str:
+    """Copies `fingerprint`'s rows of the table at `source` into the table at `target` as if another machine (another
+    CPU) had measured them, the way a table profiled on a deployment target arrives; returns that machine's id."""
+    from kdnas_deploy.fingerprint import fingerprint_id
+    from kdnas_deploy.latency.table import LatencyTable
+
+    with LatencyTable(source) as table:
+        rows = table.export_rows(fingerprint)
+    info = {**rows["fingerprint"]["info"], "cpu": "Deployment Target CPU"}
+    other = fingerprint_id(info)
+    at = rows["columns"].index("fingerprint")
+    rows["fingerprint"] = {**rows["fingerprint"], "id": other, "info": info}
+    rows["timings"] = [[other if i == at else v for i, v in enumerate(row)] for row in rows["timings"]]
+    with LatencyTable(target) as table:
+        table.import_rows(rows)
+    return other
+
+
 def cli(*args: str) -> list[str]:
     """The command line of the installed CLI, run with this interpreter."""
     return [sys.executable, "-m", "kdnas_deploy.cli", *args]

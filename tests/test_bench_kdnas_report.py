@@ -285,12 +285,44 @@ def test_the_recorded_latency_table_is_read_by_a_later_session_of_the_same_finge
         assert table.get(fid, "block", arch, 1, 128).timing == timing
         assert table.count() == 1  # the other machine's row was never recorded
 
+    # On another kind of host the rows come in under the machine that measured them, for the searches to read as
+    # that machine's (`search --machine`), never as this one's.
     monkeypatch.setattr(bench, "search_fingerprint", lambda: "a-third-machine")
     monkeypatch.setenv("KDNAS_CACHE_DIR", str(tmp_path / "third-cache"))
     bench.load_table(bench.TASKS["mnli"], later)
-    assert "another machine's" in capsys.readouterr().out
+    assert f"the searches read it as machine {fid}" in capsys.readouterr().out
     with LatencyTable(default_table_path()) as table:
-        assert table.count() == 0
+        assert table.count() == table.count(fid) == 1 and table.count("a-third-machine") == 0
+    assert bench.table_machine(later) == fid
+
+
+def test_on_another_kind_of_host_the_searches_read_the_budgets_machines_table(tmp_path: Path, monkeypatch):
+    """A search that starts or resumes on a host unlike the one the budgets were read on must read that host's
+    table (the budgets and the other search did), not fill this host's."""
+    import json
+
+    out, plan = tmp_path / "mnli", bench.TASKS["mnli"]
+    _fake_searched_task(out)
+    (out / bench.TABLE_FILE).write_text(json.dumps({"fingerprint": {"id": "budgets-machine", "info": {}}}))
+    (out / "search-random" / "report.json").unlink()
+    (out / "search-random" / "run.json").write_text(json.dumps({"settings": {"teacher": "t", "data": {}}}))
+    (out / "search-kdnas" / "report.json").unlink()
+    b = bench.Bench(tmp_path / "work")
+    calls: list[tuple[str, ...]] = []
+
+    def search(name, *args):
+        calls.append(args)
+        (out / name.split("/")[1] / "report.json").write_text(json.dumps({"choices": []}))
+
+    monkeypatch.setattr(bench, "filled_table", lambda o: calls.append(("fill",)) or {})
+    monkeypatch.setattr(b, "cli", search)
+    monkeypatch.setattr(bench, "keep_table", lambda *a: None)
+    monkeypatch.setattr(bench, "summarise_search", lambda *a: None)
+    monkeypatch.setattr(bench, "search_fingerprint", lambda: "this-host")
+    bench.stage_search(b, plan, out, bench.search_budgets(out))
+    fresh, resumed = calls
+    assert fresh[-2:] == ("--machine", "budgets-machine")
+    assert resumed[-3:] == ("--machine", "budgets-machine", "--resume")
 
 
 def test_an_artifacts_latency_is_its_fastest_session_with_the_spread_of_all():
@@ -384,9 +416,17 @@ def test_a_restored_search_resumes_in_this_sessions_folders_and_its_partial_unit
     out, plan = tmp_path / "mnli", bench.TASKS["mnli"]
     _fake_searched_task(out)
     (out / "search-random" / "report.json").unlink()
+    from transformers import BertConfig
+
+    from kdnas_deploy.teacher_config import load_teacher_config, located_config_hash, teacher_config_hash
+
+    BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128).save_pretrained(out / "teacher")
+    config = load_teacher_config(str(out / "teacher"))
     old = {"settings": {"teacher": "/gone/mnli/teacher", "data": {"data_dir": "/gone/glue/MNLI",
                                                                   "dev_file": "/gone/glue/MNLI/dev_matched.tsv",
-                                                                  "task": "mnli"}}}
+                                                                  "task": "mnli"}},
+           # hashed, as runs recorded before the hash left the folder out were, with the folder it named
+           "teacher_config_hash": located_config_hash(config, "/gone/mnli/teacher")}
     (out / "search-random" / "run.json").write_text(json.dumps(old))
     record = bench.Record(tmp_path / "record")
     record.keep_files("mnli", "search-random" + bench.PARTIAL, {"search-random/run.json": b"{}"})
@@ -402,7 +442,9 @@ def test_a_restored_search_resumes_in_this_sessions_folders_and_its_partial_unit
     monkeypatch.setattr(bench, "keep_table", lambda *a: None)
     bench.stage_search(b, plan, out, bench.search_budgets(out), ("random",))
     assert len(calls) == 1 and calls[0][-1] == "--resume"
-    settings = json.loads((out / "search-random" / "run.json").read_text())["settings"]
+    relocated = json.loads((out / "search-random" / "run.json").read_text())
+    settings = relocated["settings"]
+    assert relocated["teacher_config_hash"] == teacher_config_hash(config)  # what `search --resume` compares
     glue = bench.glue_dir() / "MNLI"
     assert settings["teacher"] == str(out / "teacher")
     assert settings["data"] == {"data_dir": str(glue), "dev_file": str(glue / "dev_matched.tsv"), "task": "mnli"}

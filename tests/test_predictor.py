@@ -242,3 +242,42 @@ def test_verify_times_architectures_in_interleaved_rounds_and_keeps_the_fastest(
     for row, arch in zip(rows, archs):  # the slow spell covered one whole round: the fastest session is calm
         assert row.prediction.arch == arch and row.timing.sessions == 4
         assert row.timing.median_ms == pytest.approx(cost.true_ms(arch))
+
+
+def test_timings_of_another_machine_are_read_as_they_are_and_never_filled_from_here(tmp_path, fast_profile):
+    from conftest import as_other_machine
+
+    from kdnas_deploy.search.latency import LatencyOracle
+
+    cost = CostModel(scale=1.2, exponent=1.05)
+    with LatencyTable(tmp_path / "here.sqlite") as here:
+        local = LatencyModel(here, fast_profile, measurer=cost)
+        profile_space(local, SPACE, calibration=4, seed=0)
+        expected = {a: local.predict(a) for a in SPACE}
+    target = tmp_path / "target.sqlite"
+    other = as_other_machine(tmp_path / "here.sqlite", target, local.fingerprint)
+    assert other != local.fingerprint
+    cost.calls.clear()
+    with LatencyTable(target) as table:
+        remote = LatencyModel(table, fast_profile, measurer=cost, machine=other)
+        assert remote.elsewhere and remote.info["cpu"] == "Deployment Target CPU"
+        assert {a: remote.predict(a) for a in SPACE} == expected  # the same rows, the same calibration
+        wider = StudentArch(2, 256, 4, 512)  # a width that machine never timed: said, not measured here
+        with pytest.raises(KdnasError, match=f"no base timing for {base_arch(256)} from machine {other}"):
+            remote.predict(wider)
+        assert cost.calls == [] and table.count(local.fingerprint) == 0 and set(table.fingerprints()) == {other}
+        # The machine that is this host reads (and fills) its own rows as usual.
+        assert not LatencyModel(table, fast_profile, measurer=cost, machine=local.fingerprint).elsewhere
+
+        oracle = LatencyOracle(table, [fast_profile], [other])
+        assert oracle.elsewhere() == {"fast-cpu": other}
+        with pytest.raises(KdnasError, match=f"lacks .* timings the search needs from machine {other}"):
+            oracle.fill(SearchSpace(layers=(1,), hidden=(256,), heads=(4,), ffn_ratios=(2,)), calibration=0)
+        with pytest.raises(KdnasError, match="has no machine 0123"):
+            LatencyOracle(table, [fast_profile], ["0123"])
+        data = fast_profile.model_dump(mode="json")
+        data["runtime"]["intra_op_threads"], data["name"] = 2, "two-threads"  # another profile
+        with pytest.raises(KdnasError, match=f"machine {other} timed none of the profiles two-threads"):
+            LatencyOracle(table, [parse_profile(data, "two-threads")], [other])
+        with pytest.raises(KdnasError, match="timed another definition of profile two-threads"):
+            LatencyModel(table, parse_profile(data, "two-threads"), machine=other)

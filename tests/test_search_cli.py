@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -118,3 +119,64 @@ data_dir = "{sst2_slice}"
     bad.write_text("teacher = \n")
     result = subprocess.run(cli("search", "--config", str(bad), "--out", str(tmp_path / "r")), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "not valid TOML" in result.stderr
+
+
+def test_search_reads_a_deployment_targets_table_and_resumes_on_another_host(tiny_teacher_dir: Path, sst2_slice: Path,
+                                                                             tmp_path: Path) -> None:
+    from conftest import as_other_machine
+    from kdnas_deploy.latency.table import LatencyTable
+
+    here, target, run = tmp_path / "here.sqlite", tmp_path / "target.sqlite", tmp_path / "run"
+    filled = subprocess.run(cli("profile", "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--teacher", str(tiny_teacher_dir),
+                                "--table", str(here), "--calibration", "2", "--no-references", "--json"),
+                            capture_output=True, text=True, timeout=300)
+    assert filled.returncode == 0, filled.stderr
+    other = as_other_machine(here, target, json.loads(filled.stdout)["fingerprint"])
+    with LatencyTable(target) as table:
+        rows = table.count()
+    args = ["search", "--teacher", str(tiny_teacher_dir), "--data-dir", str(sst2_slice), "--task", "sst2", "--max-length", "32",
+            "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--table", str(target), "--machine", other,
+            "--episodes", "1", "--top-k", "2", "--proxy", "100", "--held-out", "100", "--proxy-epochs", "1",
+            "--calibration", "2", "--budgets", "L2-H64-A4-I128", "--no-final", "--out", str(run)]
+    done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stderr.split())  # rich wraps the status line
+    assert f"picked by the table: fast-cpu's latencies are machine {other}'s" in said
+    report = json.loads((run / "report.json").read_text())
+    assert report["latency_machines"] == {"fast-cpu": other} and f"from machine {other}" in (run / "report.md").read_text()
+    assert report["choices"][0]["measured_ms"] in ({}, None)  # nothing re-timed on this host
+    with LatencyTable(target) as table:
+        assert table.count() == rows and set(table.fingerprints()) == {other}  # read, never filled from here
+    recorded = json.loads((run / "run.json").read_text())
+    assert recorded["profiles"]["fast-cpu"]["fingerprint"] == other and recorded["settings"]["machines"] == [other]
+
+    # A run begun on the machine that measured the table (its fingerprint in run.json), resumed on this host: refused
+    # as is, resumed reading that machine's timings with --machine.
+    # Its teacher restored into another folder, as a later session restores it: the same teacher.
+    moved = tmp_path / "restored-teacher"
+    shutil.copytree(tiny_teacher_dir, moved)
+    recorded["settings"]["machines"], recorded["settings"]["teacher"] = None, str(moved)
+    (run / "run.json").write_text(json.dumps(recorded))
+    (run / "report.json").unlink()
+    refused = subprocess.run(cli("search", "--resume", "--out", str(run)), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "machine changed" in refused.stderr and "Traceback" not in refused.stderr
+    again = subprocess.run(cli("search", "--resume", "--machine", other, "--out", str(run)), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "episode" not in again.stderr and json.loads((run / "report.json").read_text())["latency_machines"] == {"fast-cpu": other}
+
+    wrong = subprocess.run(cli(*args[:-2], "--machine", "0123", "--out", str(tmp_path / "x")), capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "has no machine 0123" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_the_teachers_hash_leaves_out_the_folder_it_was_loaded_from(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    from kdnas_deploy.hashing import stable_hash
+    from kdnas_deploy.teacher_config import load_teacher_config, located_config_hash, teacher_config_hash
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tiny_teacher_dir, moved)
+    here, there = load_teacher_config(str(tiny_teacher_dir)), load_teacher_config(str(moved))
+    assert teacher_config_hash(here) == teacher_config_hash(there)
+    # Runs recorded before hashed the folder in: their hash is found again from the folder they named.
+    assert located_config_hash(there, str(tiny_teacher_dir)) == stable_hash(here.to_dict())
+    (moved / "config.json").write_text((moved / "config.json").read_text().replace('"hidden_act": "gelu"', '"hidden_act": "relu"'))
+    assert teacher_config_hash(load_teacher_config(str(moved))) != teacher_config_hash(here)

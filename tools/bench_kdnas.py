@@ -43,7 +43,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import re
 import shutil
 import sqlite3
@@ -406,38 +405,59 @@ def search_fingerprint() -> str:
     return fingerprint_id(search_machine())
 
 
+def table_machine(out: Path) -> str:
+    """The machine whose latency table the task's budgets and searches read: the recorded table's, where there is
+    one (a later session may run on another kind of host), else this machine's."""
+    path = out / TABLE_FILE
+    return json.loads(path.read_text())["fingerprint"]["id"] if path.exists() else search_fingerprint()
+
+
+def host_name() -> str:
+    from kdnas_deploy.fingerprint import cpu_model
+
+    return f"{cpu_model()} x{os.cpu_count()}"
+
+
+def table_host(out: Path) -> str | None:
+    """The CPU (and core count) of the machine whose table the budgets and searches read, for the page."""
+    path = out / TABLE_FILE
+    if not path.exists():
+        return None
+    info = json.loads(path.read_text())["fingerprint"]["info"]
+    return f"{info.get('cpu')} x{info.get('cpu_count')}"
+
+
 def keep_table(bench: Bench, plan: TaskPlan, out: Path) -> None:
-    """Records the search profile's latency-table rows, so that a search run in a later session, on a fresh host of
-    the same fingerprint, reads the latencies the budgets and the other search were read from instead of a table
-    filled anew (5-11% apart from one session to the next here)."""
+    """Records the table rows of the machine the budgets were read on, so that a search run in a later session, on a
+    fresh host of any kind, reads the latencies the budgets and the other search were read from instead of a table
+    filled anew (5-11% apart from one session to the next on one machine kind, more across kinds)."""
     from kdnas_deploy.latency.table import LatencyTable, default_table_path
 
     with LatencyTable(default_table_path()) as table:
-        rows = table.export_rows(search_fingerprint())
+        rows = table.export_rows(table_machine(out))
     write_json_atomic(out / TABLE_FILE, rows)
     bench.record.keep(plan.name, out, "latency-table", [out / TABLE_FILE])
 
 
 def load_table(plan: TaskPlan, out: Path) -> None:
-    """Adds the recorded latency-table rows (see `keep_table`) to this session's table where their fingerprint is
-    this machine's; from another fingerprint they would never be read, and the search fills its own."""
+    """Adds the recorded latency-table rows (see `keep_table`) to this session's table. On a machine of another
+    fingerprint they are read as that machine's (`kdnas-deploy search --machine`), never mixed with this one's."""
     from kdnas_deploy.latency.table import LatencyTable, default_table_path
 
     path = out / TABLE_FILE
     if not path.exists():
         return
     rows = json.loads(path.read_text())
-    recorded = rows["fingerprint"]
-    if recorded["id"] != search_fingerprint():
-        here = search_machine()
-        differ = sorted(k for k in {*here, *recorded["info"]} if here.get(k) != recorded["info"].get(k))
-        print(f"{plan.name}: the recorded latency table is another machine's (differs in {', '.join(differ)}); "
-              "this session fills its own", flush=True)
-        return
     with LatencyTable(default_table_path()) as table:
         added = table.import_rows(rows)
     print(f"{plan.name}: {added} of {len(rows['timings'])} recorded latency-table rows added to "
           f"{default_table_path()}", flush=True)
+    recorded = rows["fingerprint"]
+    if recorded["id"] != search_fingerprint():
+        here = search_machine()
+        differ = sorted(k for k in {*here, *recorded["info"]} if here.get(k) != recorded["info"].get(k))
+        print(f"{plan.name}: the recorded table is another machine's (differs in {', '.join(differ)}): the searches "
+              f"read it as machine {recorded['id']}; the final artifacts are timed here", flush=True)
 
 
 def stage_budgets(bench: Bench, plan: TaskPlan, out: Path) -> dict[str, Any]:
@@ -471,7 +491,9 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str],
     """Each strategy's search, unless its report is here. A session that resumes from the record has budgets
     but an empty latency table: it is filled first, the way the budgets stage filled it, since a search would
     otherwise time each missing block on demand, back to back, without the table's spread-out sessions."""
-    filled = False
+    machine = table_machine(out)
+    elsewhere = machine != search_fingerprint()
+    filled = elsewhere  # another machine's rows are read as they are: nothing here can fill them
     for strategy in strategies:
         run = out / f"search-{strategy}"
         name = f"{plan.name}/search-{strategy}"
@@ -483,7 +505,7 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str],
                     "--proxy", str(SEARCH["proxy"]), "--held-out", str(SEARCH["held_out"]),
                     "--proxy-epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length),
                     "--speedup", str(SPEEDUP_BUDGET), "--budgets", ",".join(budgets),
-                    "--no-final", "--seed", "0"]
+                    "--no-final", "--seed", "0", *(["--machine", machine] if elsewhere else [])]
             if (run / RUN_FILE).exists():
                 relocate_run(run, out / "teacher", glue_dir() / plan.folder)
                 args.append("--resume")
@@ -566,6 +588,8 @@ class SearchSnapshots:
 def relocate_run(run: Path, teacher: Path, data_dir: Path) -> None:
     """Points a search's run.json at this session's teacher and data: a run restored from the record names the
     folders of the session that started it, and `--resume` reads its settings from run.json alone."""
+    from kdnas_deploy.teacher_config import located_config_hash, load_teacher_config, teacher_config_hash
+
     record = json.loads((run / RUN_FILE).read_text())
     settings = record["settings"]
     data = settings.get("data", {})
@@ -573,6 +597,11 @@ def relocate_run(run: Path, teacher: Path, data_dir: Path) -> None:
         for key, value in data.items():
             if isinstance(value, str) and (value == old or value.startswith(old + "/")):
                 data[key] = str(data_dir) + value[len(old):]
+    # A run recorded before the teacher's hash left its folder out names the teacher by the folder it came from:
+    # the same config there is the same teacher here.
+    recorded = record.get("teacher_config_hash")
+    if recorded and recorded == located_config_hash(config := load_teacher_config(str(teacher)), settings["teacher"]):
+        record["teacher_config_hash"] = teacher_config_hash(config)
     settings["teacher"] = str(teacher)
     write_json_atomic(run / RUN_FILE, record)
 
@@ -873,6 +902,7 @@ def stage_timing(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
         TIMING_ROUNDS, lambda r: print(f"timing round {r + 1}/{TIMING_ROUNDS} done", flush=True))
     result = {name: {**round_stats(v), "rounds": v, "graph": graphs[name][1]} for (name, _p), v in samples.items()}
     bench.state[key] = result
+    bench.state[f"{key}-host"] = host_name()  # tasks may be timed in sessions on different kinds of host
     bench.state.setdefault("wall_s", {})[key] = round(time.time() - tic, 1)
     bench.save()
     return result
@@ -955,7 +985,7 @@ def task_results(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
                                for n, t in timing.items() if n.endswith(STANDIN_CHECK)},
             "kdnas_vs_random": {"kdnas": kd_third["score_mean"] if kd_third else None,
                                                   "random": rnd["score_mean"] if rnd else None},
-            "budgets": budgets}
+            "budgets": budgets, "table_machine": table_host(out), "timing_host": bench.state.get(f"{plan.name}/timing-host")}
 
 
 def plot(task: str, result: dict[str, Any], path: Path) -> None:
@@ -1002,8 +1032,8 @@ def markdown(results: dict[str, Any], state: dict[str, Any], findings: str | Non
              f"`{results.get('regenerate', 'python tools/bench_kdnas.py --until report')}`. Scores are the dev scores "
              "of the shipped int8 artifact "
              f"(mean and standard deviation over seeds). The final artifacts were timed in {TIMING_ROUNDS} interleaved "
-             "rounds in one run, one ONNX Runtime session per artifact per round, batch 1 x 128 tokens, on "
-             f"{results['machine']}. A latency is the median over one session's runs, of the fastest session; after it, "
+             "rounds in one run, one ONNX Runtime session per artifact per round, batch 1 x 128 tokens, on the host "
+             "each task's section names. A latency is the median over one session's runs, of the fastest session; after it, "
              "in brackets, the median and p10-p90 of all the sessions. The fastest session is the latency table's "
              "estimate: this machine runs a session in a calm or a slow state for minutes, and the fastest of 8 sessions "
              "re-tests within 2.5% where their median drifts by 17% (README, \"Which session counts\"). Speedups and "
@@ -1013,7 +1043,9 @@ def markdown(results: dict[str, Any], state: dict[str, Any], findings: str | Non
              "seed see the same rows, other seeds see other rows, so the spread over seeds includes the data's.", ""]
     lines += [findings or f"{FINDINGS_BEGIN}\n{FINDINGS_END}", ""]
     for task, r in results["tasks"].items():
-        lines += [f"## {task.upper()}", "", f"Teacher dev score {r['teacher_dev']:.2f}. Budgets (table, {PROFILES[0]}): "
+        table_on = f", measured on {r['table_machine']}" if r.get("table_machine") else ""
+        lines += [f"## {task.upper()}", "", f"Teacher dev score {r['teacher_dev']:.2f}. Artifacts timed on "
+                  f"{r.get('timing_host') or 'a host the record does not name'}. Budgets (table, {PROFILES[0]}{table_on}): "
                   + ", ".join(f"{b:.2f} ms" for b in r["budgets"]["budgets_ms"]) + ".", "",
                   "| student | architecture | seeds | dev score | PyTorch dev | cpu-int8 ms (median; p10-p90) | cpu ms (median; p10-p90) | parameters | int8 MB | speedup (int8) | % of teacher |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -1113,8 +1145,7 @@ def regenerate_command(work: Path, tasks: str, docs: Path) -> str:
 
 
 def write_page(work: Path, tasks: str, docs: Path, bench: Bench, results: dict[str, Any]) -> None:
-    full = {"tasks": results, "versions": versions(), "machine": f"{platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} CPUs", "wall_s": bench.state.get("wall_s", {}),
+    full = {"tasks": results, "versions": versions(), "machine": host_name(), "wall_s": bench.state.get("wall_s", {}),
             "regenerate": regenerate_command(work, tasks, docs)}
     write_text_atomic(work / "results.json", json.dumps(full, indent=2, default=str) + "\n")
     # Atomic: the page carries hand-written findings that the next regeneration reads back from it.

@@ -19,11 +19,12 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from kdnas_deploy.errors import KdnasError
-from kdnas_deploy.fingerprint import fingerprint_id, machine_fingerprint
+from kdnas_deploy.fingerprint import TIMING_METHOD_VERSION, fingerprint_id, machine_fingerprint
 from kdnas_deploy.hardware import HardwareProfile
 from kdnas_deploy.latency.measure import BuiltGraph, Measurer, OnnxMeasurer, measure_now
 from kdnas_deploy.latency.table import Entry, LatencyTable
@@ -101,11 +102,42 @@ def fit_calibration(composed: Iterable[float], measured: Iterable[float]) -> Cal
     return Calibration(float(np.exp(np.mean(y - exponent * x))), exponent, len(x))
 
 
+def target_machine(table: LatencyTable, profile: HardwareProfile, machine: str) -> dict[str, Any]:
+    """The fingerprint info of `machine`, a fingerprint id in `table` (as `kdnas-deploy profile` prints it on the
+    machine that measured it), checked to hold timings of `profile` as this version builds and times graphs:
+    a search on a build host can then read the latencies of the deployment target it will never run on."""
+    info = table.fingerprints().get(machine)
+    if info is None:
+        raise KdnasError(f"latency table {table.path} has no machine {machine}")
+    if info.get("profile_hash") != profile.content_hash():
+        raise KdnasError(f"machine {machine} in {table.path} timed another definition of profile {profile.name} "
+                         f"(its profile {info.get('profile')!r}, hash {info.get('profile_hash')})")
+    if info.get("timing_method") != TIMING_METHOD_VERSION:
+        raise KdnasError(f"machine {machine} in {table.path} was timed by another timing method "
+                         f"({info.get('timing_method')}, this version: {TIMING_METHOD_VERSION})")
+    return info
+
+
+def machine_for(table: LatencyTable, profile: HardwareProfile, machines: Iterable[str]) -> str | None:
+    """Which of `machines` (fingerprint ids in `table`) timed `profile`, if any: a fingerprint covers one profile
+    definition, so each id names the profile it belongs to."""
+    known = table.fingerprints()
+    for m in machines:
+        if m not in known:
+            raise KdnasError(f"latency table {table.path} has no machine {m}")
+    found = [m for m in machines if known[m].get("profile_hash") == profile.content_hash()]
+    if len(found) > 1:
+        raise KdnasError(f"machines {', '.join(found)} both timed profile {profile.name}: give one")
+    return found[0] if found else None
+
+
 class LatencyModel:
     """Latency of any architecture on one profile, from (and filling) a latency table.
 
     With `measure_missing`, timings the table lacks are measured on this machine and stored;
-    without it (a frozen table) a missing timing is an error.
+    without it (a frozen table) a missing timing is an error. `machine` reads the timings another machine
+    measured (its fingerprint id in `table`, see `target_machine`): they are never filled from here, since
+    this host's timings would say nothing about that machine.
     """
 
     def __init__(
@@ -115,17 +147,21 @@ class LatencyModel:
         *,
         measure_missing: bool = True,
         measurer: Measurer | None = None,
+        machine: str | None = None,
     ) -> None:
         self.table = table
         self.profile = profile
-        self.measure_missing = measure_missing and not table.readonly
         self.measurer: Measurer = measurer or OnnxMeasurer()
-        self.info = machine_fingerprint(profile)
-        self.fingerprint = fingerprint_id(self.info)
+        here = machine_fingerprint(profile)
+        self.elsewhere = machine is not None and machine != fingerprint_id(here)
+        self.info = target_machine(table, profile, machine) if self.elsewhere else here
+        self.fingerprint = machine if self.elsewhere else fingerprint_id(here)
+        self.measure_missing = measure_missing and not table.readonly and not self.elsewhere
         self.batch = profile.shape.batch_size
         self.seq_len = profile.shape.seq_len
         self._calibration: Calibration | None = None
-        table.register(self.fingerprint, self.info)
+        if not self.elsewhere:
+            table.register(self.fingerprint, self.info)
 
     # -- table access ---------------------------------------------------------------------------
     def lookup(self, kind: str, arch: StudentArch) -> Entry | None:
@@ -136,6 +172,9 @@ class LatencyModel:
 
     # -- measuring ------------------------------------------------------------------------------
     def _check_can_measure(self, kind: str, arch: StudentArch) -> None:
+        if self.elsewhere:
+            raise KdnasError(f"latency table {self.table.path} has no {kind} timing for {arch} from machine "
+                             f"{self.fingerprint}; fill it there with `kdnas-deploy profile`")
         if not self.measure_missing:
             raise KdnasError(f"latency table {self.table.path} has no {kind} timing for {arch} and is frozen")
         self.profile.check_runnable()

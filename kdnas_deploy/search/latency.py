@@ -2,15 +2,18 @@
 
 The search asks for the latency of thousands of architectures; each answer is the table's prediction
 (measured whole model, else calibrated block composition), memoised, and the table is filled for the
-space before the first episode so no candidate waits on a timing.
+space before the first episode so no candidate waits on a timing. A profile whose latencies come from another
+machine (`machines`: fingerprint ids in the table) is read, never filled: the table must already hold what the
+search needs from that machine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.hardware import HardwareProfile
-from kdnas_deploy.latency.predictor import LatencyModel
+from kdnas_deploy.latency.predictor import LatencyModel, machine_for
 from kdnas_deploy.latency.profiler import DEFAULT_CALIBRATION
 from kdnas_deploy.latency.table import LatencyTable
 from kdnas_deploy.space import SearchSpace, StudentArch
@@ -19,9 +22,17 @@ from kdnas_deploy.space import SearchSpace, StudentArch
 class LatencyOracle:
     """`oracle(arch) -> {profile name: ms}` over one table and several profiles."""
 
-    def __init__(self, table: LatencyTable, profiles: Sequence[HardwareProfile]):
-        self.models = {p.name: LatencyModel(table, p) for p in profiles}
+    def __init__(self, table: LatencyTable, profiles: Sequence[HardwareProfile], machines: Sequence[str] = ()):
+        self.models = {p.name: LatencyModel(table, p, machine=machine_for(table, p, machines)) for p in profiles}
+        unused = set(machines) - {m.fingerprint for m in self.models.values()}
+        if unused:
+            raise KdnasError(f"machine {', '.join(sorted(unused))} timed none of the profiles "
+                             f"{', '.join(self.models)}: pass the --hw it was profiled with")
         self._memo: dict[StudentArch, dict[str, float]] = {}
+
+    def elsewhere(self) -> dict[str, str]:
+        """Profile name -> the other machine whose timings it reads."""
+        return {name: m.fingerprint for name, m in self.models.items() if m.elsewhere}
 
     def fill(self, space: SearchSpace, extra: Sequence[StudentArch] = (), calibration: int = DEFAULT_CALIBRATION,
              seed: int = 0, progress: Callable[[str, object, bool], None] | None = None) -> None:
@@ -31,6 +42,11 @@ class LatencyOracle:
 
         items = plan(space, calibration, seed) + [it for a in extra for it in items_for(a)]
         for name, model in self.models.items():
+            if model.elsewhere and (missing := model.missing(items)):
+                kind, arch = missing[0]
+                raise KdnasError(f"latency table {model.table.path} lacks {len(missing)} of the {len(set(items))} "
+                                 f"timings the search needs from machine {model.fingerprint} ({name}), e.g. {kind} "
+                                 f"{arch}; fill it on that machine with `kdnas-deploy profile` for this space")
             tick = (lambda item, cached, n=name: progress(n, item, cached)) if progress else None
             profile_items(model, items, seed=seed, progress=tick)
         self._memo.clear()

@@ -15,7 +15,6 @@ from typing import Any, Callable, Literal
 
 from kdnas_deploy.data import DataSource
 from kdnas_deploy.errors import KdnasError
-from kdnas_deploy.hashing import stable_hash
 from kdnas_deploy.model_folder import model_ref, read_info, write_json_atomic, write_text_atomic
 from kdnas_deploy.search.executors import Executor
 from kdnas_deploy.search.episodes import SearchProgress, best_candidate, prediction_quality, run_episodes
@@ -24,6 +23,7 @@ from kdnas_deploy.search.finals import (CONFIRM_ROUNDS, Budget, Choice, Interlea
 from kdnas_deploy.search.journal import JOURNAL_FILE, Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig
 from kdnas_deploy.search.strategies import STRATEGIES, Allowed, budget_bands, make_strategy
+from kdnas_deploy.teacher_config import located_config_hash, teacher_config_hash
 
 RUN_FILE = "run.json"
 CHOICES_FILE = "choices.json"
@@ -63,6 +63,10 @@ class SearchSettings:
     budgets: list[float | str] | None = None
     #: Interleaved rounds that re-time each budget's finalists before the pick; 0 picks by the table alone.
     confirm_rounds: int = CONFIRM_ROUNDS
+    #: Fingerprint ids of other machines in the table whose timings the search reads for the profiles they timed
+    #: (a deployment target profiled there, a search run here). Their latencies are never measured from here, and
+    #: finalists on them are picked by the table, since re-timing them here would time the wrong machine.
+    machines: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -208,7 +212,6 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     another."""
     from kdnas_deploy.distill.api import distill, prepare
     from kdnas_deploy.distill.trainer import TrainConfig
-    from kdnas_deploy.fingerprint import fingerprint_id, machine_fingerprint
     from kdnas_deploy.latency.table import LatencyTable
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.search.evaluator import ProxyEvaluator
@@ -220,20 +223,24 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     teacher_config, teacher_arch, space, profiles = r.teacher_config, r.teacher_arch, r.space, r.profiles
     for p in profiles:
         p.check_runnable()
-    record = {
-        "settings": asdict(settings),
-        "teacher_config_hash": stable_hash(teacher_config.to_dict()),
-        "profiles": {p.name: {"content_hash": p.content_hash(), "fingerprint": fingerprint_id(machine_fingerprint(p))} for p in profiles},
-        "space": space.to_dict(),
-    }
-    if resume:
-        before = json.loads((out / RUN_FILE).read_text())
-        if before.get("teacher_config_hash") != record["teacher_config_hash"] or before.get("profiles") != record["profiles"]:
-            raise KdnasError(f"{out}: the teacher, profiles or machine changed since this run started; start a new run")
-    write_json_atomic(out / RUN_FILE, record)
-
     with LatencyTable(r.table_path) as table:
-        oracle = LatencyOracle(table, profiles)
+        oracle = LatencyOracle(table, profiles, settings.machines or ())
+        elsewhere = oracle.elsewhere()
+        record = {
+            "settings": asdict(settings),
+            "teacher_config_hash": teacher_config_hash(teacher_config),
+            "profiles": {name: {"content_hash": m.profile.content_hash(), "fingerprint": m.fingerprint}
+                         for name, m in oracle.models.items()},
+            "space": space.to_dict(),
+        }
+        if resume:
+            before = json.loads((out / RUN_FILE).read_text())
+            same_teacher = before.get("teacher_config_hash") in (
+                record["teacher_config_hash"], located_config_hash(teacher_config, before["settings"]["teacher"]))
+            if not same_teacher or before.get("profiles") != record["profiles"]:
+                raise KdnasError(f"{out}: the teacher, profiles or machine changed since this run started; start a new "
+                                 "run (or, to read the first machine's timings, resume with its table and --machine)")
+        write_json_atomic(out / RUN_FILE, record)
         references = budget_references(settings.budgets or [])
         oracle.fill(space, extra=[teacher_arch, *references], calibration=settings.calibration, seed=settings.seed,
                     progress=latency_progress)
@@ -256,7 +263,13 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         with Journal(out / JOURNAL_FILE) as journal:
             candidates = run_episodes(strategy, journal, evaluate, oracle, config, settings.episodes, settings.top_k,
                                       progress, executor)
-    choices = chosen_finals(out, candidates, budgets, profiles[0], settings.confirm_rounds, confirm_status)
+    rounds = settings.confirm_rounds
+    if rounds and first in elsewhere:
+        rounds = 0
+        if confirm_status:
+            confirm_status(f"picked by the table: {first}'s latencies are machine {elsewhere[first]}'s, "
+                           "and re-timing the finalists here would time this one")
+    choices = chosen_finals(out, candidates, budgets, profiles[0], rounds, confirm_status)
     finals: list[dict[str, Any]] = []
     if settings.final:
         for choice in choices:
@@ -276,6 +289,8 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     report = build_report(settings, candidates, teacher_arch, teacher_ms, teacher_metrics["score"], config, finals)
     if budgets:
         report["choices"] = [c.to_dict() for c in choices]
+    if elsewhere:
+        report["latency_machines"] = elsewhere
     write_report(out, report)
     return report
 
@@ -321,7 +336,7 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
 
     r = _resolve(settings)
     with LatencyTable(r.table_path) as table:
-        coverage = LatencyOracle(table, r.profiles).coverage(r.space, [r.teacher_arch], settings.calibration, settings.seed)
+        coverage = LatencyOracle(table, r.profiles, settings.machines or ()).coverage(r.space, [r.teacher_arch], settings.calibration, settings.seed)
     missing = sum(need - have for have, need in coverage.values())
     prepared = prepare(settings.teacher, DataSource.from_dict(settings.data), settings.max_length)
     config = TrainConfig(epochs=1)
@@ -395,6 +410,8 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
              f"Reward: {report['reward']['form']}, targets "
              + ", ".join(f"{p} {ms:.2f} ms" for p, ms in report["reward"]["targets_ms"].items())
              + f"; strategy {report['strategy']}.", "",
+             *([f"Latencies of {', '.join(f'{p} from machine {m}' for p, m in report['latency_machines'].items())} "
+                "(timed there, read from its latency table).", ""] if report.get("latency_machines") else []),
              "| episode | architecture | status | latency (ms) | proxy score | reward | predicted reward +- sd |",
              "|---|---|---|---|---|---|---|"]
     for c in report["candidates"]:
