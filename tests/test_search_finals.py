@@ -81,6 +81,14 @@ def test_a_batch_where_nothing_fits_sends_the_next_ones_to_be_timed() -> None:
     (choice,) = choose_finals(CANDIDATES, [Budget(10.0, ref)], "cpu", timer, top=2)
     assert timer.asked == [["L4-H384-A12-I1152", "L3-H384-A12-I1536", ref], ["L4-H256-A4-I1024", "L2-H384-A12-I1536", ref]]
     assert str(choice.candidate.arch) == "L2-H384-A12-I1536" and choice.confirmed and len(choice.measured_ms) == 5
+    # Each session with the limit its finalists were held to: the reference is re-timed in every one.
+    assert [s["limit_ms"] for s in choice.sessions] == [8.0, 8.0]
+    assert choice.sessions[1]["measured_ms"] == {ref: 8.0, "L4-H256-A4-I1024": 10.2, "L2-H384-A12-I1536": 5.5}
+    from kdnas_deploy.search.run import _choice_text
+
+    text = _choice_text(choice.to_dict())
+    assert "session 1 (limit 8.00 ms): `L4-H312-A12-I1200` 8.00, `L4-H384-A12-I1152` 11.00" in text
+    assert text.endswith("chose `L2-H384-A12-I1536` at 5.50 ms within 8.00 ms")
 
 
 def test_when_nothing_fits_after_retiming_the_tables_pick_is_kept_unconfirmed() -> None:

@@ -116,18 +116,21 @@ class Choice:
     limit_ms: float | None = None
     #: The choice's measured median is within the limit (False: nothing re-timed fits, the table's pick is kept).
     confirmed: bool = False
+    #: Each interleaved session in order, `{"limit_ms", "measured_ms"}`: the reference is re-timed in every one, so
+    #: a finalist is judged against the limit of its own session, which `limit_ms` (the last) may not be.
+    sessions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget_ms": self.budget.ms, "reference": self.budget.reference, "divisor": self.budget.divisor,
                 "arch": str(self.candidate.arch) if self.candidate else None, "measured_ms": self.measured_ms,
-                "limit_ms": self.limit_ms, "confirmed": self.confirmed}
+                "limit_ms": self.limit_ms, "confirmed": self.confirmed, "sessions": self.sessions}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], candidates: Sequence[Candidate]) -> Choice:
         """A saved choice, its architecture looked up among `candidates`."""
         by_arch = {str(c.arch): c for c in candidates}
         return cls(Budget(d["budget_ms"], d["reference"], d["divisor"]), by_arch.get(d["arch"]) if d["arch"] else None,
-                   dict(d["measured_ms"]), d["limit_ms"], d["confirmed"])
+                   dict(d["measured_ms"]), d["limit_ms"], d["confirmed"], list(d.get("sessions", [])))
 
 
 def _done(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -153,6 +156,7 @@ def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | N
     if timer is None:
         return [Choice(b, by_table[b]) for b in budgets]
     measured: dict[Budget, dict[str, float]] = {b: {} for b in budgets}
+    sessions: dict[Budget, list[dict[str, Any]]] = {b: [] for b in budgets}
     limits: dict[Budget, float] = {}
     chosen: dict[Budget, Candidate] = {}
     for batch in range(batches):
@@ -170,11 +174,13 @@ def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | N
             if b.reference:
                 measured[b][b.reference] = ms[b.reference]
             measured[b].update({str(c.arch): ms[str(c.arch)] for c in cs})
+            sessions[b].append({"limit_ms": limits[b], "measured_ms": {
+                **({b.reference: ms[b.reference]} if b.reference else {}), **{str(c.arch): ms[str(c.arch)] for c in cs}}})
             fit = next((c for c in cs if ms[str(c.arch)] <= limits[b]), None)  # ranked: the first fit scores best
             if fit is not None:
                 chosen[b] = fit
     # Nothing re-timed fits: keep the table's pick, marked unconfirmed, rather than no student.
-    return [Choice(b, chosen.get(b, by_table[b]), measured[b], limits.get(b), b in chosen) for b in budgets]
+    return [Choice(b, chosen.get(b, by_table[b]), measured[b], limits.get(b), b in chosen, sessions[b]) for b in budgets]
 
 
 class InterleavedTimer:

@@ -458,7 +458,12 @@ def _choice_text(choice: dict[str, Any]) -> str:
     measured = choice.get("measured_ms") or {}
     if not measured:
         return f"`{choice['arch']}` (by the latency table)"
-    timed = ", ".join(f"`{a}` {ms:.2f}" for a, ms in measured.items())
+    sessions = choice.get("sessions") or []
+    if len(sessions) > 1:  # each session re-timed the reference: say which limit each finalist was held to
+        timed = "; ".join(f"session {i} (limit {s['limit_ms']:.2f} ms): " + ", ".join(f"`{a}` {ms:.2f}" for a, ms in s["measured_ms"].items())
+                          for i, s in enumerate(sessions, 1))
+    else:
+        timed = ", ".join(f"`{a}` {ms:.2f}" for a, ms in measured.items())
     verdict = (f"`{choice['arch']}` at {measured[choice['arch']]:.2f} ms within {choice['limit_ms']:.2f} ms"
                if choice["confirmed"] else
                f"none fits {choice['limit_ms']:.2f} ms when re-timed; `{choice['arch']}` kept by the table, unconfirmed"
