@@ -450,3 +450,19 @@ def test_a_restored_search_resumes_in_this_sessions_folders_and_its_partial_unit
     assert settings["data"] == {"data_dir": str(glue), "dev_file": str(glue / "dev_matched.tsv"), "task": "mnli"}
     units = sorted(p.name for p in (tmp_path / "record" / "mnli").iterdir())
     assert units == ["search-random.json"]  # the whole unit replaced the partial one
+
+
+def test_a_recorded_timing_is_kept_unless_the_task_is_to_be_timed_again_on_this_host(tmp_path: Path, monkeypatch):
+    import kdnas_deploy.latency.timing as timing
+
+    b, plan = bench.Bench(tmp_path / "work"), bench.TASKS["mnli"]
+    recorded = {"teacher-cpu-int8": {"ms": 22.5, "rounds": [22.5], "graph": "stand-in"}}
+    b.state.update({"mnli/timing": recorded, "mnli/timing-host": "AMD EPYC x2"})
+    monkeypatch.setattr(bench, "artifacts_of", lambda *a: [(None, None, "cpu-int8", None, tmp_path / "teacher-cpu-int8")])
+    monkeypatch.setattr(bench, "timed_graph", lambda *a: (tmp_path / "model.onnx", "stand-in"))
+    monkeypatch.setattr(bench, "standin_checks", lambda *a: [])
+    monkeypatch.setattr(timing, "interleaved_rounds", lambda targets, *a: {("teacher-cpu-int8", "cpu-int8"): [11.2, 11.9]})
+    assert bench.stage_timing(b, plan, tmp_path, []) is recorded
+    again = bench.stage_timing(b, plan, tmp_path, [], again=True)
+    assert again["teacher-cpu-int8"]["ms"] == 11.2 and b.state["mnli/timing"] is again
+    assert b.state["mnli/timing-host"] == bench.host_name() != "AMD EPYC x2"

@@ -878,13 +878,14 @@ def standin_checks(out: Path, every: list[Path], graphs: dict[str, tuple[Path, s
     return checks
 
 
-def stage_timing(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> dict[str, Any]:
+def stage_timing(bench: Bench, plan: TaskPlan, out: Path, students: list[Student], again: bool = False) -> dict[str, Any]:
     """Every artifact of one seed, both profiles, in rounds: each round times all of them once (one fresh session
     each, order rotated), so a slow spell of the machine hits them alike (`round_stats`). The teacher's int8
     artifact and the first student's, where their files are here, are timed beside their stand-ins too: the
-    measured check that a stand-in times like the artifact it replaces."""
+    measured check that a stand-in times like the artifact it replaces. `again` times them anew on this host
+    where the record has a timing from another (the picks were made for the table's machine)."""
     key = f"{plan.name}/timing"
-    if key in bench.state:
+    if key in bench.state and not again:
         return bench.state[key]
     from kdnas_deploy.hardware import load_profile
     from kdnas_deploy.latency.timing import interleaved_rounds, time_graph
@@ -1170,6 +1171,9 @@ def main() -> None:
                     help="the searches to run, and whose students the finals distil: one of them for a session too "
                          "short for both (the other runs in a later one, on the latency table recorded with the "
                          "budgets); the timing and report stages need both")
+    ap.add_argument("--retime", default="", metavar="TASKS",
+                    help="time these tasks' final artifacts again on this host although the record has their timing "
+                         "(comma-separated; for a task timed on another kind of host than its table's)")
     ap.add_argument("--docs", type=Path, default=REPO / "docs", help="where benchmarks.md and the plots go")
     ap.add_argument("--record", default=None,
                     help="where the small files that let a later session resume are kept (default DOCS/"
@@ -1208,7 +1212,7 @@ def main() -> None:
         stage_finals(bench, plan, out, students)
         if last < STAGES.index("timing"):
             continue
-        stage_timing(bench, plan, out, students)
+        stage_timing(bench, plan, out, students, again=plan.name in args.retime.split(","))
         if last >= STAGES.index("report"):
             results[plan.name] = task_results(bench, plan, out, students, budgets)
             args.docs.mkdir(parents=True, exist_ok=True)
