@@ -42,3 +42,9 @@ def located_config_hash(config: Any, path: str) -> str:
     from kdnas_deploy.hashing import stable_hash
 
     return stable_hash({**config.to_dict(), "_name_or_path": path})
+
+
+def is_recorded_teacher(recorded_hash: str | None, config: Any, recorded_path: str) -> bool:
+    """`config` is the teacher a run recorded, by its hash of either kind (the one recorded before the folder was
+    left out names the teacher by `recorded_path`, the folder the run was given)."""
+    return recorded_hash in (teacher_config_hash(config), located_config_hash(config, recorded_path))

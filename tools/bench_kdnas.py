@@ -405,26 +405,32 @@ def search_fingerprint() -> str:
     return fingerprint_id(search_machine())
 
 
+def recorded_machine(out: Path) -> dict[str, Any] | None:
+    """The fingerprint (`id`, `info`) of the recorded latency table (`keep_table`), if there is one."""
+    path = out / TABLE_FILE
+    return json.loads(path.read_text())["fingerprint"] if path.exists() else None
+
+
 def table_machine(out: Path) -> str:
     """The machine whose latency table the task's budgets and searches read: the recorded table's, where there is
     one (a later session may run on another kind of host), else this machine's."""
-    path = out / TABLE_FILE
-    return json.loads(path.read_text())["fingerprint"]["id"] if path.exists() else search_fingerprint()
+    recorded = recorded_machine(out)
+    return recorded["id"] if recorded else search_fingerprint()
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    """A fingerprint's CPU and core count, for the page."""
+    return f"{info.get('cpu')} x{info.get('cpu_count')}"
 
 
 def host_name() -> str:
-    from kdnas_deploy.fingerprint import cpu_model
-
-    return f"{cpu_model()} x{os.cpu_count()}"
+    return describe_machine(search_machine())
 
 
 def table_host(out: Path) -> str | None:
-    """The CPU (and core count) of the machine whose table the budgets and searches read, for the page."""
-    path = out / TABLE_FILE
-    if not path.exists():
-        return None
-    info = json.loads(path.read_text())["fingerprint"]["info"]
-    return f"{info.get('cpu')} x{info.get('cpu_count')}"
+    """The machine whose table the budgets and searches read, for the page."""
+    recorded = recorded_machine(out)
+    return describe_machine(recorded["info"]) if recorded else None
 
 
 def keep_table(bench: Bench, plan: TaskPlan, out: Path) -> None:
@@ -588,7 +594,7 @@ class SearchSnapshots:
 def relocate_run(run: Path, teacher: Path, data_dir: Path) -> None:
     """Points a search's run.json at this session's teacher and data: a run restored from the record names the
     folders of the session that started it, and `--resume` reads its settings from run.json alone."""
-    from kdnas_deploy.teacher_config import located_config_hash, load_teacher_config, teacher_config_hash
+    from kdnas_deploy.teacher_config import is_recorded_teacher, load_teacher_config, teacher_config_hash
 
     record = json.loads((run / RUN_FILE).read_text())
     settings = record["settings"]
@@ -600,7 +606,7 @@ def relocate_run(run: Path, teacher: Path, data_dir: Path) -> None:
     # A run recorded before the teacher's hash left its folder out names the teacher by the folder it came from:
     # the same config there is the same teacher here.
     recorded = record.get("teacher_config_hash")
-    if recorded and recorded == located_config_hash(config := load_teacher_config(str(teacher)), settings["teacher"]):
+    if recorded and is_recorded_teacher(recorded, config := load_teacher_config(str(teacher)), settings["teacher"]):
         record["teacher_config_hash"] = teacher_config_hash(config)
     settings["teacher"] = str(teacher)
     write_json_atomic(run / RUN_FILE, record)

@@ -102,13 +102,17 @@ def fit_calibration(composed: Iterable[float], measured: Iterable[float]) -> Cal
     return Calibration(float(np.exp(np.mean(y - exponent * x))), exponent, len(x))
 
 
+def _machine_info(known: dict[str, dict[str, Any]], table: LatencyTable, machine: str) -> dict[str, Any]:
+    if machine not in known:
+        raise KdnasError(f"latency table {table.path} has no machine {machine}")
+    return known[machine]
+
+
 def target_machine(table: LatencyTable, profile: HardwareProfile, machine: str) -> dict[str, Any]:
     """The fingerprint info of `machine`, a fingerprint id in `table` (as `kdnas-deploy profile` prints it on the
     machine that measured it), checked to hold timings of `profile` as this version builds and times graphs:
     a search on a build host can then read the latencies of the deployment target it will never run on."""
-    info = table.fingerprints().get(machine)
-    if info is None:
-        raise KdnasError(f"latency table {table.path} has no machine {machine}")
+    info = _machine_info(table.fingerprints(), table, machine)
     if info.get("profile_hash") != profile.content_hash():
         raise KdnasError(f"machine {machine} in {table.path} timed another definition of profile {profile.name} "
                          f"(its profile {info.get('profile')!r}, hash {info.get('profile_hash')})")
@@ -122,10 +126,7 @@ def machine_for(table: LatencyTable, profile: HardwareProfile, machines: Iterabl
     """Which of `machines` (fingerprint ids in `table`) timed `profile`, if any: a fingerprint covers one profile
     definition, so each id names the profile it belongs to."""
     known = table.fingerprints()
-    for m in machines:
-        if m not in known:
-            raise KdnasError(f"latency table {table.path} has no machine {m}")
-    found = [m for m in machines if known[m].get("profile_hash") == profile.content_hash()]
+    found = [m for m in machines if _machine_info(known, table, m).get("profile_hash") == profile.content_hash()]
     if len(found) > 1:
         raise KdnasError(f"machines {', '.join(found)} both timed profile {profile.name}: give one")
     return found[0] if found else None

@@ -155,7 +155,6 @@ def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | N
     by_table = {b: next((c for c in ranked[b] if c.latency[profile] <= b.ms), None) for b in budgets}
     if timer is None:
         return [Choice(b, by_table[b]) for b in budgets]
-    measured: dict[Budget, dict[str, float]] = {b: {} for b in budgets}
     sessions: dict[Budget, list[dict[str, Any]]] = {b: [] for b in budgets}
     limits: dict[Budget, float] = {}
     chosen: dict[Budget, Candidate] = {}
@@ -171,14 +170,13 @@ def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | N
         ms = {str(a): v for a, v in timer(archs).items()}
         for b, cs in todo.items():
             limits[b] = ms[b.reference] / b.divisor if b.reference else b.ms
-            if b.reference:
-                measured[b][b.reference] = ms[b.reference]
-            measured[b].update({str(c.arch): ms[str(c.arch)] for c in cs})
             sessions[b].append({"limit_ms": limits[b], "measured_ms": {
                 **({b.reference: ms[b.reference]} if b.reference else {}), **{str(c.arch): ms[str(c.arch)] for c in cs}}})
             fit = next((c for c in cs if ms[str(c.arch)] <= limits[b]), None)  # ranked: the first fit scores best
             if fit is not None:
                 chosen[b] = fit
+    # Every finalist's median, the reference's from the last session (whose limit `limit_ms` is).
+    measured = {b: {a: v for sess in sessions[b] for a, v in sess["measured_ms"].items()} for b in budgets}
     # Nothing re-timed fits: keep the table's pick, marked unconfirmed, rather than no student.
     return [Choice(b, chosen.get(b, by_table[b]), measured[b], limits.get(b), b in chosen, sessions[b]) for b in budgets]
 

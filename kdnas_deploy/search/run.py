@@ -23,7 +23,7 @@ from kdnas_deploy.search.finals import (CONFIRM_ROUNDS, Budget, Choice, Interlea
 from kdnas_deploy.search.journal import JOURNAL_FILE, Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig
 from kdnas_deploy.search.strategies import STRATEGIES, Allowed, budget_bands, make_strategy
-from kdnas_deploy.teacher_config import located_config_hash, teacher_config_hash
+from kdnas_deploy.teacher_config import is_recorded_teacher, teacher_config_hash
 
 RUN_FILE = "run.json"
 CHOICES_FILE = "choices.json"
@@ -235,8 +235,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         }
         if resume:
             before = json.loads((out / RUN_FILE).read_text())
-            same_teacher = before.get("teacher_config_hash") in (
-                record["teacher_config_hash"], located_config_hash(teacher_config, before["settings"]["teacher"]))
+            same_teacher = is_recorded_teacher(before.get("teacher_config_hash"), teacher_config, before["settings"]["teacher"])
             if not same_teacher or before.get("profiles") != record["profiles"]:
                 raise KdnasError(f"{out}: the teacher, profiles or machine changed since this run started; start a new "
                                  "run (or, to read the first machine's timings, resume with its table and --machine)")
