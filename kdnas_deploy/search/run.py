@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any, Callable, Literal
 
 from kdnas_deploy.data import DataSource
@@ -19,7 +20,7 @@ from kdnas_deploy.model_folder import model_ref, read_info, write_json_atomic, w
 from kdnas_deploy.search.executors import Executor
 from kdnas_deploy.search.episodes import SearchProgress, best_candidate, prediction_quality, run_episodes
 from kdnas_deploy.search.finals import (CONFIRM_ROUNDS, Budget, Choice, InterleavedTimer, budget_references, choose_finals,
-                                       parse_budget, reference_text, resolve_budgets)
+                                       parse_budget, reference_text, resolve_budgets, session_ratios)
 from kdnas_deploy.search.journal import JOURNAL_FILE, Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig
 from kdnas_deploy.search.strategies import STRATEGIES, Allowed, budget_bands, make_strategy
@@ -463,7 +464,11 @@ def _choice_text(choice: dict[str, Any]) -> str:
                           for i, s in enumerate(sessions, 1))
     else:
         timed = ", ".join(f"`{a}` {ms:.2f}" for a, ms in measured.items())
+    ratios = session_ratios(sessions, choice["arch"])
     verdict = (f"`{choice['arch']}` at {measured[choice['arch']]:.2f} ms within {choice['limit_ms']:.2f} ms"
+               if choice["confirmed"] and len(ratios) < 2 else
+               f"`{choice['arch']}` at {median(ratios):.3f} of the limit, the median of its sessions ("
+               + ", ".join(f"{r:.3f}" for r in ratios) + ")"
                if choice["confirmed"] else
                f"none fits {choice['limit_ms']:.2f} ms when re-timed; `{choice['arch']}` kept by the table, unconfirmed"
                if choice["limit_ms"] is not None else f"`{choice['arch']}` (nothing near the budget to re-time)")

@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""How far apart two sessions of the search's final re-timing put a finalist against its reference, on this machine.
+
+A finalist is judged by its ratio to a limit measured in the same interleaved session (the reference's fastest
+round over its divisor). This times the benchmark's budget pairs with the search's own `InterleavedTimer`
+(`CONFIRM_ROUNDS` rounds per session, the fastest counts) in several sessions in a row and reports, per pair:
+- each session's ratio finalist / limit, their median and range;
+- the re-test spread: mean |log(ratio in session i / ratio in session j)| over all pairs of sessions, which is
+  what `CONFIRM_MARGIN` in kdnas_deploy/search/finals.py must cover for one session's verdict to mean something;
+- how often one session's verdict (ratio <= 1) disagrees with the verdict on all sessions' median.
+
+Run: python tools/bench_finals_margin.py [--sessions 6] [--profile cpu-int8] [--out bench-out/finals-margin]
+Nothing else should run on the machine meanwhile (about 5 minutes on 2 cores with the default pairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kdnas_deploy.hardware import load_profile
+from kdnas_deploy.search.finals import CONFIRM_MARGIN, CONFIRM_ROUNDS, InterleavedTimer
+from kdnas_deploy.space import StudentArch
+
+#: (reference, divisor, finalist): the MNLI benchmark's borderline finalists beside their budget's reference.
+PAIRS = (("L6-H384-A12-I1536", 3.0, "L3-H384-A6-I768"), ("L6-H384-A12-I1536", 3.0, "L2-H384-A2-I1536"),
+         ("L4-H312-A12-I1200", 1.0, "L5-H384-A12-I384"), ("L3-H384-A12-I1536", 1.0, "L4-H384-A12-I768"))
+
+
+def analyse(ms: list[dict[str, float]], pairs: tuple[tuple[str, float, str], ...]) -> list[dict]:
+    rows = []
+    for ref, divisor, cand in pairs:
+        ratios = np.array([s[cand] / (s[ref] / divisor) for s in ms])
+        pooled = float(np.median(ratios))
+        retest = [abs(np.log(a / b)) for a, b in itertools.combinations(ratios, 2)]
+        rows.append({"reference": ref, "divisor": divisor, "finalist": cand, "ratios": ratios.tolist(),
+                     "median": pooled, "min": float(ratios.min()), "max": float(ratios.max()),
+                     "retest_pct": 100 * float(np.mean(retest)),
+                     "verdict_flips": int(sum((r <= 1) != (pooled <= 1) for r in ratios))})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sessions", type=int, default=6)
+    ap.add_argument("--profile", default="cpu-int8")
+    ap.add_argument("--out", default="bench-out/finals-margin")
+    args = ap.parse_args()
+    profile = load_profile(args.profile)
+    archs = list(dict.fromkeys(StudentArch.parse(a) for ref, _, cand in PAIRS for a in (ref, cand)))
+    ms: list[dict[str, float]] = []
+    start = time.perf_counter()
+    with InterleavedTimer(profile, progress=lambda m: print(m, flush=True)) as timer:
+        for i in range(args.sessions):
+            print(f"session {i + 1}/{args.sessions}", flush=True)
+            ms.append({str(a): v for a, v in timer(archs).items()})
+    rows = analyse(ms, PAIRS)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "finals-margin.json").write_text(json.dumps(
+        {"profile": args.profile, "rounds": CONFIRM_ROUNDS, "margin": CONFIRM_MARGIN, "sessions_ms": ms,
+         "rows": rows, "wall_s": time.perf_counter() - start}, indent=1))
+    lines = [f"{args.sessions} sessions of {CONFIRM_ROUNDS} rounds, {args.profile}; CONFIRM_MARGIN {CONFIRM_MARGIN:.0%}",
+             "", "| finalist | limit | ratio median | ratio range | re-test | one session disagrees |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        limit = r["reference"] + (f" / {r['divisor']:g}" if r["divisor"] != 1 else "")
+        lines.append(f"| {r['finalist']} | {limit} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | "
+                     f"{r['retest_pct']:.1f}% | {r['verdict_flips']} of {args.sessions} |")
+    (out / "finals-margin.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
