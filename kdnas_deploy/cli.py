@@ -454,6 +454,7 @@ def export(
     max_drop: Annotated[float, typer.Option("--max-drop", help="Fail if the artifact's dev score is more than this many points below PyTorch's.")] = 1.0,
     table: TableOpt = None,
     measure: Annotated[bool, typer.Option(help="Time the artifact on this machine for the card.")] = True,
+    machine: Annotated[Optional[str], typer.Option("--machine", help="Give the card the latency --table holds for another machine (its fingerprint id, as `kdnas-deploy profile` printed it there) instead of this one's; nothing is measured into the table.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the card (kdnas_card.json) on stdout.")] = False,
 ) -> None:
@@ -467,7 +468,7 @@ def export(
     with console.status("exporting") as status:
         result = export_artifact(model_dir, profile, target, source=_source(task, data_dir, train_file, dev_file, text_columns, label_column),
                                  max_drop=max_drop, table=table, measure=measure, overwrite=overwrite,
-                                 status=lambda msg: status.update(escape(msg)))
+                                 status=lambda msg: status.update(escape(msg)), machine=machine)
     card = result.card
     if as_json:
         print(json.dumps(card, indent=2))
@@ -484,6 +485,7 @@ def _print_card(card: dict[str, Any], folder: Path) -> None:
               f"fused attention {card['fusion']['fused_attention']}/{card['fusion']['layers']}", highlight=False)
     measured = lat.get("measured")
     out.print(f"  latency (batch {lat['batch_size']}, seq {lat['seq_len']}): table {lat['predicted_ms']:.2f} ms"
+              + (f" (machine {lat['predicted_machine']})" if lat.get("predicted_machine") else "")
               + (f", measured {measured['median_ms']:.2f} ms (p10 {measured['p10_ms']:.2f}, p90 {measured['p90_ms']:.2f})" if measured else ""),
               highlight=False)
 

@@ -168,6 +168,25 @@ def test_export_cli_writes_the_default_folder(student_dir: Path, tmp_path: Path)
     assert r.returncode == 0, r.stderr
     card = json.loads(r.stdout)
     assert (tmp_path / "my-student-onnx-cpu" / "kdnas_card.json").is_file() and card["arch"] == STUDENT
+    assert "predicted_machine" not in card["latency"]
+
+    # The same table profiled on a deployment target: the card takes that machine's latency, measuring nothing here.
+    from conftest import as_other_machine
+    from kdnas_deploy.latency.table import LatencyTable
+
+    with LatencyTable(tmp_path / "t.sqlite") as table:
+        (here,) = table.fingerprints()
+    other = as_other_machine(tmp_path / "t.sqlite", tmp_path / "target.sqlite", here)
+    with LatencyTable(tmp_path / "target.sqlite") as table:
+        rows = table.count()
+    r = subprocess.run(cli("export", str(model), "--hw", "cpu", "--no-measure", "--table", str(tmp_path / "target.sqlite"),
+                           "--machine", other, "--out", str(tmp_path / "for-target"), "--json"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lat = json.loads(r.stdout)["latency"]
+    assert lat["predicted_machine"] == other and lat["predicted_ms"] == card["latency"]["predicted_ms"]
+    assert f"timed on machine {other}" in (tmp_path / "for-target" / "README.md").read_text()
+    with LatencyTable(tmp_path / "target.sqlite") as table:
+        assert table.count() == rows and set(table.fingerprints()) == {other}
 
 
 def test_predict_cli(int8_artifact: Path, tmp_path: Path) -> None:

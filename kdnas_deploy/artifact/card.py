@@ -51,7 +51,9 @@ def render_card(card: dict[str, Any]) -> str:
         "",
         "| source | median ms | p10 ms | p90 ms |",
         "|---|---|---|---|",
-        f"| latency table ({lat['predicted_from']}) | {lat['predicted_ms']:.3f} | | |",
+        f"| latency table ({lat['predicted_from']}"
+        + (f", timed on machine {lat['predicted_machine']}" if lat.get("predicted_machine") else "")
+        + f") | {lat['predicted_ms']:.3f} | | |",
     ]
     if measured:
         lines.append(f"| measured at export (the fastest of {measured['sessions']} sessions) | {measured['median_ms']:.3f} | "

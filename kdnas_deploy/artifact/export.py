@@ -50,9 +50,12 @@ def export_artifact(
     model_dir: str | Path, profile: HardwareProfile, out: str | Path, *, source: DataSource | None = None,
     max_drop: float = DEFAULT_MAX_DROP, table: str | Path | None = None, measure: bool = True,
     search_run: str | Path | None = None, overwrite: bool = False, status: Callable[[str], None] | None = None,
+    machine: str | None = None,
 ) -> ExportResult:
     """Exports `model_dir` (a folder with kdnas.json, or any BERT classifier folder with `source` given) for
-    `profile` into `out` and returns the card it wrote."""
+    `profile` into `out` and returns the card it wrote. `machine` (a fingerprint id in `table`) gives the card the
+    latency the table holds for that machine, the deployment target, instead of filling this host's rows; the
+    artifact is still timed here when `measure`."""
     from kdnas_deploy.distill.api import check_fits_task, prepare, source_from_teacher
     from kdnas_deploy.distill.trainer import evaluate_model
     from kdnas_deploy.latency.graph import FP32_FILE, build_profile_graph
@@ -102,7 +105,7 @@ def export_artifact(
             raise KdnasError(f"the {profile.precision.value} artifact scores {100 * onnx_metrics['score']:.2f} on dev against "
                              f"{100 * torch_metrics['score']:.2f} for PyTorch: a drop of {drop:.2f} points is above "
                              f"--max-drop {max_drop:g}; not writing {out}")
-        latency = _latency(arch, profile, graph.path, model.config.vocab_size, table, measure, say)
+        latency = _latency(arch, profile, graph.path, model.config.vocab_size, table, measure, say, machine)
         model.config.save_pretrained(work)
         prepared.tokenizer.save_pretrained(work)
         card = {
@@ -176,8 +179,9 @@ def check_parity(model: Any, fp32_graph: Path, dev: Any, pad_token_id: int) -> d
 
 
 def _latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size: int, table: str | Path | None,
-             measure: bool, say: Callable[[str], None]) -> dict[str, Any]:
-    """Predicted by the latency table (measuring missing blocks) and measured on this file, side by side."""
+             measure: bool, say: Callable[[str], None], machine: str | None = None) -> dict[str, Any]:
+    """Predicted by the latency table (measuring missing blocks, unless it is another `machine`'s) and measured on
+    this file, side by side."""
     from kdnas_deploy.latency.predictor import LatencyModel
     from kdnas_deploy.latency.table import LatencyTable, default_table_path
     from kdnas_deploy.latency.timing import time_graph
@@ -185,14 +189,19 @@ def _latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size
     shape = {"batch_size": profile.shape.batch_size, "seq_len": profile.shape.seq_len}
     say(f"latency of {arch} from the table")
     with LatencyTable(Path(table) if table else default_table_path()) as tbl:
-        predicted = LatencyModel(tbl, profile).predict(arch)
+        model = LatencyModel(tbl, profile, machine=machine)
+        predicted = model.predict(arch)
     result: dict[str, Any] = {**shape, "predicted_ms": round(predicted.ms, 4), "predicted_from": predicted.source}
+    if model.elsewhere:  # the deployment target's latency, not this host's (which `measured` is)
+        result["predicted_machine"] = model.fingerprint
     if measure:
         say(f"timing the artifact ({profile.timing.sessions} sessions)")
         t = time_graph(path, profile, vocab_size=vocab_size)
         result["measured"] = {"median_ms": round(t.median_ms, 4), "p10_ms": round(t.p10_ms, 4), "p90_ms": round(t.p90_ms, 4),
                               "spread": round(t.spread, 4), "sessions": t.sessions, "session_range": round(t.session_range, 4)}
-        result["predicted_over_measured"] = round(predicted.ms / t.median_ms, 4) if t.median_ms > 0 else None
+        # Two machines' milliseconds are not a prediction and its error: the ratio only means something on one.
+        if not model.elsewhere:
+            result["predicted_over_measured"] = round(predicted.ms / t.median_ms, 4) if t.median_ms > 0 else None
     return result
 
 

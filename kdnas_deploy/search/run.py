@@ -179,9 +179,12 @@ def deployment_limits(settings: SearchSettings, teacher_config: Any, profiles: l
 
 
 def export_finals(folder: Path, profiles: list[Any], out: Path, table: Path,
-                  status: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+                  status: Callable[[str], None] | None = None,
+                  machines: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """The final student's artifact for each profile; a failed export (for example an int8 accuracy drop over the
-    limit) is recorded in the report instead of ending a run whose students are already distilled."""
+    limit) is recorded in the report instead of ending a run whose students are already distilled. `machines`
+    (profile name -> fingerprint id) are the machines whose table rows the search read: the cards' table latency
+    is theirs too."""
     from kdnas_deploy.artifact.export import export_artifact
     from kdnas_deploy.artifact.runtime import read_card
 
@@ -195,7 +198,7 @@ def export_finals(folder: Path, profiles: list[Any], out: Path, table: Path,
         try:
             if card is None:  # a resumed run keeps artifacts it already exported
                 card = export_artifact(folder, profile, target, table=table, search_run=out, overwrite=True,
-                                       status=status).card
+                                       status=status, machine=(machines or {}).get(profile.name)).card
         except KdnasError as exc:
             results[profile.name] = {"folder": None, "error": str(exc)}
             continue
@@ -284,7 +287,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
                                    progress=final_progress)
                 entry.update(folder=str(folder), latency_ms=chosen.latency, proxy_score=chosen.score, dev=info.metrics["dev"])
                 if settings.export:
-                    entry["artifacts"] = export_finals(folder, profiles, out, r.table_path, export_status)
+                    entry["artifacts"] = export_finals(folder, profiles, out, r.table_path, export_status, elsewhere)
             finals.append(entry)
     report = build_report(settings, candidates, teacher_arch, teacher_ms, teacher_metrics["score"], config, finals)
     if budgets:
@@ -443,7 +446,9 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
             measured = art["latency"].get("measured")
             lines.append(f"  - {name} artifact `{art['folder']}` ({art['file']}, {art['size_mb']:.1f} MB): dev score "
                          f"{art['artifact_dev']['score']:.4f}, latency table {art['latency']['predicted_ms']:.2f} ms"
-                         + (f", measured {measured['median_ms']:.2f} ms" if measured else "") + ".")
+                         + (f" (machine {art['latency']['predicted_machine']})" if art["latency"].get("predicted_machine") else "")
+                         + (f", measured {measured['median_ms']:.2f} ms" + (" here" if art["latency"].get("predicted_machine") else "")
+                            if measured else "") + ".")
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
