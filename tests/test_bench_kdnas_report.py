@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,21 @@ def test_chains_stop_at_a_failed_step_and_run_the_rest(tmp_path: Path):
     with pytest.raises(SystemExit, match="fail failed: ValueError: no dev split"):
         b.run_chains([[lambda: ran.append("a1"), fail, lambda: ran.append("a3")], [lambda: ran.append("b1")]])
     assert sorted(ran) == ["a1", "b1"]
+
+
+def test_a_commands_wall_time_adds_to_its_earlier_attempts_and_is_saved_while_it_runs(tmp_path: Path):
+    import json
+
+    b = bench.Bench(tmp_path / "work")
+    b.state["wall_s"] = {"mnli/search-random": 100.0}  # an attempt cut off in an earlier session
+    with b.wall_clock("mnli/search-random", every=0.05):
+        time.sleep(0.3)
+        saved = json.loads((tmp_path / "work" / "state.json").read_text())["wall_s"]["mnli/search-random"]
+        assert 100.0 < saved  # on disk before the command ends: a killed session keeps it
+    assert saved <= b.state["wall_s"]["mnli/search-random"] and b.state["wall_s"]["mnli/search-random"] >= 100.3
+    with b.wall_clock("sst2/teacher"):
+        pass
+    assert b.state["wall_s"]["sst2/teacher"] < 1.0
 
 
 def test_an_artifact_whose_file_is_gone_is_timed_on_a_stand_in_of_its_signature(int8_artifact: Path, tmp_path: Path):

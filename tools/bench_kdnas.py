@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import functools
 import hashlib
 import io
@@ -54,7 +55,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -83,6 +84,7 @@ MAX_LENGTH = 128
 SEARCH = {"episodes": 8, "top_k": 4, "proxy": 1000, "held_out": 500, "proxy_epochs": 2}
 FINAL = {"epochs": 1}
 EQUAL_LATENCY = 1.03  # "equal latency": measured at most 3% above the hand-crafted student's
+WALL_CHECKPOINT_S = 60.0  # how often a running command's wall time is saved
 TIMING_ROUNDS = 20  # one session per graph per round; the latency is the fastest round (see `round_stats`)
 BOOTSTRAP = 5000
 
@@ -204,6 +206,34 @@ class Bench:
             write_json_atomic(self.state_path, self.state)
             self.record.save_state(self.state)
 
+    @contextlib.contextmanager
+    def wall_clock(self, name: str, every: float = WALL_CHECKPOINT_S) -> Iterator[None]:
+        """Adds the time spent inside to `wall_s[name]`, saved every `every` seconds as well as at the end: a
+        command resumed after a failure or a session cut off mid-run (search --resume, a distillation from its
+        checkpoint) adds to what its earlier attempts spent instead of replacing it, and a killed session loses
+        at most `every` seconds of it."""
+        with self.lock:
+            before = self.state.setdefault("wall_s", {}).get(name, 0.0)
+        tic, stop = time.time(), threading.Event()
+
+        def record() -> None:
+            with self.lock:
+                self.state["wall_s"][name] = round(before + time.time() - tic, 1)
+            self.save()
+
+        def tick() -> None:
+            while not stop.wait(every):
+                record()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join()
+            record()
+
     def cli(self, name: str, *args: str) -> None:
         self.run_chains([[(name, list(args))]])
 
@@ -247,12 +277,8 @@ class Bench:
             self.state.setdefault("commands", {})[name] = shown
         print(f"$ {shown}", flush=True)
         log = self.logs / f"{name.replace('/', '_')}.log"
-        tic = time.time()
-        with log.open("w") as f:
+        with log.open("w") as f, self.wall_clock(name):
             code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
-        with self.lock:
-            self.state.setdefault("wall_s", {})[name] = round(time.time() - tic, 1)
-        self.save()
         if code == 0:
             return None
         tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-15:]
@@ -1093,7 +1119,8 @@ def markdown(results: dict[str, Any], state: dict[str, Any], findings: str | Non
     wall = state.get("wall_s", {})
     hours = {k: sum(wall.get(n, 0) for n in names) / 3600 for k, names in groups.items()}
     lines += ["## Wall time", "", "Summed wall time of each step's commands (with `--jobs 2` the finals, proxy and export "
-              "commands ran two at a time, so less time passed than their sum).", "",
+              "commands ran two at a time, so less time passed than their sum). A command resumed in a later session "
+              "adds to its earlier attempts; before 2026-12-02 a resumed command kept only its last attempt's time.", "",
               "| task | step | commands | hours |", "|---|---|---|---|"]
     for task in results["tasks"]:
         mine = [k for k in groups if k[0] == task]
