@@ -10,7 +10,11 @@ round over its divisor). This times the benchmark's budget pairs with the search
 - how often one session's verdict (ratio <= 1) disagrees with the verdict on all sessions' median.
 
 Run: python tools/bench_finals_margin.py [--sessions 6] [--profile cpu-int8] [--out bench-out/finals-margin]
-Nothing else should run on the machine meanwhile (about 5 minutes on 2 cores with the default pairs).
+Nothing else should run on the machine meanwhile (about 3.5 minutes on 2 cores with the default pairs).
+
+`--replay REPORT` instead runs a finished search's finals again on this host, with the rule as it is now: its
+candidates and budgets from its report.json (or a benchmark record's copy of one), every budget's finalists
+re-timed here. It prints each budget's sessions and choice, and which finalists a second session judged.
 """
 
 from __future__ import annotations
@@ -45,12 +49,46 @@ def analyse(ms: list[dict[str, float]], pairs: tuple[tuple[str, float, str], ...
     return rows
 
 
+def replay(report_path: Path, profile_name: str, out: Path) -> None:
+    from kdnas_deploy.search.finals import Budget, choose_finals, session_ratios
+    from kdnas_deploy.search.journal import Candidate
+    from kdnas_deploy.search.run import _choice_text
+
+    report = json.loads(report_path.read_text())
+    if "candidates" not in report:  # a benchmark record's copy: {"search-x/report.json": {"text": ...}}
+        report = json.loads(next(iter(report.values()))["text"])
+    candidates = [Candidate(StudentArch.parse(c["arch"]), c["episode"], c["status"], c["latency_ms"],
+                            score=c["score"], reward=c["reward"]) for c in report["candidates"]]
+    budgets = [Budget(c["budget_ms"], c["reference"], c["divisor"]) for c in report["choices"]]
+    start = time.perf_counter()
+    with InterleavedTimer(load_profile(profile_name), progress=lambda m: print(m, flush=True)) as timer:
+        choices = choose_finals(candidates, budgets, profile_name, timer)
+    lines, rows = [f"Finals of {report_path} re-run on this host ({profile_name}, {CONFIRM_ROUNDS} rounds per session, "
+                   f"CONFIRM_MARGIN {CONFIRM_MARGIN:.0%}), {time.perf_counter() - start:.0f} s", ""], []
+    for choice, before in zip(choices, report["choices"]):
+        d = choice.to_dict()
+        twice = {a: session_ratios(d["sessions"], a) for s in d["sessions"] for a in s["measured_ms"]
+                 if a != d["reference"] and len(session_ratios(d["sessions"], a)) > 1}
+        rows.append({**d, "recorded_arch": before["arch"], "judged_twice": twice})
+        lines += [f"- budget {d['budget_ms']:.2f} ms ({d['reference']} / {d['divisor']:g}); recorded pick "
+                  f"`{before['arch']}`; here: {_choice_text(d)}",
+                  "  - judged on two sessions: " + (", ".join(f"`{a}` " + " then ".join(f"{r:.3f}" for r in rs)
+                                                           for a, rs in twice.items()) or "none")]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "replay.json").write_text(json.dumps({"report": str(report_path), "choices": rows}, indent=1))
+    (out / "replay.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sessions", type=int, default=6)
     ap.add_argument("--profile", default="cpu-int8")
     ap.add_argument("--out", default="bench-out/finals-margin")
+    ap.add_argument("--replay", type=Path, help="a finished search's report.json: run its finals again here")
     args = ap.parse_args()
+    if args.replay:
+        return replay(args.replay, args.profile, Path(args.out))
     profile = load_profile(args.profile)
     archs = list(dict.fromkeys(StudentArch.parse(a) for ref, _, cand in PAIRS for a in (ref, cand)))
     ms: list[dict[str, float]] = []
