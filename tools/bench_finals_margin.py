@@ -9,7 +9,7 @@ round over its divisor). This times the benchmark's budget pairs with the search
   what `CONFIRM_MARGIN` in kdnas_deploy/search/finals.py must cover for one session's verdict to mean something;
 - how often one session's verdict (ratio <= 1) disagrees with the verdict on all sessions' median.
 
-Run: python tools/bench_finals_margin.py [--sessions 6] [--profile cpu-int8] [--out bench-out/finals-margin]
+Run: python tools/bench_finals_margin.py [--sessions 6] [--rounds 6[,12]] [--profile cpu-int8] [--out bench-out/finals-margin]
 Nothing else should run on the machine meanwhile (about 3.5 minutes on 2 cores with the default pairs).
 
 `--replay REPORT` instead runs a finished search's finals again on this host, with the rule as it is now: its
@@ -85,30 +85,38 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=6)
     ap.add_argument("--profile", default="cpu-int8")
     ap.add_argument("--out", default="bench-out/finals-margin")
+    ap.add_argument("--rounds", default=str(CONFIRM_ROUNDS),
+                    help="rounds per session, or several (6,12) to compare, their sessions alternated")
     ap.add_argument("--replay", type=Path, help="a finished search's report.json: run its finals again here")
     args = ap.parse_args()
     if args.replay:
         return replay(args.replay, args.profile, Path(args.out))
     profile = load_profile(args.profile)
+    rounds = [int(r) for r in args.rounds.split(",")]
     archs = list(dict.fromkeys(StudentArch.parse(a) for ref, _, cand in PAIRS for a in (ref, cand)))
-    ms: list[dict[str, float]] = []
     start = time.perf_counter()
+    ms: dict[int, list[dict[str, float]]] = {r: [] for r in rounds}
     with InterleavedTimer(profile, progress=lambda m: print(m, flush=True)) as timer:
         for i in range(args.sessions):
-            print(f"session {i + 1}/{args.sessions}", flush=True)
-            ms.append({str(a): v for a, v in timer(archs).items()})
-    rows = analyse(ms, PAIRS)
+            for r in rounds:  # alternated, so a slow spell of the machine meets every round count alike
+                print(f"session {i + 1}/{args.sessions} of {r} rounds", flush=True)
+                timer.rounds = r
+                ms[r].append({str(a): v for a, v in timer(archs).items()})
+    rows = {r: analyse(ms[r], PAIRS) for r in rounds}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "finals-margin.json").write_text(json.dumps(
-        {"profile": args.profile, "rounds": CONFIRM_ROUNDS, "margin": CONFIRM_MARGIN, "sessions_ms": ms,
+        {"profile": args.profile, "rounds": rounds, "margin": CONFIRM_MARGIN, "sessions_ms": ms,
          "rows": rows, "wall_s": time.perf_counter() - start}, indent=1))
-    lines = [f"{args.sessions} sessions of {CONFIRM_ROUNDS} rounds, {args.profile}; CONFIRM_MARGIN {CONFIRM_MARGIN:.0%}",
-             "", "| finalist | limit | ratio median | ratio range | re-test | one session disagrees |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        limit = r["reference"] + (f" / {r['divisor']:g}" if r["divisor"] != 1 else "")
-        lines.append(f"| {r['finalist']} | {limit} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | "
-                     f"{r['retest_pct']:.1f}% | {r['verdict_flips']} of {args.sessions} |")
+    lines = [f"{args.sessions} sessions per round count, {args.profile}; CONFIRM_MARGIN {CONFIRM_MARGIN:.0%}", "",
+             "| rounds | finalist | limit | ratio median | ratio range | re-test | one session disagrees |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        for row in rows[r]:
+            limit = row["reference"] + (f" / {row['divisor']:g}" if row["divisor"] != 1 else "")
+            lines.append(f"| {r} | {row['finalist']} | {limit} | {row['median']:.3f} | {row['min']:.3f}-{row['max']:.3f} | "
+                         f"{row['retest_pct']:.1f}% | {row['verdict_flips']} of {args.sessions} |")
+        lines.append(f"| {r} | **mean re-test** | | | | {sum(x['retest_pct'] for x in rows[r]) / len(rows[r]):.1f}% | |")
     (out / "finals-margin.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
