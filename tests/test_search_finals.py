@@ -86,9 +86,9 @@ def test_a_batch_where_nothing_fits_sends_the_next_ones_to_be_timed() -> None:
     # Each session with the limit its finalists were held to: the reference is re-timed in every one.
     assert [s["limit_ms"] for s in choice.sessions] == [8.0, 8.0]
     assert choice.sessions[1]["measured_ms"] == {ref: 8.0, "L4-H256-A4-I1024": 10.2, "L2-H384-A12-I1536": 5.5}
-    from kdnas_deploy.search.run import _choice_text
+    from kdnas_deploy.search.run import choice_text
 
-    text = _choice_text(choice.to_dict())
+    text = choice_text(choice.to_dict())
     assert "session 1 (limit 8.00 ms): `L4-H312-A12-I1200` 8.00, `L4-H384-A12-I1152` 11.00" in text
     assert text.endswith("chose `L2-H384-A12-I1536` at 5.50 ms within 8.00 ms")
 
@@ -102,9 +102,9 @@ def test_a_finalist_near_its_sessions_limit_is_judged_on_a_second_session() -> N
     assert timer.asked == [["L4-H384-A12-I1152", "L3-H384-A12-I1536", ref],
                            ["L4-H384-A12-I1152", "L4-H256-A4-I1024", "L2-H384-A12-I1536", ref]]
     assert str(choice.candidate.arch) == "L4-H384-A12-I1152" and choice.confirmed  # not L3, which fit at once
-    from kdnas_deploy.search.run import _choice_text
+    from kdnas_deploy.search.run import choice_text
 
-    assert _choice_text(choice.to_dict()).endswith("at 0.995 of the limit, the median of its sessions (1.020, 0.970)")
+    assert choice_text(choice.to_dict()).endswith("at 0.995 of the limit, the median of its sessions (1.020, 0.970)")
     # A near fit that the second session puts 6% over loses to the next best, which fits clearly.
     timer = FakeTimer({"L4-H384-A12-I1152": [9.9, 10.9], "L3-H384-A12-I1536": 9.0, "L4-H256-A4-I1024": 9.0,
                        "L2-H384-A12-I1536": 5.5, ref: 10.0})
@@ -141,3 +141,9 @@ def test_interleaved_timer_times_real_graphs_and_leaves_nothing_behind(fast_prof
     assert not list(tmp_path.glob("kdnas-confirm-*"))  # the graphs were built in a temporary folder and removed
     with pytest.raises(KdnasError, match="at least one timing round"):
         InterleavedTimer(fast_profile, rounds=0)
+
+
+def test_a_reports_candidates_read_back_as_the_journal_gave_them() -> None:
+    from kdnas_deploy.search.run import _journal_part, report_candidates
+
+    assert report_candidates(_journal_part(CANDIDATES)) == CANDIDATES

@@ -50,16 +50,14 @@ def analyse(ms: list[dict[str, float]], pairs: tuple[tuple[str, float, str], ...
 
 
 def replay(report_path: Path, profile_name: str, out: Path) -> None:
-    from kdnas_deploy.search.finals import Budget, choose_finals, session_ratios
-    from kdnas_deploy.search.journal import Candidate
-    from kdnas_deploy.search.run import _choice_text
+    from kdnas_deploy.search.finals import Choice, choose_finals, session_ratios
+    from kdnas_deploy.search.run import choice_text, report_candidates
 
     report = json.loads(report_path.read_text())
     if "candidates" not in report:  # a benchmark record's copy: {"search-x/report.json": {"text": ...}}
         report = json.loads(next(iter(report.values()))["text"])
-    candidates = [Candidate(StudentArch.parse(c["arch"]), c["episode"], c["status"], c["latency_ms"],
-                            score=c["score"], reward=c["reward"]) for c in report["candidates"]]
-    budgets = [Budget(c["budget_ms"], c["reference"], c["divisor"]) for c in report["choices"]]
+    candidates = report_candidates(report)
+    budgets = [Choice.from_dict(c, candidates).budget for c in report["choices"]]
     start = time.perf_counter()
     with InterleavedTimer(load_profile(profile_name), progress=lambda m: print(m, flush=True)) as timer:
         choices = choose_finals(candidates, budgets, profile_name, timer)
@@ -67,11 +65,11 @@ def replay(report_path: Path, profile_name: str, out: Path) -> None:
                    f"CONFIRM_MARGIN {CONFIRM_MARGIN:.0%}), {time.perf_counter() - start:.0f} s", ""], []
     for choice, before in zip(choices, report["choices"]):
         d = choice.to_dict()
-        twice = {a: session_ratios(d["sessions"], a) for s in d["sessions"] for a in s["measured_ms"]
-                 if a != d["reference"] and len(session_ratios(d["sessions"], a)) > 1}
+        finalists = dict.fromkeys(a for s in d["sessions"] for a in s["measured_ms"] if a != d["reference"])
+        twice = {a: rs for a in finalists if len(rs := session_ratios(d["sessions"], a)) > 1}
         rows.append({**d, "recorded_arch": before["arch"], "judged_twice": twice})
         lines += [f"- budget {d['budget_ms']:.2f} ms ({d['reference']} / {d['divisor']:g}); recorded pick "
-                  f"`{before['arch']}`; here: {_choice_text(d)}",
+                  f"`{before['arch']}`; here: {choice_text(d)}",
                   "  - judged on two sessions: " + (", ".join(f"`{a}` " + " then ".join(f"{r:.3f}" for r in rs)
                                                            for a, rs in twice.items()) or "none")]
     out.mkdir(parents=True, exist_ok=True)

@@ -390,6 +390,15 @@ def _journal_part(candidates: list[Candidate]) -> dict[str, Any]:
     }
 
 
+def report_candidates(report: dict[str, Any]) -> list[Candidate]:
+    """The candidates a report.json lists (`_journal_part`), for reading a finished run without its journal."""
+    from kdnas_deploy.space import StudentArch
+
+    return [Candidate(StudentArch.parse(c["arch"]), c["episode"], c["status"], c["latency_ms"],
+                      predicted_reward=c["predicted_reward"], uncertainty=c["uncertainty"], score=c["score"],
+                      reward=c["reward"], wall_s=c["wall_s"], error=c["error"]) for c in report["candidates"]]
+
+
 def build_report(settings: SearchSettings, candidates: list[Candidate], teacher_arch: Any, teacher_ms: dict[str, float],
                  teacher_score: float | None, config: RewardConfig, finals: list[dict[str, Any]]) -> dict[str, Any]:
     return {
@@ -430,7 +439,7 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     if report.get("choices"):
         lines += ["", "Per budget, the finalists re-timed side by side (median ms) and the choice:", ""]
         for c in report["choices"]:
-            lines.append(f"- {_budget_text(c)}: " + _choice_text(c))
+            lines.append(f"- {_budget_text(c)}: " + choice_text(c))
         lines.append("")
     for final in report.get("finals", []):
         budget = f"{_budget_text(final)}: " if final["budget_ms"] is not None else ""
@@ -457,26 +466,30 @@ def _budget_text(entry: dict[str, Any]) -> str:
     return f"budget {entry['budget_ms']:.2f} ms" + (f" ({ref})" if ref else "")
 
 
-def _choice_text(choice: dict[str, Any]) -> str:
-    if choice["arch"] is None:
+def choice_text(choice: dict[str, Any]) -> str:
+    """One budget's finals as report.md tells them: each session's timings and the choice (a Choice's dict)."""
+    arch = choice["arch"]
+    if arch is None:
         return "no candidate within it"
     measured = choice.get("measured_ms") or {}
     if not measured:
-        return f"`{choice['arch']}` (by the latency table)"
+        return f"`{arch}` (by the latency table)"
     sessions = choice.get("sessions") or []
     if len(sessions) > 1:  # each session re-timed the reference: say which limit each finalist was held to
         timed = "; ".join(f"session {i} (limit {s['limit_ms']:.2f} ms): " + ", ".join(f"`{a}` {ms:.2f}" for a, ms in s["measured_ms"].items())
                           for i, s in enumerate(sessions, 1))
     else:
         timed = ", ".join(f"`{a}` {ms:.2f}" for a, ms in measured.items())
-    ratios = session_ratios(sessions, choice["arch"])
-    verdict = (f"`{choice['arch']}` at {measured[choice['arch']]:.2f} ms within {choice['limit_ms']:.2f} ms"
-               if choice["confirmed"] and len(ratios) < 2 else
-               f"`{choice['arch']}` at {median(ratios):.3f} of the limit, the median of its sessions ("
-               + ", ".join(f"{r:.3f}" for r in ratios) + ")"
-               if choice["confirmed"] else
-               f"none fits {choice['limit_ms']:.2f} ms when re-timed; `{choice['arch']}` kept by the table, unconfirmed"
-               if choice["limit_ms"] is not None else f"`{choice['arch']}` (nothing near the budget to re-time)")
+    ratios = session_ratios(sessions, arch)
+    if choice["confirmed"] and len(ratios) > 1:
+        verdict = (f"`{arch}` at {median(ratios):.3f} of the limit, the median of its sessions ("
+                   + ", ".join(f"{r:.3f}" for r in ratios) + ")")
+    elif choice["confirmed"]:
+        verdict = f"`{arch}` at {measured[arch]:.2f} ms within {choice['limit_ms']:.2f} ms"
+    elif choice["limit_ms"] is not None:
+        verdict = f"none fits {choice['limit_ms']:.2f} ms when re-timed; `{arch}` kept by the table, unconfirmed"
+    else:
+        verdict = f"`{arch}` (nothing near the budget to re-time)"
     return f"{timed}; chose {verdict}"
 
 
