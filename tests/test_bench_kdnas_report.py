@@ -311,6 +311,13 @@ def test_the_recorded_latency_table_is_read_by_a_later_session_of_the_same_finge
         assert table.count() == table.count(fid) == 1 and table.count("a-third-machine") == 0
     assert bench.table_machine(later) == fid
 
+    # A run made on one kind of host stops there instead, before it adds any row.
+    monkeypatch.setenv("KDNAS_CACHE_DIR", str(tmp_path / "fourth-cache"))
+    with pytest.raises(SystemExit, match=f"measured on machine {fid}.*--same-host"):
+        bench.load_table(bench.TASKS["mnli"], later, same_host=True)
+    with LatencyTable(default_table_path()) as table:
+        assert table.count() == 0
+
 
 def test_on_another_kind_of_host_the_searches_read_the_budgets_machines_table(tmp_path: Path, monkeypatch):
     """A search that starts or resumes on a host unlike the one the budgets were read on must read that host's

@@ -471,23 +471,29 @@ def keep_table(bench: Bench, plan: TaskPlan, out: Path) -> None:
     bench.record.keep(plan.name, out, "latency-table", [out / TABLE_FILE])
 
 
-def load_table(plan: TaskPlan, out: Path) -> None:
+def load_table(plan: TaskPlan, out: Path, same_host: bool = False) -> None:
     """Adds the recorded latency-table rows (see `keep_table`) to this session's table. On a machine of another
-    fingerprint they are read as that machine's (`kdnas-deploy search --machine`), never mixed with this one's."""
+    fingerprint they are read as that machine's (`kdnas-deploy search --machine`), never mixed with this one's;
+    with `same_host` such a session stops instead, for a run whose every latency must come from one kind of host."""
     from kdnas_deploy.latency.table import LatencyTable, default_table_path
 
     path = out / TABLE_FILE
     if not path.exists():
         return
     rows = json.loads(path.read_text())
+    recorded, differ = rows["fingerprint"], []
+    foreign = recorded["id"] != search_fingerprint()
+    if foreign:
+        here = search_machine()
+        differ = sorted(k for k in {*here, *recorded["info"]} if here.get(k) != recorded["info"].get(k))
+        if same_host:
+            sys.exit(f"error: {plan.name}'s latency table was measured on machine {recorded['id']}, and this host "
+                     f"differs in {', '.join(differ)}; --same-host runs only on that kind of host")
     with LatencyTable(default_table_path()) as table:
         added = table.import_rows(rows)
     print(f"{plan.name}: {added} of {len(rows['timings'])} recorded latency-table rows added to "
           f"{default_table_path()}", flush=True)
-    recorded = rows["fingerprint"]
-    if recorded["id"] != search_fingerprint():
-        here = search_machine()
-        differ = sorted(k for k in {*here, *recorded["info"]} if here.get(k) != recorded["info"].get(k))
+    if foreign:
         print(f"{plan.name}: the recorded table is another machine's (differs in {', '.join(differ)}): the searches "
               f"read it as machine {recorded['id']}; the final artifacts are timed here", flush=True)
 
@@ -1207,6 +1213,9 @@ def main() -> None:
     ap.add_argument("--retime", default="", metavar="TASKS",
                     help="time these tasks' final artifacts again on this host although the record has their timing "
                          "(comma-separated; for a task timed on another kind of host than its table's)")
+    ap.add_argument("--same-host", action="store_true",
+                    help="stop where the recorded latency table is another machine's, instead of reading it as "
+                         "that machine's and timing the artifacts here (for a run made on one kind of host)")
     ap.add_argument("--docs", type=Path, default=REPO / "docs", help="where benchmarks.md and the plots go")
     ap.add_argument("--record", default=None,
                     help="where the small files that let a later session resume are kept (default DOCS/"
@@ -1227,7 +1236,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         if restored := record.restore(plan.name, out):
             print(f"{plan.name}: {restored} files restored from {record.root / plan.name}", flush=True)
-        load_table(plan, out)
+        load_table(plan, out, same_host=args.same_host)
         stage_teacher(bench, plan, out, lambda: work_left(bench, plan, out))
         if args.handcrafted_first:
             stage_finals(bench, plan, out, known_students(out, None))
