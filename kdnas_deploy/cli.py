@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -34,12 +35,15 @@ def _setup_logging() -> None:
 
 
 def _quiet_libraries() -> None:
-    # Our own progress bars and one-line errors replace the libraries' per-map bars and load-time chatter.
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
+    # Our own progress bars and one-line errors replace the libraries' per-map bars and load-time chatter. Through
+    # their environment switches, read at import: a command that never imports them (predict, serve) must not pay
+    # their 5 s import to quiet them.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].logging.set_verbosity_error()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def _progress() -> Progress:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,47 @@ def test_predict_cli(int8_artifact: Path, tmp_path: Path) -> None:
     for args, message in cases:
         r = subprocess.run(cli("predict", *args), capture_output=True, text=True)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def _glue_rows(glue: Path, task: str, n: int) -> tuple[list[str], list[str] | None]:
+    """The first n dev rows: SST-2 sentences, or MNLI premise/hypothesis pairs."""
+    if task == "sst2":
+        lines = (glue / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:n + 1]
+        return [line.split("\t")[0] for line in lines], None
+    lines = (glue / "MNLI" / "dev_matched.tsv").read_text(encoding="utf-8").splitlines()[1:n + 1]
+    cols = [line.split("\t") for line in lines]
+    return [c[1] for c in cols], [c[2] for c in cols]
+
+
+@pytest.mark.parametrize("task, max_length", [("sst2", 128), ("sst2", 12), ("mnli", 128), ("mnli", 24)])
+def test_the_artifacts_encoder_matches_autotokenizer_on_real_text(int8_artifact: Path, glue: Path, task: str,
+                                                                 max_length: int) -> None:
+    """predict and serve encode with `tokenizers` alone; what they feed the graph must be what AutoTokenizer gives
+    for the same folder, truncated (short max_length: longest-first over both texts of a pair) or not."""
+    from transformers import AutoTokenizer
+
+    from kdnas_deploy.artifact.text_encoder import FastTextEncoder
+
+    firsts, seconds = _glue_rows(glue, task, 64)
+    ours = FastTextEncoder(int8_artifact, max_length)
+    reference = AutoTokenizer.from_pretrained(int8_artifact)
+    for at in range(0, 64, 16):  # batches of rows of several lengths: padding to each batch's longest
+        part = slice(at, at + 16)
+        got = ours(firsts[part], seconds[part] if seconds else None)
+        want = reference(firsts[part], seconds[part] if seconds else None, truncation=True, max_length=max_length,
+                         padding=True, return_tensors="np", return_token_type_ids=True)
+        assert set(got) == {"input_ids", "attention_mask", "token_type_ids"}
+        for key, value in got.items():
+            np.testing.assert_array_equal(value, want[key], err_msg=key)
+    assert got["input_ids"].shape[1] <= max_length
+
+
+def test_an_artifact_runs_without_importing_transformers_or_torch(int8_artifact: Path) -> None:
+    """The shipped folder needs onnxruntime and tokenizers only: a process that predicts must not load the 5-7 s of
+    transformers and torch (every `predict` call and server start paid them before)."""
+    code = ("import sys; from kdnas_deploy.artifact.runtime import Artifact; "
+            f"p = Artifact({str(int8_artifact)!r}).predict(['a fine film']); "
+            "print(p[0].label, 'transformers' in sys.modules, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[1:] == ["False", "False"] and r.stdout.split()[0] in ("negative", "positive")

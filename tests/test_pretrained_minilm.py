@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,3 +62,24 @@ def test_sliced_students_of_minilm_run(minilm) -> None:
     half = build_student(teacher, StudentArch.parse("L3-H384-A12-I1536"))
     for i, t in enumerate((1, 3, 5)):
         assert torch.equal(half.bert.encoder.layer[i].output.dense.weight, teacher.bert.encoder.layer[t].output.dense.weight)
+
+
+def test_the_artifacts_encoder_reads_minilms_tokenizer_as_autotokenizer_does(minilm, glue) -> None:
+    """The artifact's `tokenizers`-only encoder on a real hub tokenizer folder (its tokenizer.json carries its own
+    truncation settings, which the encoder must override as transformers does) over real MNLI pairs."""
+    import numpy as np
+
+    from kdnas_deploy.artifact.text_encoder import FastTextEncoder
+
+    _model, tokenizer = minilm
+    lines = (glue / "MNLI" / "dev_matched.tsv").read_text(encoding="utf-8").splitlines()[1:257]
+    firsts, seconds = zip(*[(c[1], c[2]) for c in (line.split("\t") for line in lines)])
+    for max_length in (128, 32):
+        ours = FastTextEncoder(Path(_minilm_path()), max_length)
+        for at in range(0, len(firsts), 32):
+            a, b = list(firsts[at:at + 32]), list(seconds[at:at + 32])
+            got = ours(a, b)
+            want = tokenizer(a, b, truncation=True, max_length=max_length, padding=True, return_tensors="np",
+                             return_token_type_ids=True)
+            for key, value in got.items():
+                np.testing.assert_array_equal(value, want[key], err_msg=f"{key}, max_length {max_length}")

@@ -69,8 +69,8 @@ class Artifact:
 
     def __init__(self, folder: str | Path, *, threads: int | None = None, spinning: bool | None = None):
         from kdnas_deploy.hardware import parse_profile
+        from kdnas_deploy.artifact.text_encoder import load_text_encoder
         from kdnas_deploy.latency.timing import make_session
-        from kdnas_deploy.model_folder import load_tokenizer
 
         self.folder = Path(folder)
         self.card = read_card(self.folder)
@@ -87,17 +87,14 @@ class Artifact:
             profile = profile.model_copy(update={"runtime": profile.runtime.model_copy(update=runtime)})
         self.profile = profile
         self.session = make_session(model_file, profile)
-        self.tokenizer = load_tokenizer(str(self.folder))
         self.label_names: list[str] = list(self.card["label_names"])
         self.regression: bool = bool(self.card["regression"])
         self.pair: bool = bool(self.card.get("pair", False))
         self.max_length: int = int(self.card["max_length"])
+        self.encoder = load_text_encoder(self.folder, self.max_length)
 
     def encode(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
-        firsts, seconds = split_rows(rows, self.pair)
-        enc = self.tokenizer(firsts, seconds, truncation=True, max_length=self.max_length, padding=True,
-                             return_tensors="np", return_token_type_ids=True)
-        return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+        return self.encoder(*split_rows(rows, self.pair))
 
     def logits(self, rows: Sequence[Row]) -> np.ndarray:
         if not rows:
