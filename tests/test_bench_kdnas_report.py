@@ -221,7 +221,7 @@ def test_an_artifact_whose_file_is_gone_is_timed_on_a_stand_in_of_its_signature(
         bench.timed_graph(out, target, profile)
 
 
-def test_finals_run_the_first_seed_then_proxies_then_other_seeds_and_nothing_once_recorded(tmp_path: Path):
+def test_finals_run_the_first_seed_then_proxies_then_other_seeds_and_nothing_once_recorded(tmp_path: Path, monkeypatch):
     from kdnas_deploy.model_folder import ModelInfo, write_text_atomic
 
     out, plan = tmp_path / "sst2", bench.TASKS["sst2"]
@@ -234,7 +234,13 @@ def test_finals_run_the_first_seed_then_proxies_then_other_seeds_and_nothing_onc
     assert {t.name for _p, t in units[0].targets} == {"teacher-cpu-int8", "teacher-cpu"}
     chains: list = []
     b.run_chains = chains.extend  # what stage_finals would run, in its order
+    filled: list = []
+    monkeypatch.setattr(bench, "fill_export_rows", lambda pending: filled.append((pending, len(chains))))
     bench.stage_finals(b, plan, out, students)
+    # every export's rows, timed before any chain starts (a chain beside a distillation would time them busy)
+    assert len(filled) == 1 and filled[0][1] == 0
+    assert len(filled[0][0]) == sum(len(u.targets) for u in units)
+    assert ("cpu", "L6-H384-A12-I1536") in filled[0][0] and {p for p, _a in filled[0][0]} == set(bench.PROFILES)
     heads = [c[0][0] for c in chains]
     kinds = [h.split("/")[1].split("-")[0] + (h[-3:] if h.startswith("sst2/distill") else "") for h in heads]
     assert kinds == ["export"] + ["distill-s0"] * 6 + ["proxy"] * 6 + ["distill-s1"] * 5 + ["distill-s2"] * 5
@@ -253,6 +259,21 @@ def test_finals_run_the_first_seed_then_proxies_then_other_seeds_and_nothing_onc
         write_text_atomic(out / "proxy" / arch / "kdnas.json", ModelInfo(kind="student", arch=arch, task="sst2",
                                                                          max_length=64).model_dump_json())
     assert not bench.work_left(b, plan, out)
+
+
+def test_the_rows_an_export_reads_are_timed_up_front_so_that_the_export_times_nothing(tmp_path: Path):
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.predictor import LatencyModel, items_for
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.space import StudentArch
+
+    profile = str(Path(__file__).parent / "data" / "fast-cpu.toml")
+    arch = "L1-H64-A2-I128"
+    bench.fill_export_rows([(profile, arch), (profile, arch)])
+    with LatencyTable(default_table_path()) as table:
+        frozen = LatencyModel(table, load_profile(profile), measure_missing=False)
+        assert frozen.missing(items_for(StudentArch.parse(arch))) == []
+        assert frozen.predict(StudentArch.parse(arch)).ms > 0  # what the export's card reads, with nothing to time
 
 
 def test_a_search_left_to_run_fills_the_latency_table_first_and_a_finished_one_does_not(tmp_path: Path, monkeypatch):
@@ -387,7 +408,7 @@ def test_a_stand_in_is_checked_against_its_artifact_or_another_seeds_of_the_same
     assert bench.standin_ratio({**stand_in, "graph": "stand-in"}, {**artifact, "graph": "artifact check"}) == pytest.approx(1.03)
 
 
-def test_handcrafted_first_runs_the_finals_that_do_not_need_the_search(tmp_path: Path):
+def test_handcrafted_first_runs_the_finals_that_do_not_need_the_search(tmp_path: Path, monkeypatch):
     out, plan = tmp_path / "sst2", bench.TASKS["sst2"]
     _fake_searched_task(out)
     for strategy in bench.STRATEGIES:
@@ -397,6 +418,7 @@ def test_handcrafted_first_runs_the_finals_that_do_not_need_the_search(tmp_path:
     assert [(s.role, s.arch, s.budget_ms) for s in students][1:] == [("handcrafted", a, None) for a in bench.HANDCRAFTED.values()]
     chains: list = []
     b.run_chains = chains.extend
+    monkeypatch.setattr(bench, "fill_export_rows", lambda pending: None)
     bench.stage_finals(b, plan, out, students)
     heads = [c[0][0] for c in chains]
     kinds = [h.split("/")[1].split("-")[0] + (h[-3:] if h.startswith("sst2/distill") else "") for h in heads]

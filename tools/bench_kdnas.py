@@ -17,7 +17,8 @@ benchmark-record, committed beside the page) carries what was finished: see `Rec
   search    `kdnas-deploy search --strategy kdnas --budgets ... --no-final`, and `--strategy random` with the
             same number of candidates and budgets; one final architecture per budget is read from each run's
             report (its `choices`: the best proxy score per budget whose re-timed latency fits)
-  finals    one chain per model, `--jobs` at a time: `kdnas-deploy distill` of every final student (hand-crafted,
+  finals    the latency-table rows the exports' cards read, timed first and alone; then one chain per model,
+            `--jobs` at a time: `kdnas-deploy distill` of every final student (hand-crafted,
             KD-NAS per budget, random at a third of the teacher) with one recipe (the teacher's training rows, one
             epoch, teacher layers inherited; SST-2 pairs with 3 seeds, MNLI with one), `kdnas-deploy export --hw
             cpu-int8` (and `--hw cpu` for the first seed and the teacher), dev-set predictions of the int8 artifact
@@ -825,12 +826,40 @@ def work_left(bench: Bench, plan: TaskPlan, out: Path) -> bool:
     return any(not callable(step) for step in commands)
 
 
+def fill_export_rows(pending: list[tuple[str, str]]) -> None:
+    """Times, before the chains start and with nothing else running, the latency-table rows that the pending
+    exports (profile, architecture) will read for their cards. An export times the rows its table lacks, and
+    beside a distillation in another chain it would time them on a busy machine: the fourth run's `cpu` rows came
+    out 1.3-5x their quiet latency that way, and so did three fp32 artifacts' card latencies."""
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.predictor import LatencyModel, items_for
+    from kdnas_deploy.latency.profiler import profile_items
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.space import StudentArch
+
+    archs: dict[str, list[str]] = {}
+    for profile, arch in pending:
+        archs.setdefault(profile, []).append(arch)
+    with LatencyTable(default_table_path()) as table:
+        for profile, names in archs.items():
+            model = LatencyModel(table, load_profile(profile))
+            items = [item for name in dict.fromkeys(names) for item in items_for(StudentArch.parse(name))]
+            if missing := model.missing(items):
+                print(f"{profile}: timing {len(missing)} latency-table rows for the exports' cards", flush=True)
+                profile_items(model, items, seed=0)
+
+
 def stage_finals(bench: Bench, plan: TaskPlan, out: Path, students: list[Student]) -> None:
     """Every unit's chain (the teacher's exports; each student's distillation and exports, one recipe: the
     teacher's training rows, one epoch, teacher layers inherited), then each architecture's proxy run. The first
     seed of every student comes first, then the proxies, then the other seeds one by one, so an interrupted run
     has a whole comparison over as many seeds as it got through."""
     threads = bench.threads(bench.jobs)
+    pending = [(profile, s.arch) for s, _seed, profile, _model, target in artifacts_of(plan, out, students)
+               if not (target / "kdnas_card.json").exists()]
+    if pending:
+        with bench.wall_clock(f"{plan.name}/export-rows"):
+            fill_export_rows(pending)
     units = units_of(plan, out, students)
     first = [u for u in units if u.seed in (None, plan.seeds[0])]
     chains = [unit_steps(bench, plan, out, u, threads) for u in first]
