@@ -76,6 +76,25 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "kdnas_deploy.cli", *args]
 
 
+def cli_here(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The CLI's `main()` run in this process: the exit code and stderr a user would see, with the same parsing and
+    error handling, for cases that fail fast. A fresh interpreter per case would pay 7 s to import torch and
+    transformers each; the subprocess runs beside these keep the process-level behaviour tested. An exception that
+    escapes `main` (a traceback for a user) fails the test here."""
+    from kdnas_deploy import cli as cli_module
+
+    argv = sys.argv
+    sys.argv = ["kdnas-deploy", *args]
+    try:
+        cli_module.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    return code, capsys.readouterr().err
+
+
 @pytest.fixture(scope="session")
 def sst2_slice(glue: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A GLUE-format SST-2 folder of 1,500 seeded real training rows and the first 300 dev rows."""

@@ -5,12 +5,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from conftest import FAST_PROFILE, TINY_SPACE, cli
+from conftest import FAST_PROFILE, TINY_SPACE, cli, cli_here
 from kdnas_deploy.model_folder import read_info
 from kdnas_deploy.search.journal import Journal
 
 
-def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path: Path) -> None:
+def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path: Path,
+                                                       capsys) -> None:
     run = tmp_path / "run"
     args = ["search", "--teacher", str(tiny_teacher_dir), "--data-dir", str(sst2_slice), "--task", "sst2", "--max-length", "32",
             "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--table", str(tmp_path / "lat.sqlite"),
@@ -81,8 +82,8 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
         (["search", "--teacher", str(tiny_teacher_dir), "--budgets", "5,fast", "--out", str(tmp_path / "x")], "--budgets item 'fast'"),
         (["report", str(tmp_path / "nothing")], "not a search run directory"),
     ]:
-        result = subprocess.run(cli(*bad), capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (bad, result.stderr)
+        code, err = cli_here(bad, capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (bad, err)
 
 
 def test_pareto_front() -> None:
