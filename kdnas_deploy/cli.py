@@ -136,6 +136,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     )
     c = s["calibration"]
     out.print(f"calibration: measured = {c['scale']:.3f} x composed ^ {c['exponent']:.3f} ({c['points']} whole models)")
+    fit = s.get("layer_fit")
+    out.print(f"layers: fitted over {fit['blocks']} block timings" if fit else "layers: each from its own block timing (too few blocks to fit)")
     tab = Table(title="predicted latency")
     for col in ("architecture", "params (M)", "latency (ms)", "source"):
         tab.add_column(col, justify="right" if col != "architecture" else "left")

@@ -281,3 +281,40 @@ def test_timings_of_another_machine_are_read_as_they_are_and_never_filled_from_h
             LatencyOracle(table, [parse_profile(data, "two-threads")], [other])
         with pytest.raises(KdnasError, match="timed another definition of profile two-threads"):
             LatencyModel(table, parse_profile(data, "two-threads"), machine=other)
+
+
+def test_a_block_timed_in_a_slow_spell_is_outvoted_by_the_fit_over_all_blocks(table, fast_profile):
+    """One block row 40% slow (a slow spell the row's sessions never left) moves every architecture of that
+    shape when layers are composed from their own rows; the fit over all the blocks barely feels it."""
+    space = SearchSpace(layers=(1, 4, 6), hidden=(64, 96, 128), heads=(2, 4), ffn_ratios=(1, 2, 4))
+    slowed = block_arch(128, 4, 512)
+
+    class SlowSpell(CostModel):
+        def true_ms(self, arch):
+            return super().true_ms(arch) * (1.4 if arch == slowed else 1.0)
+
+    cost = SlowSpell()
+    model = LatencyModel(table, fast_profile, measurer=cost)
+    profile_space(model, space, calibration=0, seed=0)
+    fit = model.layer_fit()
+    assert fit is not None and fit.points == 18
+    arch = StudentArch(6, 128, 4, 512)
+    truth = CostModel().true_ms(arch)
+    assert model.predict(arch).ms == pytest.approx(truth, rel=0.03)  # Huber weights bound its pull, to 1.6% here
+    rows = LatencyModel(table, fast_profile, measurer=cost, layer_fit=False)
+    assert rows.predict(arch).ms > 1.3 * truth
+    # A width no row has: its rows are timed first and join the fit, which is not extrapolating to it.
+    wide = StudentArch(2, 256, 4, 512)
+    assert model.predict(wide).ms == pytest.approx(CostModel().true_ms(wide), rel=0.03)
+    assert model.layer_fit().points == 19 and cost.calls[-1] == block_arch(256, 4, 512)
+
+
+def test_the_layer_fit_needs_enough_shapes_and_positive_costs():
+    from kdnas_deploy.latency.predictor import MIN_LAYER_FIT, fit_layer_cost
+
+    shapes = [(h, a, h * r) for h in (64, 96, 128, 192) for a in (2, 4) for r in (1, 2)]
+    costs = [layer_cost(*s) for s in shapes]
+    fit = fit_layer_cost(shapes, costs)
+    assert fit is not None and all(fit(*s) == pytest.approx(c, rel=1e-9) for s, c in zip(shapes, costs))
+    assert fit_layer_cost(shapes[:MIN_LAYER_FIT - 1], costs[:MIN_LAYER_FIT - 1]) is None
+    assert fit_layer_cost(shapes, [0.0] + costs[1:]) is None  # a block timed no slower than its stem

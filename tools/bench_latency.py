@@ -118,7 +118,10 @@ def bench_profile(name: str, space: SearchSpace, args: argparse.Namespace, workd
         model = LatencyModel(frozen, profile)
         archs = held_out_archs(space, model, args.n, args.seed + 1000)
         preds = [model.predict(a) for a in archs]
+        # The same table composing each layer from its own block row, as before the layer fit: the comparison.
+        rows_ms = np.array([LatencyModel(frozen, profile, layer_fit=False).predict(a).ms for a in archs])
         cal = model.calibration()
+        fit = model.layer_fit()
         print(f"[{name}] measuring {len(archs)} held-out architectures, {args.sessions}+ interleaved sessions each",
               file=sys.stderr)
         medians, probes, probe_best = measure_interleaved(
@@ -147,7 +150,9 @@ def bench_profile(name: str, space: SearchSpace, args: argparse.Namespace, workd
         "unfused": [str(a) for a in cold.unfused],
         "noisy_blocks": len(cold.noisy),
         "calibration": {"scale": cal.scale, "exponent": cal.exponent, "points": cal.points},
+        "layer_fit_blocks": fit.points if fit is not None else None,
         "prediction": stats.to_dict(),
+        "prediction_from_block_rows": error_stats(rows_ms, measured).to_dict(),
         "composition_only": raw.to_dict(),
         "noise_floor_test_retest": error_stats(even, odd).to_dict(),
         "noise_floor_time_separated": error_stats(first, second).to_dict(),
@@ -155,6 +160,7 @@ def bench_profile(name: str, space: SearchSpace, args: argparse.Namespace, workd
         "prediction_vs_second_half": error_stats(pred_ms, second).to_dict(),
         "calm": {
             "prediction": error_stats(pred_ms, calm_measured).to_dict(),
+            "prediction_from_block_rows": error_stats(rows_ms, calm_measured).to_dict(),
             "noise_floor_time_separated": error_stats(calm_first, calm_second).to_dict(),
             "sessions": int(calm.sum()), "of_sessions": int(calm.size),
         },
@@ -163,10 +169,10 @@ def bench_profile(name: str, space: SearchSpace, args: argparse.Namespace, workd
                   "round_medians_ms": [float(x) for x in np.median(probes, axis=1)],
                   "slowest_over_best_pct": float((probes.max() / probe_best - 1) * 100)},
         "rows": [
-            {"arch": str(a), "predicted_ms": float(p), "composed_ms": float(c), "measured_ms": float(m),
-             "session_medians_ms": [float(x) for x in medians[:, k]],
+            {"arch": str(a), "predicted_ms": float(p), "composed_ms": float(c), "from_block_rows_ms": float(r),
+             "measured_ms": float(m), "session_medians_ms": [float(x) for x in medians[:, k]],
              "session_probe_ms": [float(x) for x in probes[:, k]]}
-            for k, (a, p, c, m) in enumerate(zip(archs, pred_ms, composed_ms, measured))
+            for k, (a, p, c, r, m) in enumerate(zip(archs, pred_ms, composed_ms, rows_ms, measured))
         ],
     }
 
@@ -183,6 +189,13 @@ def markdown(results: list[dict], meta: dict) -> str:
         "| profile | predicted vs measured (all sessions) | Spearman | worst | composition only | noise floor: even/odd | noise floor: first/second half | calm sessions | predicted vs measured (calm sessions) | noise floor, calm: first/second half | slowest probe over its best | cold profile | warm (library / CLI) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rows_lines = [
+        "",
+        "The same table without the layer fit (each layer from its own block row), against the same sessions:",
+        "",
+        "| profile | blocks in the fit | with the fit: all sessions, Spearman | from the rows: all sessions, Spearman | with the fit: calm | from the rows: calm |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         p, c = r["prediction"], r["calm"]
         lines.append(
@@ -192,7 +205,12 @@ def markdown(results: list[dict], meta: dict) -> str:
             f"{pct(c['noise_floor_time_separated'])} | {r['probe']['slowest_over_best_pct']:.0f}% | "
             f"{r['cold_s'] / 60:.1f} min ({r['timings_in_table']} timings) | {r['warm_s']:.2f} s / {r['warm_cli_s']:.1f} s |"
         )
-    return "\n".join(lines) + "\n"
+        f, b = r["prediction_from_block_rows"], c["prediction_from_block_rows"]
+        rows_lines.append(
+            f"| {r['profile']} | {r['layer_fit_blocks']} | {pct(p)}, {p['spearman']:.3f} | {pct(f)}, {f['spearman']:.3f} | "
+            f"{pct(c['prediction'])} | {pct(b)} |"
+        )
+    return "\n".join(lines + rows_lines) + "\n"
 
 
 def main() -> None:

@@ -7,6 +7,10 @@ latency(L, h, a, i) = base(h) + L * layer(h, a, i), with
   the embedding table, and the full 30k-row table would make every block graph 15-94 MB to export,
   optimize and quantize. The embedding cost itself comes from `base`, timed at the full vocabulary.
 
+A layer's cost is read from a fit over every block timing of the machine and profile (`LayerFit`), not from its
+shape's own row alone, once the table holds enough of them: one row is one measurement of a machine whose speed
+flips by tens of percent for minutes, and every architecture of that shape would inherit its error.
+
 Encoder latency is close to linear in depth, so this composition ranks shapes well on its own;
 whole-model timings in the table then fit a calibration (measured = scale * composed ** exponent,
 least squares in log space) that absorbs what composition misses, such as cache pressure of deep
@@ -39,6 +43,10 @@ BLOCK_LAYERS = 2
 BLOCK_VOCAB = 1024
 #: Whole-model timings needed before the calibration is trusted over the raw composition.
 MIN_CALIBRATION = 3
+#: Block timings (of distinct shapes) needed before a layer's cost comes from the fit over all of them.
+MIN_LAYER_FIT = 12
+#: Relative residual beyond which a block timing counts less in the fit (Huber weights): a slow session's row.
+LAYER_FIT_HUBER = 0.05
 
 Item = tuple[str, StudentArch]  # (kind, arch of the graph that is timed)
 
@@ -83,6 +91,47 @@ class Calibration:
 
     def apply(self, composed_ms: float) -> float:
         return self.scale * max(composed_ms, 1e-6) ** self.exponent
+
+
+def layer_features(hidden: int, heads: int, ffn: int) -> np.ndarray:
+    """What a transformer layer's cost is close to linear in, at a fixed batch and sequence length: a constant
+    (per-layer node dispatch), the projections (h^2), the FFN (h * i), element-wise work over the hidden and FFN
+    activations (h, i: layer norms, GELU, residual adds) and per-head kernels (a). Scaled to similar magnitudes."""
+    return np.array([1.0, hidden * hidden / 1e5, hidden * ffn / 1e5, hidden / 1e3, ffn / 1e3, heads / 10.0])
+
+
+@dataclass(frozen=True)
+class LayerFit:
+    """A layer's cost as a linear function of its shape (`layer_features`), fitted over one machine's and
+    profile's block timings, weighted by relative error with Huber weights so that a row timed in a slow spell
+    counts less. A shape is fitted only with its own block among the points: `layer_ms` times a missing block
+    before it asks, so the fit never extrapolates to a width or FFN size no row has."""
+
+    coef: tuple[float, ...]
+    points: int
+
+    def __call__(self, hidden: int, heads: int, ffn: int) -> float:
+        return float(layer_features(hidden, heads, ffn) @ np.asarray(self.coef))
+
+
+def fit_layer_cost(shapes: Iterable[tuple[int, int, int]], layer_ms: Iterable[float],
+                   iterations: int = 30) -> LayerFit | None:
+    """Iteratively reweighted least squares on relative residuals; None below MIN_LAYER_FIT shapes, or where
+    the fit would answer a non-positive cost for one of its own shapes (too few distinct widths to pin it)."""
+    shapes, y = list(shapes), np.asarray(list(layer_ms), dtype=float)
+    if len(shapes) < MIN_LAYER_FIT or np.any(y <= 0):
+        return None
+    x = np.stack([layer_features(*shape) for shape in shapes])
+    weights = np.ones(len(y))
+    coef = np.zeros(x.shape[1])
+    for _ in range(iterations):
+        w = np.sqrt(weights) / y  # relative error: each row counts by its residual over its own cost
+        coef = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)[0]
+        residual = np.abs(x @ coef - y) / y
+        weights = np.where(residual <= LAYER_FIT_HUBER, 1.0, LAYER_FIT_HUBER / np.maximum(residual, 1e-12))
+    if np.any(x @ coef <= 0):
+        return None
+    return LayerFit(tuple(float(c) for c in coef), len(shapes))
 
 
 def fit_calibration(composed: Iterable[float], measured: Iterable[float]) -> Calibration:
@@ -149,6 +198,7 @@ class LatencyModel:
         measure_missing: bool = True,
         measurer: Measurer | None = None,
         machine: str | None = None,
+        layer_fit: bool = True,
     ) -> None:
         self.table = table
         self.profile = profile
@@ -161,6 +211,8 @@ class LatencyModel:
         self.batch = profile.shape.batch_size
         self.seq_len = profile.shape.seq_len
         self._calibration: Calibration | None = None
+        self.use_layer_fit = layer_fit
+        self._layer_fit: LayerFit | None | bool = False  # False: not fitted yet
         if not self.elsewhere:
             table.register(self.fingerprint, self.info)
 
@@ -195,6 +247,8 @@ class LatencyModel:
         self.table.put(self.fingerprint, kind, arch, self.batch, self.seq_len, timing, graph.fused_attention, graph.build_s)
         if kind == "model":
             self._calibration = None
+        else:  # a block or stem joins the layer fit, a base changes every composition: fit both again
+            self._layer_fit, self._calibration = False, None
         entry = self.lookup(kind, arch)
         assert entry is not None
         return entry
@@ -210,10 +264,30 @@ class LatencyModel:
         return entry if entry is not None else self.measure(kind, arch)
 
     # -- prediction -----------------------------------------------------------------------------
-    def layer_ms(self, hidden: int, heads: int, ffn: int) -> float:
+    def row_layer_ms(self, hidden: int, heads: int, ffn: int) -> float:
+        """The layer's cost from its own block and stem rows (timing them where missing)."""
         stem = self.ensure("stem", base_arch(hidden)).timing.median_ms
         block = self.ensure("block", block_arch(hidden, heads, ffn)).timing.median_ms
         return max(block - stem, 0.0) / BLOCK_LAYERS
+
+    def layer_fit(self) -> LayerFit | None:
+        """The fit over every block of this machine and profile whose stem is in the table (None: too few)."""
+        if self._layer_fit is False:
+            shapes, costs = [], []
+            for entry in self.table.entries(self.fingerprint, self.batch, self.seq_len, kind="block"):
+                stem = self.lookup("stem", base_arch(entry.arch.hidden))
+                if stem is not None:
+                    shapes.append(entry.arch.block)
+                    costs.append(max(entry.timing.median_ms - stem.timing.median_ms, 0.0) / BLOCK_LAYERS)
+            self._layer_fit = fit_layer_cost(shapes, costs)
+        return self._layer_fit if isinstance(self._layer_fit, LayerFit) else None
+
+    def layer_ms(self, hidden: int, heads: int, ffn: int) -> float:
+        # The shape's own rows are timed first where missing, as before the fit: they join it, so the fit always
+        # has this shape among its points.
+        own = self.row_layer_ms(hidden, heads, ffn)
+        fit = self.layer_fit() if self.use_layer_fit else None
+        return fit(hidden, heads, ffn) if fit is not None else own
 
     def composed_ms(self, arch: StudentArch) -> float:
         base = self.ensure("base", base_arch(arch.hidden)).timing.median_ms
