@@ -274,3 +274,25 @@ def test_an_artifact_runs_without_importing_transformers_or_torch(int8_artifact:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[1:] == ["False", "False"] and r.stdout.split()[0] in ("negative", "positive")
+
+
+def test_an_exports_missing_table_rows_are_timed_as_profile_times_them(tmp_path: Path) -> None:
+    """Not back to back on demand: sessions spread out and bracketed by the probe, whose best is kept in the
+    table, so a slowed machine is seen (the rows are flagged noisy and the export warns)."""
+    from kdnas_deploy.artifact.export import _latency
+    from kdnas_deploy.latency.predictor import LatencyModel, items_for
+    from kdnas_deploy.latency.table import LatencyTable
+
+    path = tmp_path / "two-sessions.toml"
+    path.write_text((Path(__file__).parent / "data" / "fast-cpu.toml").read_text() + "sessions = 2\n")
+    profile = load_profile(path)
+    arch = StudentArch.parse("L2-H32-A2-I64")
+    table = tmp_path / "t.sqlite"
+    result = _latency(arch, profile, tmp_path / "unused.onnx", 1024, table, measure=False, say=lambda _m: None)
+    assert result["predicted_ms"] > 0 and result["predicted_from"] == "composed"
+    with LatencyTable(table) as t:
+        model = LatencyModel(t, profile, measure_missing=False)
+        assert model.missing(items_for(arch)) == []
+        kinds = {e.kind for e in t.entries(model.fingerprint, 1, profile.shape.seq_len)}
+        assert kinds == {"base", "stem", "block", "probe"}
+        assert all(e.timing.sessions >= 2 for e in t.entries(model.fingerprint, 1, profile.shape.seq_len, kind="block"))

@@ -182,7 +182,8 @@ def _latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size
              measure: bool, say: Callable[[str], None], machine: str | None = None) -> dict[str, Any]:
     """Predicted by the latency table (measuring missing blocks, unless it is another `machine`'s) and measured on
     this file, side by side."""
-    from kdnas_deploy.latency.predictor import LatencyModel
+    from kdnas_deploy.latency.predictor import LatencyModel, items_for
+    from kdnas_deploy.latency.profiler import profile_items
     from kdnas_deploy.latency.table import LatencyTable, default_table_path
     from kdnas_deploy.latency.timing import time_graph
 
@@ -190,6 +191,14 @@ def _latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size
     say(f"latency of {arch} from the table")
     with LatencyTable(Path(table) if table else default_table_path()) as tbl:
         model = LatencyModel(tbl, profile, machine=machine)
+        if model.measure_missing and model.missing(items_for(arch)):
+            # Rows the table lacks are timed as `profile` times them (sessions spread out, each bracketed by the
+            # probe, more sessions where it says the machine is slowed), not back to back on demand.
+            say(f"timing the table rows {arch} needs")
+            filled = profile_items(model, items_for(arch))
+            if filled.noisy:
+                log.warning("latency-table rows for %s were timed while the machine stayed slowed (flagged noisy): "
+                            "the card's table latency may read high", arch)
         predicted = model.predict(arch)
     result: dict[str, Any] = {**shape, "predicted_ms": round(predicted.ms, 4), "predicted_from": predicted.source}
     if model.elsewhere:  # the deployment target's latency, not this host's (which `measured` is)
