@@ -119,7 +119,8 @@ def bench_profile(name: str, space: SearchSpace, args: argparse.Namespace, workd
         archs = held_out_archs(space, model, args.n, args.seed + 1000)
         preds = [model.predict(a) for a in archs]
         # The same table composing each layer from its own block row, as before the layer fit: the comparison.
-        rows_ms = np.array([LatencyModel(frozen, profile, layer_fit=False).predict(a).ms for a in archs])
+        from_rows = LatencyModel(frozen, profile, layer_fit=False)
+        rows_ms = np.array([from_rows.predict(a).ms for a in archs])
         cal = model.calibration()
         fit = model.layer_fit()
         print(f"[{name}] measuring {len(archs)} held-out architectures, {args.sessions}+ interleaved sessions each",

@@ -212,7 +212,8 @@ class LatencyModel:
         self.seq_len = profile.shape.seq_len
         self._calibration: Calibration | None = None
         self.use_layer_fit = layer_fit
-        self._layer_fit: LayerFit | None | bool = False  # False: not fitted yet
+        self._layer_fit: LayerFit | None = None
+        self._layer_fit_stale = True
         if not self.elsewhere:
             table.register(self.fingerprint, self.info)
 
@@ -245,10 +246,10 @@ class LatencyModel:
         if not graph.fused:
             log.warning("%s timed unfused: %d fused attention nodes for %d layers", arch, graph.fused_attention, arch.layers)
         self.table.put(self.fingerprint, kind, arch, self.batch, self.seq_len, timing, graph.fused_attention, graph.build_s)
-        if kind == "model":
+        if kind in ("block", "stem"):  # joins the layer fit
+            self._layer_fit_stale = True
+        if kind != "probe":  # a whole model, or a row every composition reads: calibrate again
             self._calibration = None
-        else:  # a block or stem joins the layer fit, a base changes every composition: fit both again
-            self._layer_fit, self._calibration = False, None
         entry = self.lookup(kind, arch)
         assert entry is not None
         return entry
@@ -271,22 +272,25 @@ class LatencyModel:
         return max(block - stem, 0.0) / BLOCK_LAYERS
 
     def layer_fit(self) -> LayerFit | None:
-        """The fit over every block of this machine and profile whose stem is in the table (None: too few)."""
-        if self._layer_fit is False:
+        """The fit over every block of this machine and profile whose stem is in the table (None: too few, or the
+        model composes from rows)."""
+        if not self.use_layer_fit:
+            return None
+        if self._layer_fit_stale:
             shapes, costs = [], []
             for entry in self.table.entries(self.fingerprint, self.batch, self.seq_len, kind="block"):
                 stem = self.lookup("stem", base_arch(entry.arch.hidden))
                 if stem is not None:
                     shapes.append(entry.arch.block)
                     costs.append(max(entry.timing.median_ms - stem.timing.median_ms, 0.0) / BLOCK_LAYERS)
-            self._layer_fit = fit_layer_cost(shapes, costs)
-        return self._layer_fit if isinstance(self._layer_fit, LayerFit) else None
+            self._layer_fit, self._layer_fit_stale = fit_layer_cost(shapes, costs), False
+        return self._layer_fit
 
     def layer_ms(self, hidden: int, heads: int, ffn: int) -> float:
         # The shape's own rows are timed first where missing, as before the fit: they join it, so the fit always
         # has this shape among its points.
         own = self.row_layer_ms(hidden, heads, ffn)
-        fit = self.layer_fit() if self.use_layer_fit else None
+        fit = self.layer_fit()
         return fit(hidden, heads, ffn) if fit is not None else own
 
     def composed_ms(self, arch: StudentArch) -> float:

@@ -329,7 +329,7 @@ def summarize(
                     "extra_sessions": result.extra_sessions, "remeasured": len(result.remeasured)},
         "wall_s": round(result.wall_s, 2),
         "calibration": {"scale": cal.scale, "exponent": cal.exponent, "points": cal.points},
-        "layer_fit": {"blocks": fit.points} if (fit := model.layer_fit()) is not None and model.use_layer_fit else None,
+        "layer_fit": {"blocks": fit.points} if (fit := model.layer_fit()) is not None else None,
         "predictions": [
             {"arch": str(p.arch), "ms": p.ms, "composed_ms": p.composed_ms, "source": p.source,
              "params": p.arch.parameter_count()}
