@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kdnas_deploy import __version__
+from kdnas_deploy.distill import DEFAULT_INIT, INITS
 from kdnas_deploy.errors import KdnasError
 
 app = typer.Typer(
@@ -163,6 +164,7 @@ TextColsOpt = Annotated[Optional[str], typer.Option("--text-columns", help="Colu
 LabelColOpt = Annotated[Optional[str], typer.Option("--label-column", help="Column holding the label (default: the task's, else 'label').")]
 MaxLenOpt = Annotated[int, typer.Option("--max-length", help="Truncate inputs to this many tokens.", min=8)]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for sampling, initialisation and batch order.")]
+InitOpt = Annotated[str, typer.Option("--init", help="How a student starts from the teacher: inherit (its layers, sliced to the student's widths: first heads, FFN neurons, hidden dimensions), ranked (the same, after sorting those units by importance on 512 training rows) or random.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training rows.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")]
@@ -253,7 +255,7 @@ def distill(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the student to (a checkpoint there is resumed).")],
     task: TaskOpt = None, data_dir: DataDirOpt = None, train_file: TrainFileOpt = None, dev_file: DevFileOpt = None,
     text_columns: TextColsOpt = None, label_column: LabelColOpt = None, max_length: MaxLenOpt = 128,
-    init: Annotated[str, typer.Option("--init", help="inherit (teacher layers, sliced) or random.")] = "inherit",
+    init: InitOpt = DEFAULT_INIT,
     proxy: Annotated[Optional[int], typer.Option("--proxy", min=2, help="Distil on a stratified sample of N training rows; score on a held-out slice.")] = None,
     held_out: Annotated[Optional[int], typer.Option("--held-out", min=1, help="Held-out rows for --proxy scoring (default min(1000, 20%)).")] = None,
     train_samples: SamplesOpt = None,
@@ -278,8 +280,8 @@ def distill(
     from kdnas_deploy.teacher_config import load_teacher_config
 
     student = StudentArch.parse(arch)
-    if init not in ("inherit", "random"):
-        raise KdnasError(f"--init {init!r}: use inherit or random")
+    if init not in INITS:
+        raise KdnasError(f"--init {init!r}: use {', '.join(INITS)}")
     layers = None
     if layer_map:
         layers = parse_layer_map(layer_map, student.layers, load_teacher_config(teacher_path).num_hidden_layers)
@@ -354,6 +356,7 @@ def search(
     proxy: Annotated[int, typer.Option(min=2, help="Proxy training rows per candidate.")] = 2000,
     held_out: Annotated[Optional[int], typer.Option("--held-out", min=1, help="Held-out training rows that score candidates.")] = None,
     proxy_epochs: Annotated[int, typer.Option(min=1)] = 3,
+    init: InitOpt = DEFAULT_INIT,
     target_ms: Annotated[Optional[float], typer.Option("--target-ms", help="Latency target in ms on every profile.")] = None,
     speedup: Annotated[Optional[float], typer.Option(help="Latency target as a speedup over the teacher (default 3).")] = None,
     reward: Annotated[str, typer.Option(help="soft (MnasNet) or hard (over the target is rejected).")] = "soft",
@@ -389,7 +392,7 @@ def search(
         flags = {
             "teacher": teacher_path, "max_length": max_length, "hw": list(hw), "space": space,
             "table": str(table) if table else None, "seed": seed, "strategy": strategy, "episodes": episodes,
-            "top_k": top_k, "proxy": proxy, "held_out": held_out, "proxy_epochs": proxy_epochs, "target_ms": target_ms,
+            "top_k": top_k, "proxy": proxy, "held_out": held_out, "proxy_epochs": proxy_epochs, "init": init, "target_ms": target_ms,
             "speedup": speedup, "reward": reward, "calibration": calibration, "final_epochs": final_epochs,
             "final": final, "export": export_final, "max_params": max_params, "max_mb": max_mb,
             "budgets": [b for b in budgets.split(",") if b.strip()] if budgets else None, "confirm_rounds": confirm_rounds,

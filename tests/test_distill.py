@@ -144,7 +144,7 @@ def test_cli_distill_and_errors(tiny_teacher_dir: Path, sst2_slice: Path, tmp_pa
     assert read_info(out).arch == "L1-H48-A4-I96"  # type: ignore[union-attr]
     cases = [
         (["distill", "--teacher", str(tiny_teacher_dir), "--arch", "L2-H50-A4-I64", "--out", str(tmp_path / "y")], "not divisible"),
-        (["distill", "--teacher", str(tiny_teacher_dir), "--arch", "L2-H32-A4-I64", "--init", "zeros", "--out", str(tmp_path / "y")], "use inherit or random"),
+        (["distill", "--teacher", str(tiny_teacher_dir), "--arch", "L2-H32-A4-I64", "--init", "zeros", "--out", str(tmp_path / "y")], "use inherit, ranked, random"),
         (["distill", "--teacher", str(tmp_path / "none"), "--arch", "L2-H32-A4-I64", "--out", str(tmp_path / "y")], "cannot load the teacher"),
         (["distill", "--teacher", str(tiny_teacher_dir), "--arch", "L2-H32-A4-I64", "--layer-map", "1,5", "--out", str(tmp_path / "y")], "numbered 1..2"),
         (["distill", "--teacher", str(tiny_teacher_dir), "--arch", "L2-H32-A4-I64", "--data-dir", str(sst2_slice), "--text-columns", "review",

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from kdnas_deploy.data import DataSource, TaskData, load_task_data, stratified_split, subsample
+from kdnas_deploy.distill import DEFAULT_INIT
 from kdnas_deploy.distill.objective import DistillationObjective, DistillConfig, SupervisedObjective
+from kdnas_deploy.distill.ranking import rank_teacher
 from kdnas_deploy.distill.student import Init, build_student
 from kdnas_deploy.distill.trainer import (
     TrainConfig,
@@ -110,7 +112,7 @@ def distill_student(
     train_set: Any,
     eval_set: Any,
     *,
-    init: Init = "inherit",
+    init: Init = DEFAULT_INIT,
     train_config: TrainConfig | None = None,
     distill_config: DistillConfig | None = None,
     checkpoint_dir: Path | None = None,
@@ -125,6 +127,11 @@ def distill_student(
     distill_config = distill_config or DistillConfig()
     check_fits_task(teacher, task)
     tic = time.perf_counter()
+    if init == "ranked":
+        # The ranked copy computes what the teacher computes, so it is also the teacher distilled from: the
+        # student's inherited units then line up with the teacher's in the hidden and relation losses.
+        teacher = rank_teacher(teacher, train_set, task.is_regression, pad_token_id, seed=train_config.seed)[0]
+        init = "inherit"
     seed_everything(train_config.seed)
     student = build_student(teacher, arch, init, seed=train_config.seed, layers=distill_config.layer_map)
     objective = DistillationObjective(student, teacher, distill_config, task.is_regression)
@@ -181,7 +188,7 @@ def distill(
     arch: str | StudentArch,
     out: Path,
     *,
-    init: Init = "inherit",
+    init: Init = DEFAULT_INIT,
     proxy: int | None = None,
     held_out: int | None = None,
     train_samples: int | None = None,

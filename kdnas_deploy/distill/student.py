@@ -10,6 +10,9 @@ to the student's widths:
 A student wider than its teacher in any dimension gets the teacher's weights where they overlap and random
 initialisation elsewhere. When the student's shape equals the teacher's every slice is whole, so the student
 is an exact copy (tests hold the code to that).
+
+Which units come first is the teacher's business: `init="ranked"` (see `ranking`) hands this code a copy of the
+teacher with its units sorted by importance, so the same slicing keeps the most important ones.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from __future__ import annotations
 import copy
 import math
 import re
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from kdnas_deploy.distill import Init
 from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.space import StudentArch
 
-Init = Literal["inherit", "random"]
 _LAYER_RE = re.compile(r"\.encoder\.layer\.(\d+)\.")
 
 
@@ -66,6 +69,9 @@ def build_student(
     """A `BertForSequenceClassification` of shape `arch`, randomly initialised or inheriting the teacher's weights."""
     from transformers import BertForSequenceClassification
 
+    if init == "ranked":
+        raise KdnasError("build_student inherits from the teacher it is given: rank the teacher first (rank_teacher), "
+                         "then build with init='inherit'")
     if init not in ("inherit", "random"):
         raise KdnasError(f"unknown initialisation {init!r}: use inherit or random")
     config = student_config(teacher.config, arch)
@@ -87,7 +93,7 @@ def _attention_index(s: StudentArch, t: StudentArch) -> tuple[torch.Tensor, torc
     return torch.arange(n), torch.arange(n)
 
 
-def _dims(name: str) -> tuple[str, ...]:
+def param_dims(name: str) -> tuple[str, ...]:
     """What each dimension of a BERT parameter measures: h(idden), a(ttention), f(fn) or n (same in both)."""
     if "LayerNorm" in name:
         return ("h",)
@@ -121,7 +127,7 @@ def inherit_weights(student: Any, teacher: Any, layers: list[int]) -> None:
         source = teacher_params.get(t_name)
         if source is None or not param.is_floating_point():
             continue
-        kinds = _dims(name)
+        kinds = param_dims(name)
         if not kinds:
             if source.shape == param.shape:
                 param.copy_(source)

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdnas_deploy.distill.api import Prepared, ProxySplit, distill_student, proxy_split
+from kdnas_deploy.distill import DEFAULT_INIT
 from kdnas_deploy.distill.objective import DistillConfig
+from kdnas_deploy.distill.ranking import rank_teacher
 from kdnas_deploy.distill.student import Init
 from kdnas_deploy.distill.trainer import TrainConfig, evaluate_model
 from kdnas_deploy.space import StudentArch
@@ -28,13 +30,15 @@ class ProxyEvaluator:
     train_set: Any
     eval_set: Any
     split: ProxySplit
-    init: Init = "inherit"
+    init: Init = DEFAULT_INIT
     train_config: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
     distill_config: DistillConfig = field(default_factory=DistillConfig)
+    #: The importance-ranked teacher of `init="ranked"`, made on first use and shared by every candidate.
+    _ranked: Any = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_prepared(cls, teacher: Any, prepared: Prepared, proxy: int, held_out: int | None = None, *,
-                      init: Init = "inherit", train_config: TrainConfig | None = None,
+                      init: Init = DEFAULT_INIT, train_config: TrainConfig | None = None,
                       distill_config: DistillConfig | None = None) -> ProxyEvaluator:
         train_config = train_config or TrainConfig(epochs=3)
         split = proxy_split(prepared, proxy, held_out, train_config.seed)
@@ -51,8 +55,14 @@ class ProxyEvaluator:
 
     def __call__(self, arch: StudentArch) -> tuple[float, Mapping[str, Any]]:
         """The candidate's primary score on the held-out slice, and its full metrics and costs."""
-        result = distill_student(self.teacher, self.task, self.pad_token_id, arch, self.train_set, self.eval_set,
-                                 init=self.init, train_config=self.train_config, distill_config=self.distill_config)
+        teacher, init = self.teacher, self.init
+        if init == "ranked":
+            if self._ranked is None:
+                self._ranked = rank_teacher(teacher, self.train_set, self.task.is_regression, self.pad_token_id,
+                                            seed=self.train_config.seed)[0]
+            teacher, init = self._ranked, "inherit"
+        result = distill_student(teacher, self.task, self.pad_token_id, arch, self.train_set, self.eval_set,
+                                 init=init, train_config=self.train_config, distill_config=self.distill_config)
         metrics = dict(result.metrics)
         metrics["train_seconds"] = round(result.train.train_seconds, 2)
         metrics["examples_per_second"] = round(result.train.examples_per_second, 1)

@@ -15,6 +15,7 @@ from statistics import median
 from typing import Any, Callable, Literal
 
 from kdnas_deploy.data import DataSource
+from kdnas_deploy.distill import DEFAULT_INIT, INITS
 from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.model_folder import model_ref, read_info, write_json_atomic, write_text_atomic
 from kdnas_deploy.search.executors import Executor
@@ -47,6 +48,8 @@ class SearchSettings:
     proxy: int = 2000
     held_out: int | None = None
     proxy_epochs: int = 3
+    #: How candidates and final students start from the teacher (distill.student.INITS).
+    init: str = DEFAULT_INIT
     target_ms: float | None = None
     speedup: float | None = None
     reward: Literal["soft", "hard"] = "soft"
@@ -86,6 +89,8 @@ class SearchSettings:
             if not self.budgets:
                 raise KdnasError("--budgets needs at least one budget")
             self.budgets = [parse_budget(b) for b in self.budgets]
+        if self.init not in INITS:
+            raise KdnasError(f"--init {self.init!r}: use {', '.join(INITS)}")
         if self.confirm_rounds < 0:
             raise KdnasError(f"--confirm-rounds must be 0 or more, got {self.confirm_rounds}")
 
@@ -134,7 +139,9 @@ def load_settings(run_dir: Path) -> SearchSettings:
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise KdnasError(f"{run_dir} is not a search run directory (no {RUN_FILE}); start one with kdnas-deploy search")
-    return SearchSettings(**json.loads(path.read_text())["settings"])
+    saved = json.loads(path.read_text())["settings"]
+    saved.setdefault("init", "inherit")  # runs begun before the setting existed inherited the first units
+    return SearchSettings(**saved)
 
 
 @dataclass
@@ -256,6 +263,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         teacher = load_classifier(settings.teacher)
         prepared = prepare(settings.teacher, source, settings.max_length)
         evaluate = ProxyEvaluator.from_prepared(teacher, prepared, settings.proxy, settings.held_out,
+                                                init=settings.init,  # type: ignore[arg-type]
                                                 train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
         teacher_metrics = evaluate.teacher_metrics()
         first = profiles[0].name
@@ -283,6 +291,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
                 info = read_info(folder)  # a resumed run, or a second budget with the same winner, keeps it
                 if info is None:
                     info = distill(settings.teacher, source, chosen.arch, folder, max_length=settings.max_length,
+                                   init=settings.init,  # type: ignore[arg-type]
                                    train_config=TrainConfig(epochs=settings.final_epochs, seed=settings.seed),
                                    progress=final_progress)
                 entry.update(folder=str(folder), latency_ms=chosen.latency, proxy_score=chosen.score, dev=info.metrics["dev"])
