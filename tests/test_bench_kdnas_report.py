@@ -511,3 +511,30 @@ def test_a_recorded_timing_is_kept_unless_the_task_is_to_be_timed_again_on_this_
     again = bench.stage_timing(b, plan, tmp_path, [], again=True)
     assert again["teacher-cpu-int8"]["ms"] == 11.2 and b.state["mnli/timing"] is again
     assert b.state["mnli/timing-host"] == bench.host_name() != "AMD EPYC x2"
+
+
+def test_a_ranked_run_passes_init_to_every_student_and_a_resumed_run_keeps_its_own(tmp_path: Path):
+    import dataclasses
+
+    from kdnas_deploy.distill import DEFAULT_INIT
+    from kdnas_deploy.model_folder import ModelInfo, write_text_atomic
+
+    out, plan = tmp_path / "sst2", dataclasses.replace(bench.TASKS["sst2"], init="ranked")
+    b = bench.Bench(tmp_path / "work", record=bench.Record(tmp_path / "record"))
+    b.state["sst2/budgets"] = _fake_searched_task(out)
+    students = bench.chosen_students(plan, out, b.state["sst2/budgets"])
+    trains = [u.train for u in bench.units_of(plan, out, students) if u.train]
+    assert trains and all(t[t.index("--init") + 1] == "ranked" for t in trains)
+    assert bench.proxy_steps(b, plan, out, "L1-H64-A2-I128")[0][1][-2:] == ["--init", "ranked"]
+    # nothing finished yet: what is asked for, else the tool's default
+    assert bench.resolve_init(out, "inherit") == "inherit" and bench.resolve_init(out, None) == DEFAULT_INIT
+    write_text_atomic(out / "students" / "L1-H64-A2-I128-s0" / "kdnas.json",
+                      ModelInfo(kind="student", arch="L1-H64-A2-I128", task="sst2", max_length=128).model_dump_json())
+    # a run begun before --init existed (no init in its cards) inherited, and continues so
+    assert bench.resolve_init(out, None) == "inherit" == bench.resolve_init(out, "inherit")
+    with pytest.raises(SystemExit, match="distilled with --init inherit, not ranked"):
+        bench.resolve_init(out, "ranked")
+    write_text_atomic(out / "proxy" / "L1-H64-A2-I128" / "kdnas.json",
+                      ModelInfo(kind="student", arch="L1-H64-A2-I128", task="sst2", max_length=128, init="ranked").model_dump_json())
+    with pytest.raises(SystemExit, match="several initialisations"):
+        bench.resolve_init(out, None)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import io
@@ -97,6 +98,7 @@ class TaskPlan:
     train_samples: int | None  # None: every training row
     seeds: tuple[int, ...]
     proxy_max_length: int  # the search's proxy runs; SST-2 sentences fit in 64 tokens
+    init: str = "inherit"  # how every student starts from the teacher: search candidates, finals and proxy runs alike
 
 
 TASKS = {
@@ -288,6 +290,28 @@ class Bench:
 
 def data_args(plan: TaskPlan) -> list[str]:
     return ["--data-dir", str(glue_dir() / plan.folder)]
+
+
+def resolve_init(out: Path, wanted: str | None) -> str:
+    """The initialisation of this task's run: the one its finished students were made with (they are reused as they
+    are, so a work folder or record holds one only), else `wanted`, else the tool's default. A `wanted` that
+    contradicts the finished students stops the run."""
+    from kdnas_deploy.distill import DEFAULT_INIT
+
+    made: dict[str, Path] = {}
+    for card in sorted([*out.glob("students/*/kdnas.json"), *out.glob("proxy/*/kdnas.json")]):
+        made.setdefault(json.loads(card.read_text()).get("init") or "inherit", card.parent)
+    if len(made) > 1:
+        sys.exit(f"{out} holds students of several initialisations ({', '.join(f'{k}: {v}' for k, v in made.items())})")
+    if made and wanted and wanted not in made:
+        (init, folder), = made.items()
+        sys.exit(f"{folder} was distilled with --init {init}, not {wanted}: give this run its own --work and --docs "
+                 f"(or --record), or --init {init} to continue it")
+    return next(iter(made), None) or wanted or DEFAULT_INIT
+
+
+def init_args(plan: TaskPlan) -> list[str]:
+    return ["--init", plan.init]
 
 
 # ---------------------------------------------------------------- stages
@@ -544,7 +568,7 @@ def stage_search(bench: Bench, plan: TaskPlan, out: Path, budgets: list[str],
                     "--proxy", str(SEARCH["proxy"]), "--held-out", str(SEARCH["held_out"]),
                     "--proxy-epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length),
                     "--speedup", str(SPEEDUP_BUDGET), "--budgets", ",".join(budgets),
-                    "--no-final", "--seed", "0", *(["--machine", machine] if elsewhere else [])]
+                    "--no-final", "--seed", "0", *init_args(plan), *(["--machine", machine] if elsewhere else [])]
             if (run / RUN_FILE).exists():
                 relocate_run(run, out / "teacher", glue_dir() / plan.folder)
                 args.append("--resume")
@@ -750,7 +774,7 @@ def units_of(plan: TaskPlan, out: Path, students: list[Student]) -> list[Unit]:
         train = None
         if seed is not None:
             train = ["distill", "--teacher", str(out / "teacher"), "--arch", s.arch, *data_args(plan), "--out", str(model),
-                     "--epochs", str(FINAL["epochs"]), "--max-length", str(MAX_LENGTH), "--seed", str(seed)]
+                     "--epochs", str(FINAL["epochs"]), "--max-length", str(MAX_LENGTH), "--seed", str(seed), *init_args(plan)]
             train += ["--train-samples", str(plan.train_samples)] if plan.train_samples else []
         units.append(Unit("teacher" if seed is None else f"{s.arch}-s{seed}", model,
                           tuple((profile, target) for _s, _seed, profile, target in rows), seed, train))
@@ -811,7 +835,8 @@ def proxy_steps(bench: Bench, plan: TaskPlan, out: Path, arch: str) -> list[Step
     return [(f"{plan.name}/proxy-{arch}", [
         "distill", "--teacher", str(out / "teacher"), "--arch", arch, *data_args(plan), "--out", str(folder),
         "--proxy", str(SEARCH["proxy"]), "--held-out", str(SEARCH["held_out"]),
-        "--epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length), "--seed", "0"]),
+        "--epochs", str(SEARCH["proxy_epochs"]), "--max-length", str(plan.proxy_max_length), "--seed", "0",
+        *init_args(plan)]),
         lambda: bench.record.keep(plan.name, out, f"proxy-{arch}", [folder / "kdnas.json"])]
 
 
@@ -1048,7 +1073,7 @@ def task_results(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
     return {"teacher_dev": teacher["score_mean"], "teacher_card_arch": teacher_card["arch"], "rows": rows, "pairs": pairs,
             "fast_student": best_fast, "proxy_fidelity": {"archs": len(proxy), "kendall_tau": float(tau.statistic),
                                                           "p_value": float(tau.pvalue), "proxy": proxy, "full": full},
-            "search": search, "stand_ins": sorted(n for n, t in timing.items() if t.get("graph") == "stand-in"),
+            "search": search, "init": plan.init, "stand_ins": sorted(n for n, t in timing.items() if t.get("graph") == "stand-in"),
             "stand_in_check": {n[:-len(STANDIN_CHECK)]: standin_ratio(timing[n[:-len(STANDIN_CHECK)]], t)
                                for n, t in timing.items() if n.endswith(STANDIN_CHECK)},
             "kdnas_vs_random": {"kdnas": kd_third["score_mean"] if kd_third else None,
@@ -1112,7 +1137,8 @@ def markdown(results: dict[str, Any], state: dict[str, Any], findings: str | Non
     lines += [findings or f"{FINDINGS_BEGIN}\n{FINDINGS_END}", ""]
     for task, r in results["tasks"].items():
         table_on = f", measured on {r['table_machine']}" if r.get("table_machine") else ""
-        lines += [f"## {task.upper()}", "", f"Teacher dev score {r['teacher_dev']:.2f}. Artifacts timed on "
+        lines += [f"## {task.upper()}", "", f"Teacher dev score {r['teacher_dev']:.2f}. Every student starts from the "
+                  f"teacher with `--init {r.get('init', 'inherit')}`. Artifacts timed on "
                   f"{r.get('timing_host') or 'a host the record does not name'}. Budgets (table, {PROFILES[0]}{table_on}): "
                   + ", ".join(f"{b:.2f} ms" for b in r["budgets"]["budgets_ms"]) + ".", "",
                   "| student | architecture | seeds | dev score | PyTorch dev | cpu-int8 ms (median; p10-p90) | cpu ms (median; p10-p90) | parameters | int8 MB | speedup (int8) | % of teacher |",
@@ -1245,6 +1271,10 @@ def main() -> None:
     ap.add_argument("--same-host", action="store_true",
                     help="stop where the recorded latency table is another machine's, instead of reading it as "
                          "that machine's and timing the artifacts here (for a run made on one kind of host)")
+    ap.add_argument("--init", choices=("inherit", "ranked"), default=None,
+                    help="how every student (search candidates, finals, proxy runs) starts from the teacher: the first "
+                         "units of its mapped layers, or the most important ones (kdnas-deploy distill --init). Default: "
+                         "what the work folder's or record's finished students were made with, else kdnas-deploy's default")
     ap.add_argument("--docs", type=Path, default=REPO / "docs", help="where benchmarks.md and the plots go")
     ap.add_argument("--record", default=None,
                     help="where the small files that let a later session resume are kept (default DOCS/"
@@ -1265,6 +1295,8 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         if restored := record.restore(plan.name, out):
             print(f"{plan.name}: {restored} files restored from {record.root / plan.name}", flush=True)
+        plan = dataclasses.replace(plan, init=resolve_init(out, args.init))
+        print(f"{plan.name}: students start from the teacher with --init {plan.init}", flush=True)
         load_table(plan, out, same_host=args.same_host)
         stage_teacher(bench, plan, out, lambda: work_left(bench, plan, out))
         if args.handcrafted_first:
