@@ -127,11 +127,7 @@ def distill_student(
     distill_config = distill_config or DistillConfig()
     check_fits_task(teacher, task)
     tic = time.perf_counter()
-    if init == "ranked":
-        # The ranked copy computes what the teacher computes, so it is also the teacher distilled from: the
-        # student's inherited units then line up with the teacher's in the hidden and relation losses.
-        teacher = rank_teacher(teacher, train_set, task.is_regression, pad_token_id, seed=train_config.seed)[0]
-        init = "inherit"
+    teacher, init = starting_point(teacher, init, train_set, task, pad_token_id, train_config.seed)
     seed_everything(train_config.seed)
     student = build_student(teacher, arch, init, seed=train_config.seed, layers=distill_config.layer_map)
     objective = DistillationObjective(student, teacher, distill_config, task.is_regression)
@@ -149,6 +145,17 @@ def distill_student(
     student.cpu().eval()
     teacher.cpu()
     return DistillResult(student, arch, result.final_metrics, result, time.perf_counter() - tic)
+
+
+def starting_point(teacher: Any, init: Init, train_set: Any, task: Task, pad_token_id: int,
+                   seed: int) -> tuple[Any, Init]:
+    """The teacher a student is built from and distilled against, and how `build_student` starts it: `ranked`
+    becomes `inherit` from the importance-ranked copy. That copy computes what the teacher computes, so it is also
+    the teacher distilled from, and the student's inherited units line up with the teacher's in the hidden and
+    relation losses. A search calls this once and reuses the result for every candidate."""
+    if init != "ranked":
+        return teacher, init
+    return rank_teacher(teacher, train_set, task.is_regression, pad_token_id, seed=seed)[0], "inherit"
 
 
 def check_fits_task(model: Any, task: Task, what: str = "the teacher",

@@ -22,22 +22,22 @@ at the teacher's own predictions the distillation loss has zero gradient.
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from kdnas_deploy.distill.student import param_dims
-from kdnas_deploy.encode import MODEL_INPUTS, collate
+from kdnas_deploy.distill.losses import label_loss
+from kdnas_deploy.distill.student import LAYER_RE, param_dims
+from kdnas_deploy.distill.trainer import sorted_batches
+from kdnas_deploy.encode import MODEL_INPUTS
 from kdnas_deploy.errors import KdnasError
 
 #: Training rows the importance is estimated on: enough that rankings are stable (Michel et al. use a few
 #: hundred examples), few enough that it costs seconds next to a proxy run's minutes.
 RANKING_ROWS = 512
 RANKING_BATCH = 32
-_LAYER_RE = re.compile(r"\.encoder\.layer\.(\d+)\.")
 
 
 @dataclass
@@ -98,6 +98,10 @@ def unit_importance(model: Any, dataset: Any, is_regression: bool, pad_token_id:
             sites[name] = output
         return hook
 
+    def taylor(name: str) -> torch.Tensor:
+        act = sites[name]
+        return (act.detach() * act.grad).double().sum(dim=1)  # (batch, units): a * dL/da over tokens
+
     handles = [model.bert.embeddings.LayerNorm.register_forward_hook(keep_output("ln:emb"))]
     for i, layer in enumerate(layers):
         handles.append(layer.attention.output.dense.register_forward_pre_hook(keep_input(f"ctx:{i}")))
@@ -111,24 +115,13 @@ def unit_importance(model: Any, dataset: Any, is_regression: bool, pad_token_id:
     model.requires_grad_(True)
     device = next(model.parameters()).device
     try:
-        lengths = np.array([len(ids) for ids in dataset["input_ids"]])
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), batch_size):
-            batch = collate([dataset[int(i)] for i in order[start:start + batch_size]], pad_token_id)
+        for _rows, batch in sorted_batches(dataset, batch_size, pad_token_id):
             inputs = {k: batch[k].to(device) for k in MODEL_INPUTS}
             labels = batch["labels"].to(device)
             with torch.enable_grad():
                 logits = model(**inputs).logits
-                if is_regression:
-                    loss = torch.nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum")
-                else:
-                    loss = torch.nn.functional.cross_entropy(logits.float(), labels.long(), reduction="sum")
-                loss.backward()
-
-            def taylor(name: str) -> torch.Tensor:
-                act = sites[name]
-                return (act.detach() * act.grad).double().sum(dim=1)  # (batch, units): a * dL/da over tokens
-
+                # Summed over the batch, not averaged, so every row weighs the same whatever its batch's size.
+                (label_loss(logits, labels, is_regression) * len(labels)).backward()
             for i in range(n_layers):
                 ctx = taylor(f"ctx:{i}").view(-1, n_heads, head_size).sum(dim=-1)
                 heads[i] += ctx.abs().sum(dim=0).cpu()
@@ -157,7 +150,7 @@ def permute_units(model: Any, hidden: np.ndarray, heads: list[np.ndarray], ffn: 
         kinds = param_dims(name)
         if not kinds:
             continue
-        match = _LAYER_RE.search(name)
+        match = LAYER_RE.search(name)
         layer = int(match.group(1)) if match else None
         value = param.data
         for axis, kind in enumerate(kinds):

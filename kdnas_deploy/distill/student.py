@@ -28,7 +28,7 @@ from kdnas_deploy.distill import Init
 from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.space import StudentArch
 
-_LAYER_RE = re.compile(r"\.encoder\.layer\.(\d+)\.")
+LAYER_RE = re.compile(r"\.encoder\.layer\.(\d+)\.")
 
 
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
@@ -123,7 +123,7 @@ def inherit_weights(student: Any, teacher: Any, layers: list[int]) -> None:
     attn = _attention_index(s_arch, t_arch)
     teacher_params = dict(teacher.state_dict())
     for name, param in student.state_dict().items():
-        t_name = _LAYER_RE.sub(lambda m: f".encoder.layer.{layers[int(m.group(1))]}.", name)
+        t_name = LAYER_RE.sub(lambda m: f".encoder.layer.{layers[int(m.group(1))]}.", name)
         source = teacher_params.get(t_name)
         if source is None or not param.is_floating_point():
             continue

@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdnas_deploy.distill.api import Prepared, ProxySplit, distill_student, proxy_split
+from kdnas_deploy.distill.api import Prepared, ProxySplit, distill_student, proxy_split, starting_point
 from kdnas_deploy.distill import DEFAULT_INIT
 from kdnas_deploy.distill.objective import DistillConfig
-from kdnas_deploy.distill.ranking import rank_teacher
 from kdnas_deploy.distill.student import Init
 from kdnas_deploy.distill.trainer import TrainConfig, evaluate_model
 from kdnas_deploy.space import StudentArch
@@ -33,8 +32,9 @@ class ProxyEvaluator:
     init: Init = DEFAULT_INIT
     train_config: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
     distill_config: DistillConfig = field(default_factory=DistillConfig)
-    #: The importance-ranked teacher of `init="ranked"`, made on first use and shared by every candidate.
-    _ranked: Any = field(default=None, init=False, repr=False)
+    #: (teacher, init) as `starting_point` resolves them (the ranked copy for `ranked`), made on first use and
+    #: shared by every candidate.
+    _start: tuple[Any, Init] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_prepared(cls, teacher: Any, prepared: Prepared, proxy: int, held_out: int | None = None, *,
@@ -55,12 +55,10 @@ class ProxyEvaluator:
 
     def __call__(self, arch: StudentArch) -> tuple[float, Mapping[str, Any]]:
         """The candidate's primary score on the held-out slice, and its full metrics and costs."""
-        teacher, init = self.teacher, self.init
-        if init == "ranked":
-            if self._ranked is None:
-                self._ranked = rank_teacher(teacher, self.train_set, self.task.is_regression, self.pad_token_id,
-                                            seed=self.train_config.seed)[0]
-            teacher, init = self._ranked, "inherit"
+        if self._start is None:
+            self._start = starting_point(self.teacher, self.init, self.train_set, self.task, self.pad_token_id,
+                                         self.train_config.seed)
+        teacher, init = self._start
         result = distill_student(teacher, self.task, self.pad_token_id, arch, self.train_set, self.eval_set,
                                  init=init, train_config=self.train_config, distill_config=self.distill_config)
         metrics = dict(result.metrics)

@@ -48,7 +48,7 @@ class SearchSettings:
     proxy: int = 2000
     held_out: int | None = None
     proxy_epochs: int = 3
-    #: How candidates and final students start from the teacher (distill.student.INITS).
+    #: How candidates and final students start from the teacher (one of kdnas_deploy.distill.INITS).
     init: str = DEFAULT_INIT
     target_ms: float | None = None
     speedup: float | None = None
