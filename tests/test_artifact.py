@@ -29,6 +29,7 @@ def test_int8_artifact_folder_and_card(int8_artifact: Path, student_dir: Path) -
         assert (int8_artifact / name).is_file(), name
     assert card["arch"] == STUDENT and card["task"] == "sst2" and card["label_names"] == ["negative", "positive"]
     assert card["teacher"] == read_info(student_dir).teacher and card["kind"] == "student"
+    assert card["init"] == read_info(student_dir).init == "ranked"  # the default, named so a reader can reproduce it
     assert card["fusion"] == {**card["fusion"], "fused_attention": 1, "layers": 1, "fused": True}
     assert card["parity"]["max_abs_diff"] <= 1e-4 and len(card["parity"]["cases"]) == 4
     assert {c["batch"] for c in card["parity"]["cases"]} == {1, 4, 16}
@@ -44,6 +45,7 @@ def test_int8_artifact_folder_and_card(int8_artifact: Path, student_dir: Path) -
     assert card["size_mb"] == pytest.approx((int8_artifact / card["file"]).stat().st_size / 1e6, abs=1e-3)
     readme = (int8_artifact / "README.md").read_text()
     assert STUDENT in readme and "cpu-int8" in readme and "ORTModelForSequenceClassification" in readme
+    assert "`--init ranked`" in readme and "most important heads" in readme
 
 
 def test_a_random_weight_graph_of_the_artifacts_config_has_its_signature(int8_artifact: Path, fp32_artifact: Path,

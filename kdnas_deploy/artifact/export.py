@@ -117,6 +117,7 @@ def export_artifact(
             "size_mb": round(graph.path.stat().st_size / 1e6, 3),
             "kind": info.kind if info else "model",
             "teacher": info.teacher if info else None,
+            "init": info.init if info else None,
             "task": task.name,
             "pair": task.is_pair,
             "regression": task.is_regression,
