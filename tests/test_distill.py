@@ -111,6 +111,50 @@ def test_distillation_is_deterministic_and_resumes_exactly(tiny_teacher_dir: Pat
     assert not (tmp_path / "c" / "checkpoint.pt").exists()
 
 
+def test_a_run_stopped_within_an_epoch_resumes_from_that_step_exactly(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full-set epoch takes most of an hour on CPU: a crash within it must lose minutes, not the epoch, and the
+    resumed run must be the run never stopped (same batches, dropout, optimizer and schedule state)."""
+    from kdnas_deploy.distill import trainer
+
+    kwargs = dict(proxy=200, held_out=100, max_length=64, train_config=TrainConfig(epochs=2, seed=3))  # 7 steps an epoch
+    a = distill(str(tiny_teacher_dir), _source(sst2_slice), "L2-H32-A4-I64", tmp_path / "a", **kwargs)
+
+    class Crash(Exception):
+        pass
+
+    class CrashAtStep:
+        def __init__(self, at: int) -> None:
+            self.at = at
+
+        def start(self, total: int, done: int) -> None:
+            self.done = done
+
+        def step(self, loss: float) -> None:
+            self.done += 1
+            if self.done == self.at:
+                raise Crash
+
+        def epoch_end(self, epoch: int, metrics: dict) -> None: ...
+        def stop(self) -> None: ...
+
+    monkeypatch.setattr(trainer, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every step
+    ckpt = tmp_path / "c" / "checkpoint.pt"
+    for at, (epoch, step) in ((4, (0, 3)), (11, (1, 3))):  # within the first epoch, then within the second
+        with pytest.raises(Crash):
+            distill(str(tiny_teacher_dir), _source(sst2_slice), "L2-H32-A4-I64", tmp_path / "c",
+                    progress=CrashAtStep(at), **kwargs)
+        state = torch.load(ckpt, weights_only=False)
+        assert (state["epoch"], state["step"]) == (epoch, step) and len(state["partial"]["losses"]) == step
+    c = distill(str(tiny_teacher_dir), _source(sst2_slice), "L2-H32-A4-I64", tmp_path / "c", **kwargs)
+    strip = lambda info: [{k: v for k, v in h.items() if k != "seconds"} for h in info.training["history"]]  # noqa: E731
+    assert strip(c) == strip(a) and c.metrics == a.metrics
+    assert c.training["steps"] == a.training["steps"] == 14
+    wa, wc = _weights(tmp_path / "a"), _weights(tmp_path / "c")
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert not ckpt.exists()
+
+
 def test_tokenisation_is_cached(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import kdnas_deploy.encode as enc
     from kdnas_deploy.data import load_task_data

@@ -1,8 +1,9 @@
 """The training loop shared by teacher fine-tuning and distillation, and evaluation on a split.
 
 AdamW with linear warm-up and decay, gradient clipping, seeded batch order (one generator per epoch, so a
-resumed run sees the same batches), a checkpoint after every epoch written atomically, and bf16/fp16 autocast
-on CUDA. On CPU a run is deterministic: same seed, same data, same numbers.
+resumed run sees the same batches), a checkpoint written atomically after every epoch and every few minutes
+within one (an epoch of a full-set distillation takes most of an hour on CPU, too long to lose to a crash), and
+bf16/fp16 autocast on CUDA. On CPU a run is deterministic: same seed, same data, same numbers, resumed or not.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.tasks import Task, compute_metrics
 
 CHECKPOINT = "checkpoint.pt"
+#: Seconds of training between checkpoints within an epoch: the most a crash can lose. A save costs about a second.
+CHECKPOINT_EVERY_S = 300.0
 
 
 @dataclass
@@ -146,12 +149,15 @@ def train(
     checkpoint_dir: Path | None = None,
     key: str = "",
     progress: TrainProgress | None = None,
+    checkpoint_every: float | None = None,
 ) -> TrainResult:
     """Trains `objective` for `config.epochs` epochs, evaluating and checkpointing after each.
 
-    With `checkpoint_dir`, a checkpoint left there by the same run (`key`, a hash of its settings) is resumed
-    from the epoch after it.
+    With `checkpoint_dir`, a checkpoint is also written within an epoch every `checkpoint_every` seconds
+    (default CHECKPOINT_EVERY_S), and a checkpoint left there by the same run (`key`, a hash of its settings) is
+    resumed from the step after it, with the same batches, dropout and numbers as a run never stopped.
     """
+    every = CHECKPOINT_EVERY_S if checkpoint_every is None else checkpoint_every
     progress = progress or TrainProgress()
     device = resolve_device(config.device)
     objective.to(device)  # before the optimizer: fused AdamW wants its parameters on their final device
@@ -160,9 +166,11 @@ def train(
     optimizer = _optimizer(objective, config)
     scheduler = _schedule(optimizer, int(config.warmup_ratio * total), total)
     result = TrainResult()
-    start_epoch = 0
+    start_epoch, start_step = 0, 0
+    partial: dict[str, Any] = {}  # the interrupted epoch's running sums
     ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
     seed_everything(config.seed)
+    state: dict[str, Any] | None = None
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         if state.get("key") != key:
@@ -170,19 +178,39 @@ def train(
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = state["epoch"]
+        _set_rng_states(state)
+        start_epoch, start_step = state["epoch"], state.get("step", 0)
+        partial = state.get("partial", {})
         result.history = state["history"]
-        result.steps = start_epoch * steps_per_epoch
+        result.steps = start_epoch * steps_per_epoch + start_step
+        result.train_seconds = state.get("train_seconds", 0.0)
+        result.examples = state.get("examples", 0)
     autocast, scaler = _mixed_precision(device, config.mixed_precision)
-    progress.start(total, start_epoch * steps_per_epoch)
+    if scaler is not None and state is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+
+    def save(epoch: int, step: int, partial: dict[str, Any]) -> None:
+        _save_checkpoint(ckpt, {
+            "key": key, "epoch": epoch, "step": step, "partial": partial, "objective": objective.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **_rng_states(),
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+            "history": result.history, "train_seconds": result.train_seconds, "examples": result.examples,
+        })
+
+    progress.start(total, result.steps)
     try:
         for epoch in range(start_epoch, config.epochs):
             objective.train()
             generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-            losses, parts_sum = [], {}
-            tic = time.perf_counter()
-            for batch in _batches(train_set, config.batch_size, pad_token_id, generator):
+            skip = start_step if epoch == start_epoch else 0
+            losses: list[float] = list(partial.get("losses", [])) if skip else []
+            parts_sum: dict[str, float] = dict(partial.get("parts_sum", {})) if skip else {}
+            epoch_seconds = float(partial.get("seconds", 0.0)) if skip else 0.0
+            tic = last_save = time.perf_counter()
+            batches = iter(_batches(train_set, config.batch_size, pad_token_id, generator))
+            for _ in range(skip):  # the same loader, so the same order: drawn from the epoch's generator
+                next(batches)
+            for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast():
                     loss, parts = objective(batch)
@@ -207,23 +235,44 @@ def train(
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v
                 progress.step(losses[-1])
+                now = time.perf_counter()
+                if ckpt is not None and now - last_save >= every and len(losses) < steps_per_epoch:
+                    result.train_seconds += now - tic
+                    epoch_seconds += now - tic
+                    save(epoch, len(losses), {"losses": losses, "parts_sum": parts_sum, "seconds": epoch_seconds})
+                    tic = last_save = time.perf_counter()
             seconds = time.perf_counter() - tic
             result.train_seconds += seconds
+            seconds += epoch_seconds
             objective.train(False)
             metrics = evaluate() if evaluate else {}
             entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 2),
                      "parts": {k: v / len(losses) for k, v in parts_sum.items()}, "metrics": metrics}
             result.history.append(entry)
             if ckpt is not None:
-                _save_checkpoint(ckpt, {
-                    "key": key, "epoch": epoch + 1, "objective": objective.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "history": result.history,
-                })
+                save(epoch + 1, 0, {})
             progress.epoch_end(epoch + 1, metrics)
     finally:
         progress.stop()
     return result
+
+
+def _rng_states() -> dict[str, Any]:
+    """Every generator a training step may draw from (dropout: torch's, on CUDA the device's)."""
+    states: dict[str, Any] = {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                              "python_rng": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if "numpy_rng" in state:  # checkpoints written before these were kept restore torch's only
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def _mixed_precision(device: torch.device, wanted: bool) -> tuple[Callable[[], Any], Any]:
