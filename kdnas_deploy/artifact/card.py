@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# What each `--init` did to the student's weights, for a reader who has not seen the CLI.
-INIT_WORDS = {
-    "ranked": "the teacher's weights, keeping its most important heads, FFN neurons and hidden dimensions",
-    "inherit": "the teacher's weights, keeping its first heads, FFN neurons and hidden dimensions",
-    "random": "random weights",
-}
+from kdnas_deploy.distill import INIT_DESCRIPTIONS
 
 
 def _metrics_row(name: str, metrics: dict[str, float], keys: list[str]) -> str:
@@ -37,7 +32,7 @@ def render_card(card: dict[str, Any]) -> str:
         "profile, with its tokenizer and `config.json`. Machine-readable card: `kdnas_card.json`.",
         "",
         f"- Teacher: `{card['teacher']}`" if card.get("teacher") else "- Teacher: none recorded",
-        *([f"- Initialisation (`--init {card['init']}`): {INIT_WORDS.get(card['init'], card['init'])}"]
+        *([f"- Initialisation (`--init {card['init']}`): {INIT_DESCRIPTIONS.get(card['init'], card['init'])}"]
           if card.get("init") else []),
         f"- Task: {card['task']}" + (f"; labels: {', '.join(card['label_names'])}" if card["label_names"] else " (regression)"),
         f"- Maximum sequence length: {card['max_length']} tokens",

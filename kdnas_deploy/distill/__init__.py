@@ -15,3 +15,9 @@ INITS: tuple[str, ...] = get_args(Init)
 #: Ranked: on the GLUE MNLI proxy (tools/bench_ranking.py) it lifts sliced students by several points over
 #: taking the first units, for ~16 s of ranking per run on a MiniLM teacher; unsliced students are unchanged.
 DEFAULT_INIT: Init = "ranked"
+#: One line per init for a reader who has not seen the CLI (the model card says how its student started).
+INIT_DESCRIPTIONS: dict[str, str] = {
+    "ranked": "the teacher's weights, keeping its most important heads, FFN neurons and hidden dimensions",
+    "inherit": "the teacher's weights, keeping its first heads, FFN neurons and hidden dimensions",
+    "random": "random weights",
+}

@@ -170,7 +170,7 @@ def train(
     partial: dict[str, Any] = {}  # the interrupted epoch's running sums
     ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
     seed_everything(config.seed)
-    state: dict[str, Any] | None = None
+    autocast, scaler = _mixed_precision(device, config.mixed_precision)
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         if state.get("key") != key:
@@ -180,21 +180,22 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_states(state)
         start_epoch, start_step = state["epoch"], state.get("step", 0)
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         partial = state.get("partial", {})
         result.history = state["history"]
         result.steps = start_epoch * steps_per_epoch + start_step
-        result.train_seconds = state.get("train_seconds", 0.0)
+        # The saved total includes the interrupted epoch's seconds, which that epoch adds back when it ends.
+        result.train_seconds = state.get("train_seconds", 0.0) - partial.get("seconds", 0.0)
         result.examples = state.get("examples", 0)
-    autocast, scaler = _mixed_precision(device, config.mixed_precision)
-    if scaler is not None and state is not None and "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
 
-    def save(epoch: int, step: int, partial: dict[str, Any]) -> None:
+    def save(epoch: int, step: int, running: dict[str, Any]) -> None:
         _save_checkpoint(ckpt, {
-            "key": key, "epoch": epoch, "step": step, "partial": partial, "objective": objective.state_dict(),
+            "key": key, "epoch": epoch, "step": step, "partial": running, "objective": objective.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **_rng_states(),
             **({"scaler": scaler.state_dict()} if scaler is not None else {}),
-            "history": result.history, "train_seconds": result.train_seconds, "examples": result.examples,
+            "history": result.history, "train_seconds": result.train_seconds + running.get("seconds", 0.0),
+            "examples": result.examples,
         })
 
     progress.start(total, result.steps)
@@ -237,13 +238,11 @@ def train(
                 progress.step(losses[-1])
                 now = time.perf_counter()
                 if ckpt is not None and now - last_save >= every and len(losses) < steps_per_epoch:
-                    result.train_seconds += now - tic
                     epoch_seconds += now - tic
                     save(epoch, len(losses), {"losses": losses, "parts_sum": parts_sum, "seconds": epoch_seconds})
-                    tic = last_save = time.perf_counter()
-            seconds = time.perf_counter() - tic
+                    tic = last_save = time.perf_counter()  # the save's own second is not training time
+            seconds = epoch_seconds + time.perf_counter() - tic
             result.train_seconds += seconds
-            seconds += epoch_seconds
             objective.train(False)
             metrics = evaluate() if evaluate else {}
             entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 2),
