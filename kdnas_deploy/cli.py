@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kdnas_deploy import __version__
-from kdnas_deploy.distill import DEFAULT_INIT, INITS
+from kdnas_deploy.distill import DEFAULT_INIT, INIT_DESCRIPTIONS, INITS
 from kdnas_deploy.errors import KdnasError
 
 app = typer.Typer(
@@ -164,7 +164,8 @@ TextColsOpt = Annotated[Optional[str], typer.Option("--text-columns", help="Colu
 LabelColOpt = Annotated[Optional[str], typer.Option("--label-column", help="Column holding the label (default: the task's, else 'label').")]
 MaxLenOpt = Annotated[int, typer.Option("--max-length", help="Truncate inputs to this many tokens.", min=8)]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for sampling, initialisation and batch order.")]
-InitOpt = Annotated[str, typer.Option("--init", help="How a student starts from the teacher: inherit (its layers, sliced to the student's widths: first heads, FFN neurons, hidden dimensions), ranked (the same, after sorting those units by importance on 512 training rows) or random.")]
+InitOpt = Annotated[str, typer.Option("--init", help="How a student starts from the teacher: " + "; ".join(
+    f"{name}: {text}" for name, text in INIT_DESCRIPTIONS.items()) + ".")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training rows.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")]

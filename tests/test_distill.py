@@ -177,6 +177,20 @@ def test_teacher_must_fit_task(tiny_teacher_dir: Path, glue: Path, tmp_path: Pat
                 proxy=50, held_out=50, train_config=TrainConfig(epochs=1))
 
 
+def test_the_init_help_names_every_init_as_the_card_describes_it() -> None:
+    from typer.testing import CliRunner
+
+    from kdnas_deploy.cli import app
+    from kdnas_deploy.distill import INIT_DESCRIPTIONS, INITS
+
+    done = CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "400", "TERM": "dumb"})
+    assert done.exit_code == 0, done.output
+    flat = " ".join(done.output.replace("│", " ").split())
+    assert set(INIT_DESCRIPTIONS) == set(INITS)
+    for name, text in INIT_DESCRIPTIONS.items():
+        assert f"{name}: {text}" in flat, (name, flat)
+
+
 def test_cli_distill_and_errors(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli-student"
     done = subprocess.run(cli("distill", "--teacher", str(tiny_teacher_dir), "--arch", "L1-H48-A4-I96", "--proxy", "100",

@@ -15,9 +15,10 @@ INITS: tuple[str, ...] = get_args(Init)
 #: Ranked: on the GLUE MNLI proxy (tools/bench_ranking.py) it lifts sliced students by several points over
 #: taking the first units, for ~16 s of ranking per run on a MiniLM teacher; unsliced students are unchanged.
 DEFAULT_INIT: Init = "ranked"
-#: One line per init for a reader who has not seen the CLI (the model card says how its student started).
+#: One line per init: the CLI's --init help and the model card (how its student started) both read these.
 INIT_DESCRIPTIONS: dict[str, str] = {
-    "ranked": "the teacher's weights, keeping its most important heads, FFN neurons and hidden dimensions",
+    "ranked": "the teacher's weights, keeping its most important heads, FFN neurons and hidden dimensions"
+              " (ranked on training rows)",
     "inherit": "the teacher's weights, keeping its first heads, FFN neurons and hidden dimensions",
     "random": "random weights",
 }
