@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -538,3 +539,38 @@ def test_a_ranked_run_passes_init_to_every_student_and_a_resumed_run_keeps_its_o
                       ModelInfo(kind="student", arch="L1-H64-A2-I128", task="sst2", max_length=128, init="ranked").model_dump_json())
     with pytest.raises(SystemExit, match="several initialisations"):
         bench.resolve_init(out, None)
+
+
+def test_an_artifacts_dev_predictions_reproduce_its_cards_score_or_the_tool_stops(student_dir: Path, int8_artifact: Path,
+                                                                                  tmp_path: Path):
+    import json
+    import shutil
+
+    from kdnas_deploy.artifact.runtime import read_card
+    from kdnas_deploy.data import DataSource
+    from kdnas_deploy.distill.api import prepare, source_from_teacher
+
+    labels = bench.artifact_dev_predictions(student_dir, int8_artifact, threads=1)
+    card = read_card(int8_artifact)
+    truth = prepare(str(student_dir), source_from_teacher(str(student_dir), DataSource()), card["max_length"]).encoded.dev["labels"]
+    assert labels.dtype == np.int8 and len(labels) == len(truth) == card["data"]["dev_rows"]
+    assert np.mean(labels == np.asarray(truth)) == pytest.approx(card["metrics"]["artifact_dev"]["accuracy"], abs=1e-12)
+    changed = tmp_path / "int8"
+    shutil.copytree(int8_artifact, changed)
+    card["metrics"]["artifact_dev"]["accuracy"] += 0.01
+    (changed / "kdnas_card.json").write_text(json.dumps(card))
+    with pytest.raises(SystemExit, match="no longer match"):
+        bench.artifact_dev_predictions(student_dir, changed, threads=1)
+
+
+def test_kdnas_against_random_is_a_paired_interval_at_their_measured_latency_ratio():
+    rng = np.random.default_rng(0)
+    truth = rng.random(2000)
+    correct = {"kd": (truth < 0.55).astype(float), "rnd": (truth < 0.50).astype(float)}  # kd right wherever rnd is
+    row = lambda score, ms: {"score_mean": score, "latency": {bench.PROFILES[0]: {"ms": ms}}}  # noqa: E731
+    rows = {"kd": row(100 * correct["kd"].mean(), 2.64), "rnd": row(100 * correct["rnd"].mean(), 2.51)}
+    v = bench.versus_random(rows, correct, rows["kd"], rows["rnd"])
+    lo, hi = v["ci95_points"]
+    assert v["diff_points"] == pytest.approx(100 * (correct["kd"].mean() - correct["rnd"].mean()))
+    assert 0 < lo < v["diff_points"] < hi and v["latency_ratio"] == pytest.approx(2.64 / 2.51)
+    assert bench.versus_random(rows, correct, rows["kd"], None) == {"kdnas": rows["kd"]["score_mean"], "random": None}

@@ -801,7 +801,7 @@ def unit_steps(bench: Bench, plan: TaskPlan, out: Path, unit: Unit, threads: int
                                                                 "--overwrite"]))
 
     def finish() -> None:
-        from kdnas_deploy.artifact.runtime import Artifact, read_card
+        from kdnas_deploy.artifact.runtime import read_card
         from kdnas_deploy.latency.graph import graph_signature
 
         kept = [unit.model / "kdnas.json", unit.model / "config.json"]
@@ -812,18 +812,48 @@ def unit_steps(bench: Bench, plan: TaskPlan, out: Path, unit: Unit, threads: int
             kept += [target / "kdnas_card.json", target / "config.json", signature]
             if profile == PROFILES[0]:
                 path = preds_path(out, target)
-                if not path.exists():
-                    rows, _labels = dev_rows(plan)
-                    art = Artifact(target, threads=threads)
-                    logits = np.concatenate([art.logits(rows[i:i + 64]) for i in range(0, len(rows), 64)])
+                graph_here = (target / read_card(target)["file"]).exists()  # gone in a session restored from the record
+                if not path.exists() or (graph_here and not matches_card(path, target, dev_rows(plan)[1])):
                     buf = io.BytesIO()
-                    np.save(buf, logits.argmax(axis=1).astype(np.int8))
+                    np.save(buf, artifact_dev_predictions(unit.model, target, threads))
                     write_bytes_atomic(path, buf.getvalue())
                 kept.append(path)
         bench.record.keep(plan.name, out, unit.name, kept)
 
     finish.__name__ = f"{plan.name}/finish-{unit.name}"
     return [*steps, finish]  # finish is cheap where all is done: it only checks the record holds it
+
+
+def scores_as_card(predicted: np.ndarray, labels: np.ndarray, card: dict[str, Any]) -> bool:
+    """Whether dev predictions score what the artifact's card says (those of earlier runs were batched in file
+    order, not as the export scored them)."""
+    return abs(float(np.mean(predicted == labels)) - card["metrics"]["artifact_dev"]["accuracy"]) <= 1e-9
+
+
+def matches_card(path: Path, target: Path, labels: np.ndarray) -> bool:
+    from kdnas_deploy.artifact.runtime import read_card
+
+    return scores_as_card(np.load(path), labels, read_card(target))
+
+
+def artifact_dev_predictions(model: Path, target: Path, threads: int) -> np.ndarray:
+    """The artifact's dev-set labels, batched as its export scored them (length-sorted batches of
+    `export.SCORE_BATCH`), so they reproduce the card's `artifact_dev` score. Dynamic int8 quantization takes an
+    activation scale per batch, padding included, so the same rows batched another way (in file order, as this
+    tool did before) scored up to 0.46 points apart, and a paired interval from those is not about the score the
+    table shows."""
+    from kdnas_deploy.artifact.export import SCORE_BATCH
+    from kdnas_deploy.artifact.runtime import Artifact, onnx_logits
+    from kdnas_deploy.data import DataSource
+    from kdnas_deploy.distill.api import prepare, source_from_teacher
+
+    art = Artifact(target, threads=threads)
+    encoded = prepare(str(model), source_from_teacher(str(model), DataSource()), art.card["max_length"]).encoded
+    predicted = onnx_logits(art.session, encoded.dev, SCORE_BATCH, encoded.pad_token_id).argmax(axis=1)
+    if not scores_as_card(predicted, np.asarray(encoded.dev["labels"]), art.card):
+        sys.exit(f"{target}: its dev predictions here do not score the {100 * art.card['metrics']['artifact_dev']['accuracy']:.2f} "
+                 "on its card; the export's scoring and this one no longer match")
+    return predicted.astype(np.int8)
 
 
 def proxy_steps(bench: Bench, plan: TaskPlan, out: Path, arch: str) -> list[Step]:
@@ -885,6 +915,11 @@ def stage_finals(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
     if pending:
         with bench.wall_clock(f"{plan.name}/export-rows"):
             fill_export_rows(pending)
+    # The chains' finish steps score artifacts in their threads; transformers resolves names lazily, which two
+    # threads doing so at once can break (ImportError: cannot import name 'AutoTokenizer'), so resolve them here.
+    from transformers import AutoConfig, AutoTokenizer  # noqa: F401
+
+    from kdnas_deploy.distill.api import prepare  # noqa: F401
     units = units_of(plan, out, students)
     first = [u for u in units if u.seed in (None, plan.seeds[0])]
     chains = [unit_steps(bench, plan, out, u, threads) for u in first]
@@ -1020,6 +1055,19 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = BOOTSTRAP, seed: int
     return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
 
 
+def versus_random(rows: dict[str, dict[str, Any]], correct: dict[str, np.ndarray], kdnas: dict[str, Any] | None,
+                  rnd: dict[str, Any] | None) -> dict[str, Any]:
+    """KD-NAS's student at a third of the teacher against random search's: scores, the paired interval of their
+    difference and the latency ratio (the target compares them at equal budget)."""
+    out: dict[str, Any] = {"kdnas": kdnas["score_mean"] if kdnas else None, "random": rnd["score_mean"] if rnd else None}
+    if kdnas and rnd:
+        label = {id(r): name for name, r in rows.items()}
+        lo, hi = paired_bootstrap(correct[label[id(kdnas)]], correct[label[id(rnd)]])
+        out.update(diff_points=kdnas["score_mean"] - rnd["score_mean"], ci95_points=[100 * lo, 100 * hi],
+                   latency_ratio=kdnas["latency"][PROFILES[0]]["ms"] / rnd["latency"][PROFILES[0]]["ms"])
+    return out
+
+
 def task_results(bench: Bench, plan: TaskPlan, out: Path, students: list[Student], budgets: dict[str, Any]) -> dict[str, Any]:
     from scipy.stats import kendalltau
 
@@ -1033,9 +1081,14 @@ def task_results(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
     correct: dict[str, np.ndarray] = {}
     for s in students:
         seeds: tuple[int | None, ...] = (None,) if s.role == "teacher" else seeds_for(plan, s)
-        per_seed = [np.load(preds_path(out, artifact_dir(out, s.key, seed, PROFILES[0]))) == labels for seed in seeds]
+        predicted = [np.load(preds_path(out, artifact_dir(out, s.key, seed, PROFILES[0]))) for seed in seeds]
+        per_seed = [p == labels for p in predicted]
         cards = [read_card(artifact_dir(out, s.key, seed, PROFILES[0])) for seed in seeds]
         scores = [100 * c["metrics"]["artifact_dev"]["score"] for c in cards]
+        off = [seed for seed, p, c in zip(seeds, predicted, cards) if not scores_as_card(p, labels, c)]
+        if off and s.role != "teacher":  # records made before the predictions were batched as the export scores
+            print(f"warning: {s.label}: the recorded dev predictions of seeds {off} do not reproduce the card's score, "
+                  "so its intervals are of predictions batched otherwise", file=sys.stderr)
         torch_scores = [100 * c["metrics"]["pytorch_dev"]["score"] for c in cards]
         correct[s.label] = np.mean(per_seed, axis=0)
         lat = {p: timing[artifact_dir(out, s.key, None if s.role == "teacher" else plan.seeds[0], p).name] for p in PROFILES}
@@ -1076,8 +1129,7 @@ def task_results(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
             "search": search, "init": plan.init, "stand_ins": sorted(n for n, t in timing.items() if t.get("graph") == "stand-in"),
             "stand_in_check": {n[:-len(STANDIN_CHECK)]: standin_ratio(timing[n[:-len(STANDIN_CHECK)]], t)
                                for n, t in timing.items() if n.endswith(STANDIN_CHECK)},
-            "kdnas_vs_random": {"kdnas": kd_third["score_mean"] if kd_third else None,
-                                                  "random": rnd["score_mean"] if rnd else None},
+            "kdnas_vs_random": versus_random(rows, correct, kd_third, rnd),
             "budgets": budgets, "table_machine": table_host(out), "timing_host": bench.state.get(f"{plan.name}/timing-host")}
 
 
@@ -1166,7 +1218,9 @@ def markdown(results: dict[str, Any], state: dict[str, Any], findings: str | Non
                      f"(target 97%: {'met' if f['pct_of_teacher'] >= 97 else 'missed'})." if f else "no student is 3x faster."),
                   f"- KD-NAS against random search at the same {s['kdnas']['candidates']} candidates: best proxy reward "
                   f"{s['kdnas']['best_reward']:.4f} against {s['random']['best_reward']:.4f}; final student at a third of the "
-                  f"teacher's latency: dev {r['kdnas_vs_random']['kdnas']:.2f} against {r['kdnas_vs_random']['random']:.2f}.",
+                  f"teacher's latency: dev {r['kdnas_vs_random']['kdnas']:.2f} against {r['kdnas_vs_random']['random']:.2f}"
+                  + (f", {v['diff_points']:+.2f} [{v['ci95_points'][0]:+.2f}, {v['ci95_points'][1]:+.2f}] at a latency ratio of "
+                     f"{v['latency_ratio']:.3f}." if "ci95_points" in (v := r["kdnas_vs_random"]) else "."),
                   f"- Proxy fidelity: Kendall tau {pf['kendall_tau']:.2f} (p = {pf['p_value']:.3f}) between proxy and full-training "
                   f"dev scores over {pf['archs']} architectures."]
         if r.get("stand_in_check"):

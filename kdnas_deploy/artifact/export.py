@@ -38,6 +38,8 @@ PARITY_TOLERANCE = 1e-4
 #: (batch size, rows taken from) for the parity check: short, mixed and the longest dev rows.
 PARITY_CASES = ((1, "shortest"), (1, "longest"), (4, "mixed"), (16, "longest"))
 DEFAULT_MAX_DROP = 1.0
+#: Rows per batch when the card's dev scores are computed (length-sorted, so little padding).
+SCORE_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,9 @@ def export_artifact(
         if graph.path.name != FP32_FILE:
             (work / FP32_FILE).unlink()
         say(f"scoring PyTorch and the artifact on {len(dev)} dev rows")
-        torch_metrics = evaluate_model(model, dev, task, 64, pad)
+        torch_metrics = evaluate_model(model, dev, task, SCORE_BATCH, pad)
         session = make_session(graph.path, profile)
-        onnx_metrics = compute_metrics(task, onnx_logits(session, dev, 64, pad), np.asarray(dev["labels"]))
+        onnx_metrics = compute_metrics(task, onnx_logits(session, dev, SCORE_BATCH, pad), np.asarray(dev["labels"]))
         del session
         drop = 100.0 * (torch_metrics["score"] - onnx_metrics["score"])
         if drop > max_drop:
