@@ -1,7 +1,8 @@
 """An exported artifact at run time: tokenizer + ONNX Runtime session configured by the profile it was built for.
 
-`Artifact` is what `predict`, `serve` and the export's own accuracy check all use, so what is checked at export is
-what answers requests.
+`Artifact` is what `predict` and `serve` use, with the session settings the export's own accuracy check uses
+(`make_session` for the profile). The check scores length-sorted batches (`onnx_logits`); an int8 graph's
+dynamic quantization scales per batch, so rows batched otherwise can score slightly differently.
 """
 
 from __future__ import annotations
