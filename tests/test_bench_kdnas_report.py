@@ -569,8 +569,8 @@ def test_kdnas_against_random_is_a_paired_interval_at_their_measured_latency_rat
     correct = {"kd": (truth < 0.55).astype(float), "rnd": (truth < 0.50).astype(float)}  # kd right wherever rnd is
     row = lambda score, ms: {"score_mean": score, "latency": {bench.PROFILES[0]: {"ms": ms}}}  # noqa: E731
     rows = {"kd": row(100 * correct["kd"].mean(), 2.64), "rnd": row(100 * correct["rnd"].mean(), 2.51)}
-    v = bench.versus_random(rows, correct, rows["kd"], rows["rnd"])
+    v = bench.versus_random(rows, correct, "kd", "rnd")
     lo, hi = v["ci95_points"]
     assert v["diff_points"] == pytest.approx(100 * (correct["kd"].mean() - correct["rnd"].mean()))
     assert 0 < lo < v["diff_points"] < hi and v["latency_ratio"] == pytest.approx(2.64 / 2.51)
-    assert bench.versus_random(rows, correct, rows["kd"], None) == {"kdnas": rows["kd"]["score_mean"], "random": None}
+    assert bench.versus_random(rows, correct, "kd", None) == {"kdnas": rows["kd"]["score_mean"], "random": None}

@@ -806,14 +806,14 @@ def unit_steps(bench: Bench, plan: TaskPlan, out: Path, unit: Unit, threads: int
 
         kept = [unit.model / "kdnas.json", unit.model / "config.json"]
         for profile, target in unit.targets:
-            signature = target / SIGNATURE_FILE
+            card, signature = read_card(target), target / SIGNATURE_FILE
             if not signature.exists():
-                write_text_atomic(signature, graph_signature(target / read_card(target)["file"]) + "\n")
+                write_text_atomic(signature, graph_signature(target / card["file"]) + "\n")
             kept += [target / "kdnas_card.json", target / "config.json", signature]
             if profile == PROFILES[0]:
                 path = preds_path(out, target)
-                graph_here = (target / read_card(target)["file"]).exists()  # gone in a session restored from the record
-                if not path.exists() or (graph_here and not matches_card(path, target, dev_rows(plan)[1])):
+                graph_here = (target / card["file"]).exists()  # gone in a session restored from the record
+                if not path.exists() or (graph_here and not scores_as_card(np.load(path), dev_rows(plan)[1], card)):
                     buf = io.BytesIO()
                     np.save(buf, artifact_dev_predictions(unit.model, target, threads))
                     write_bytes_atomic(path, buf.getvalue())
@@ -828,12 +828,6 @@ def scores_as_card(predicted: np.ndarray, labels: np.ndarray, card: dict[str, An
     """Whether dev predictions score what the artifact's card says (those of earlier runs were batched in file
     order, not as the export scored them)."""
     return abs(float(np.mean(predicted == labels)) - card["metrics"]["artifact_dev"]["accuracy"]) <= 1e-9
-
-
-def matches_card(path: Path, target: Path, labels: np.ndarray) -> bool:
-    from kdnas_deploy.artifact.runtime import read_card
-
-    return scores_as_card(np.load(path), labels, read_card(target))
 
 
 def artifact_dev_predictions(model: Path, target: Path, threads: int) -> np.ndarray:
@@ -1055,16 +1049,16 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = BOOTSTRAP, seed: int
     return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
 
 
-def versus_random(rows: dict[str, dict[str, Any]], correct: dict[str, np.ndarray], kdnas: dict[str, Any] | None,
-                  rnd: dict[str, Any] | None) -> dict[str, Any]:
-    """KD-NAS's student at a third of the teacher against random search's: scores, the paired interval of their
-    difference and the latency ratio (the target compares them at equal budget)."""
-    out: dict[str, Any] = {"kdnas": kdnas["score_mean"] if kdnas else None, "random": rnd["score_mean"] if rnd else None}
-    if kdnas and rnd:
-        label = {id(r): name for name, r in rows.items()}
-        lo, hi = paired_bootstrap(correct[label[id(kdnas)]], correct[label[id(rnd)]])
-        out.update(diff_points=kdnas["score_mean"] - rnd["score_mean"], ci95_points=[100 * lo, 100 * hi],
-                   latency_ratio=kdnas["latency"][PROFILES[0]]["ms"] / rnd["latency"][PROFILES[0]]["ms"])
+def versus_random(rows: dict[str, dict[str, Any]], correct: dict[str, np.ndarray], kdnas: str | None,
+                  rnd: str | None) -> dict[str, Any]:
+    """KD-NAS's student at a third of the teacher against random search's (row labels): scores, the paired
+    interval of their difference and the latency ratio (the target compares them at equal budget)."""
+    k, r = (rows[kdnas] if kdnas else None), (rows[rnd] if rnd else None)
+    out: dict[str, Any] = {"kdnas": k["score_mean"] if k else None, "random": r["score_mean"] if r else None}
+    if k and r:
+        lo, hi = paired_bootstrap(correct[kdnas], correct[rnd])  # type: ignore[index]
+        out.update(diff_points=k["score_mean"] - r["score_mean"], ci95_points=[100 * lo, 100 * hi],
+                   latency_ratio=k["latency"][PROFILES[0]]["ms"] / r["latency"][PROFILES[0]]["ms"])
     return out
 
 
@@ -1085,8 +1079,8 @@ def task_results(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
         per_seed = [p == labels for p in predicted]
         cards = [read_card(artifact_dir(out, s.key, seed, PROFILES[0])) for seed in seeds]
         scores = [100 * c["metrics"]["artifact_dev"]["score"] for c in cards]
-        off = [seed for seed, p, c in zip(seeds, predicted, cards) if not scores_as_card(p, labels, c)]
-        if off and s.role != "teacher":  # records made before the predictions were batched as the export scores
+        # The teacher is in no interval. Records made before the predictions were batched as the export scores:
+        if s.role != "teacher" and (off := [seed for seed, p, c in zip(seeds, predicted, cards) if not scores_as_card(p, labels, c)]):
             print(f"warning: {s.label}: the recorded dev predictions of seeds {off} do not reproduce the card's score, "
                   "so its intervals are of predictions batched otherwise", file=sys.stderr)
         torch_scores = [100 * c["metrics"]["pytorch_dev"]["score"] for c in cards]
@@ -1121,8 +1115,8 @@ def task_results(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
         full.append(read_info(student_dir(out, arch, plan.seeds[0])).metrics["dev"]["score"])
     tau = kendalltau(proxy, full)
     search = {strategy: bench.state[f"{plan.name}/search-{strategy}"] for strategy in STRATEGIES}
-    kd_third = next((r for r in rows.values() if r["role"] == "kdnas" and r["budget_ms"] and abs(r["budget_ms"] - budgets["teacher_ms"] / SPEEDUP_BUDGET) < 1e-3), None)
-    rnd = next((r for r in rows.values() if r["role"] == "random"), None)
+    kd_third = next((name for name, r in rows.items() if r["role"] == "kdnas" and r["budget_ms"] and abs(r["budget_ms"] - budgets["teacher_ms"] / SPEEDUP_BUDGET) < 1e-3), None)
+    rnd = next((name for name, r in rows.items() if r["role"] == "random"), None)
     return {"teacher_dev": teacher["score_mean"], "teacher_card_arch": teacher_card["arch"], "rows": rows, "pairs": pairs,
             "fast_student": best_fast, "proxy_fidelity": {"archs": len(proxy), "kendall_tau": float(tau.statistic),
                                                           "p_value": float(tau.pvalue), "proxy": proxy, "full": full},
