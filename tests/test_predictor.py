@@ -220,6 +220,20 @@ def test_combine_sessions_keeps_the_fastest_session_and_the_range():
     assert t.sessions == 3 and t.rounds == 3 and t.session_range == pytest.approx(0.5)
 
 
+def test_a_paired_ratio_cancels_a_slow_round_that_the_fastest_rounds_keep():
+    from kdnas_deploy.latency.timing import fastest, paired_ratio
+
+    # The candidate really runs at 1.10 of the reference; round 2 slowed the reference alone, round 3 both.
+    reference, candidate = [5.0, 6.5, 7.0], [5.5, 5.6, 7.7]
+    assert paired_ratio(candidate, reference) == pytest.approx(1.10)
+    assert fastest(candidate) / fastest(reference) == pytest.approx(1.10)  # here the calm round is shared ...
+    candidate = [5.9, 5.4, 7.7]  # ... here it is not: the candidate's calmest round is the reference's slow one
+    assert fastest(candidate) / fastest(reference) == pytest.approx(1.08) and paired_ratio(candidate, reference) == pytest.approx(1.10)
+    assert paired_ratio([2.0, 2.2], [6.0, 6.6], divisor=3) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="paired rounds"):
+        paired_ratio([1.0], [1.0, 2.0])
+
+
 def test_verify_times_architectures_in_interleaved_rounds_and_keeps_the_fastest(table, fast_profile):
     from kdnas_deploy.latency.profiler import verify, verify_steps
 

@@ -47,7 +47,7 @@ def time_whole(profile_name: str, rounds: int) -> dict[str, list[float]]:
     from kdnas_deploy.search.finals import InterleavedTimer
 
     with InterleavedTimer(load_profile(profile_name), rounds) as timer:
-        samples = timer.samples([StudentArch.parse(a) for a in ARCHS])
+        samples = timer([StudentArch.parse(a) for a in ARCHS])
     return {str(a): v for a, v in samples.items()}
 
 

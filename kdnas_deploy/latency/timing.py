@@ -145,6 +145,17 @@ def fastest(samples: Sequence[float]) -> float:
     return float(min(samples))
 
 
+def paired_ratio(samples: Sequence[float], reference: Sequence[float], divisor: float = 1.0) -> float:
+    """How `samples` compare with `reference / divisor` timed in the same interleaved rounds: the median of the
+    per-round ratios. A slow spell that hits one round hits both graphs in it, so each round's ratio cancels it,
+    where the fastest round of each (`fastest`) may come from different rounds. Re-timed on the 2-vCPU hosts it
+    moved 1.9% between sessions of 20 rounds against 8.5% for the ratio of the fastest rounds, and 2-4% against
+    7-11% in sessions of 6 (README, "Which ratio decides")."""
+    if len(samples) != len(reference) or not samples:
+        raise ValueError(f"paired rounds needed, got {len(samples)} and {len(reference)}")
+    return float(np.median(np.asarray(samples, dtype=float) / (np.asarray(reference, dtype=float) / divisor)))
+
+
 def interleaved_rounds(keys: Sequence[K], time_one: Callable[[K, int], V], rounds: int,
                        after_round: Callable[[int], None] | None = None) -> dict[K, list[V]]:
     """One sample per key per round: each round times every key once (`time_one(key, round)`), in an order rotated

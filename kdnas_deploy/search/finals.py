@@ -6,11 +6,13 @@ search and whose measured latency the finalists must match. The search itself go
 timing per architecture, taken at some other time, which on a shared CPU is off by 10-25% either way. That cannot
 carry a decision at a few percent, so before the pick each budget's candidates (up to CONFIRM_SLACK over it by
 the table) are timed again, whole, best proxy score first, CONFIRM_TOP at a time, in interleaved rounds in one
-session with the reference architectures: a slow spell of the machine then hits all of them alike. The final
-student is the best proxy score whose measured median is within the budget (the reference's measured median over
-its divisor, or the milliseconds given); a batch where none fits sends the next CONFIRM_TOP to be timed. A
-finalist within CONFIRM_MARGIN of the limit is timed in the next session too and judged on both, since a single
-session's limit is itself a measurement; one more session after the last batch times its near misses alone.
+session with the reference architectures: a slow spell of the machine then hits all of them alike. A finalist's
+ratio to its limit is the median over the session's rounds of its time over the reference's in the same round
+(over the divisor), so a spell that slows one round cancels out; against milliseconds given as the budget it is
+its fastest round over them. The final student is the best proxy score whose ratio is at most 1; a batch where
+none fits sends the next CONFIRM_TOP to be timed. A finalist within CONFIRM_MARGIN of the limit is timed in the
+next session too and judged on the median of both, since a single session's ratio is itself a measurement; one
+more session after the last batch times its near misses alone.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from statistics import median
 from typing import Any
 
 from kdnas_deploy.errors import KdnasError
-from kdnas_deploy.latency.timing import fastest, interleaved_rounds
+from kdnas_deploy.latency.timing import fastest, interleaved_rounds, paired_ratio
 from kdnas_deploy.search.episodes import best_candidate
 from kdnas_deploy.search.journal import Candidate
 from kdnas_deploy.space import StudentArch
@@ -37,16 +39,17 @@ CONFIRM_TOP = 3
 #: Batches per budget at most: how far down the ranking a budget looks for a candidate that really fits.
 CONFIRM_BATCHES = 4
 #: A finalist whose first session puts it within this fraction of the limit, either side, is timed in one more
-#: session and judged on the median of its sessions' ratios. One session's ratio to its limit has a standard
-#: deviation of about 3% on the 2-vCPU hosts (tools/bench_finals_margin.py; README, "Re-timing the finalists"), so
-#: one session cannot tell 2% over from 2% under. In the MNLI benchmark a candidate 2% over its own session's limit,
+#: session and judged on the median of its sessions' ratios. One session's paired ratio to its limit re-tests
+#: within 2-4% on the 2-vCPU hosts (tools/bench_finals_margin.py; README, "Which ratio decides"), so one
+#: session cannot tell 2% over from 2% under. In the MNLI benchmark a candidate 2% over its own session's limit,
 #: and under the next session's, lost a budget on that single session.
 CONFIRM_MARGIN = 0.03
-#: Interleaved timing rounds (one fresh session per architecture per round); the fastest round decides.
+#: Interleaved timing rounds (one fresh session per architecture per round).
 CONFIRM_ROUNDS = 6
 
-#: Times architectures side by side: {arch: median ms}.
-Timer = Callable[[Sequence[StudentArch]], Mapping[StudentArch, float]]
+#: Times architectures side by side: {arch: each round's median ms}, the same number of rounds for every one, round
+#: i of each timed in the same interleaved round.
+Timer = Callable[[Sequence[StudentArch]], Mapping[StudentArch, Sequence[float]]]
 
 
 def parse_budget(item: float | int | str) -> float | str:
@@ -123,10 +126,11 @@ class Choice:
     measured_ms: dict[str, float] = field(default_factory=dict)
     #: What the choice had to be within when measured: the reference's median or the budget's milliseconds.
     limit_ms: float | None = None
-    #: The choice's measured median is within the limit (False: nothing re-timed fits, the table's pick is kept).
+    #: The choice's ratio to its limit is at most 1 (False: nothing re-timed fits, the table's pick is kept).
     confirmed: bool = False
-    #: Each interleaved session in order, `{"limit_ms", "measured_ms"}`: the reference is re-timed in every one, so
-    #: a finalist is judged against the limit of its own session, which `limit_ms` (the last) may not be.
+    #: Each interleaved session in order, `{"limit_ms", "measured_ms", "ratios"}` (fastest rounds, and each
+    #: finalist's ratio to the limit: paired by round against a reference): the reference is re-timed in every one,
+    #: so a finalist is judged against the limit of its own session, which `limit_ms` (the last) may not be.
     sessions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,8 +158,18 @@ def ranked_within(candidates: Sequence[Candidate], budget: Budget, profile: str,
 
 
 def session_ratios(sessions: Sequence[Mapping[str, Any]], arch: str) -> list[float]:
-    """`arch`'s measured median over its session's limit, for every session that timed it, in order."""
-    return [s["measured_ms"][arch] / s["limit_ms"] for s in sessions if arch in s["measured_ms"]]
+    """`arch`'s ratio to its session's limit, for every session that timed it, in order. Reports written before
+    sessions kept their ratios (2026-12-03) have only the fastest rounds: their ratio is the fastest over the limit."""
+    return [s["ratios"][arch] if "ratios" in s else s["measured_ms"][arch] / s["limit_ms"]
+            for s in sessions if arch in s["measured_ms"]]
+
+
+def limit_ratio(budget: Budget, rounds: Mapping[str, Sequence[float]], arch: str) -> float:
+    """`arch`'s ratio to the budget's limit in one session of interleaved `rounds` ({arch: ms per round}): paired
+    by round with the reference (`paired_ratio`), or its fastest round over the milliseconds given."""
+    if budget.reference:
+        return paired_ratio(rounds[arch], rounds[budget.reference], budget.divisor)
+    return fastest(rounds[arch]) / budget.ms
 
 
 def _verdict(ratios: Sequence[float], margin: float, final: bool) -> str | None:
@@ -208,11 +222,13 @@ def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | N
         # with a reference measured beside it.
         archs = list(dict.fromkeys([c.arch for cs in todo.values() for c in cs]
                                    + [StudentArch.parse(b.reference) for b in todo if b.reference]))
-        ms = {str(a): v for a, v in timer(archs).items()}
+        rounds = {str(a): list(v) for a, v in timer(archs).items()}
+        ms = {a: fastest(v) for a, v in rounds.items()}
         for b, cs in todo.items():
             limits[b] = ms[b.reference] / b.divisor if b.reference else b.ms
             sessions[b].append({"limit_ms": limits[b], "measured_ms": {
-                **({b.reference: ms[b.reference]} if b.reference else {}), **{str(c.arch): ms[str(c.arch)] for c in cs}}})
+                **({b.reference: ms[b.reference]} if b.reference else {}), **{str(c.arch): ms[str(c.arch)] for c in cs}},
+                "ratios": {str(c.arch): limit_ratio(b, rounds, str(c.arch)) for c in cs}})
             # The best-ranked finalist not yet ruled out decides: a fit is chosen; an undecided one waits for the
             # next session, since a finalist ranked below it must not win by being timed later.
             for c, v in zip(timed[b], verdicts(b, final)):
@@ -228,8 +244,8 @@ def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | N
 
 class InterleavedTimer:
     """Whole-model latency of several architectures on one profile, timed in interleaved rounds: each round
-    times every architecture once in a fresh session, in an order rotated per round; the fastest round counts, as
-    in the latency table (see `combine_sessions`).
+    times every architecture once in a fresh session, in an order rotated per round (a `Timer`: every round's
+    median ms, which `choose_finals` pairs round by round).
     Graphs are built once per architecture and kept until `close()`, so a later batch re-times without rebuilding."""
 
     def __init__(self, profile: Any, rounds: int = CONFIRM_ROUNDS, progress: Callable[[str], None] | None = None,
@@ -247,11 +263,8 @@ class InterleavedTimer:
         if self.progress:
             self.progress(message)
 
-    def __call__(self, archs: Sequence[StudentArch]) -> dict[StudentArch, float]:
-        return {a: fastest(v) for a, v in self.samples(archs).items()}
-
-    def samples(self, archs: Sequence[StudentArch]) -> dict[StudentArch, list[float]]:
-        """Every round's median ms per architecture, in round order (what `__call__` reduces to the fastest)."""
+    def __call__(self, archs: Sequence[StudentArch]) -> dict[StudentArch, list[float]]:
+        """Every round's median ms per architecture, in round order."""
         self.profile.check_runnable()
         if self._tmp is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="kdnas-confirm-"))
