@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kdnas_deploy.artifact.runtime import read_card
 from kdnas_deploy.hardware import load_profile
-from kdnas_deploy.latency.timing import fastest, interleaved_rounds, paired_ratio, time_graph
-from kdnas_deploy.search.finals import CONFIRM_MARGIN, CONFIRM_ROUNDS, InterleavedTimer
+from kdnas_deploy.latency.timing import fastest, interleaved_rounds, time_graph
+from kdnas_deploy.search.finals import CONFIRM_MARGIN, CONFIRM_ROUNDS, Budget, InterleavedTimer, limit_ratio
 from kdnas_deploy.space import StudentArch
 
 #: (reference, divisor, finalist): the MNLI benchmark's borderline finalists beside their budget's reference.
@@ -42,8 +43,12 @@ PAIRS = (("L6-H384-A12-I1536", 3.0, "L3-H384-A6-I768"), ("L6-H384-A12-I1536", 3.
          ("L4-H312-A12-I1200", 1.0, "L5-H384-A12-I384"), ("L3-H384-A12-I1536", 1.0, "L4-H384-A12-I768"))
 
 
-#: Estimators of a finalist's ratio to its limit from one session's rounds: (reference rounds, finalist rounds, divisor).
-ESTIMATORS = {"fastest": lambda ref, cand, div: fastest(cand) / (fastest(ref) / div), "paired": lambda ref, cand, div: paired_ratio(cand, ref, div)}
+#: Estimators of a finalist's ratio to its limit from one session's rounds ({arch: ms per round}): the fastest rounds'
+#: ratio, which the finals judged by before 2026-12-03, and the finals' own rule now (`limit_ratio`, paired rounds).
+ESTIMATORS = {
+    "fastest": lambda s, ref, div, cand: fastest(s[cand]) / (fastest(s[ref]) / div),
+    "paired": lambda s, ref, div, cand: limit_ratio(Budget(0.0, ref, div), s, cand),
+}
 
 
 def parse_pairs(text: str) -> tuple[tuple[str, float, str], ...]:
@@ -61,7 +66,7 @@ def analyse(sessions: list[dict[str, list[float]]], pairs: tuple[tuple[str, floa
     rows = []
     for ref, divisor, cand in pairs:
         for name, estimate in ESTIMATORS.items():
-            ratios = np.array([estimate(s[ref], s[cand], divisor) for s in sessions])
+            ratios = np.array([estimate(s, ref, divisor, cand) for s in sessions])
             pooled = float(np.median(ratios))
             retest = [abs(np.log(a / b)) for a, b in itertools.combinations(ratios, 2)]
             rows.append({"reference": ref, "divisor": divisor, "finalist": cand, "estimator": name,
@@ -75,16 +80,14 @@ class ArtifactTimer:
     """Finished artifacts timed in interleaved rounds, as the benchmark's timing stage times them."""
 
     def __init__(self, folder: Path, suffix: str, profile: object, rounds: int) -> None:
-        from kdnas_deploy.artifact.runtime import read_card
-
-        self.profile, self.rounds, self.graphs = profile, rounds, {}
-        self.folder, self.suffix, self.read_card = folder, suffix, read_card
+        self.folder, self.suffix, self.profile, self.rounds = folder, suffix, profile, rounds
+        self.graphs: dict[StudentArch, Path] = {}
 
     def __call__(self, archs: list[StudentArch]) -> dict[StudentArch, list[float]]:
         for a in archs:
             if a not in self.graphs:
                 target = self.folder / f"{a}{self.suffix}"
-                graph = target / self.read_card(target)["file"]
+                graph = target / read_card(target)["file"]
                 if not graph.is_file():
                     raise SystemExit(f"error: {graph} is missing")
                 self.graphs[a] = graph
