@@ -144,7 +144,7 @@ def test_a_run_stopped_within_an_epoch_resumes_from_that_step_exactly(tiny_teach
         with pytest.raises(Crash):
             distill(str(tiny_teacher_dir), _source(sst2_slice), "L2-H32-A4-I64", tmp_path / "c",
                     progress=CrashAtStep(at), **kwargs)
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         assert (state["epoch"], state["step"]) == (epoch, step) and len(state["partial"]["losses"]) == step
     c = distill(str(tiny_teacher_dir), _source(sst2_slice), "L2-H32-A4-I64", tmp_path / "c", **kwargs)
     strip = lambda info: [{k: v for k, v in h.items() if k != "seconds"} for h in info.training["history"]]  # noqa: E731

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from kdnas_deploy.encode import MODEL_INPUTS, collate
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.errors import KdnasError, first_line
 from kdnas_deploy.tasks import Task, compute_metrics
 
 CHECKPOINT = "checkpoint.pt"
@@ -95,9 +95,26 @@ class TrainResult:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KdnasError(f"device {name!r} asked for, but no CUDA GPU is visible to torch")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise KdnasError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise KdnasError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise KdnasError(f"device {name!r} asked for, but no CUDA GPU is visible to torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise KdnasError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _limit_threads() -> None:
+    """No more compute threads than CPUs this process may use (torch counts the host's cores, not a container's)."""
+    from kdnas_deploy.resources import cpu_budget
+
+    if torch.get_num_threads() > cpu_budget():
+        torch.set_num_threads(cpu_budget())
 
 
 def seed_everything(seed: int) -> None:
@@ -160,6 +177,7 @@ def train(
     every = CHECKPOINT_EVERY_S if checkpoint_every is None else checkpoint_every
     progress = progress or TrainProgress()
     device = resolve_device(config.device)
+    _limit_threads()
     objective.to(device)  # before the optimizer: fused AdamW wants its parameters on their final device
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     total = steps_per_epoch * config.epochs
@@ -172,7 +190,7 @@ def train(
     seed_everything(config.seed)
     autocast, scaler = _mixed_precision(device, config.mixed_precision)
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = load_checkpoint(ckpt, device)
         if state.get("key") != key:
             raise KdnasError(f"{ckpt} was written by a run with other settings; remove it or use another --out")
         objective.load_state_dict(state["objective"])
@@ -256,9 +274,39 @@ def train(
     return result
 
 
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint's state, read so that no code in it can run: tensors and plain data only (`weights_only`).
+
+    A file in an output folder is a file anyone with access to that folder could have written; unpickling it in
+    full would run whatever it names. Anything else in it, or a file that is not a checkpoint, is one line."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):  # numpy RNG arrays, in checkpoints of 0.1.0
+            state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged or foreign file
+        raise KdnasError(f"{path}: not a checkpoint this tool can read safely ({first_line(exc).split('. ')[0]}); "
+                         "remove it to start over, or use another --out") from None
+    if not isinstance(state, dict) or not {"key", "epoch", "objective", "optimizer", "scheduler"} <= set(state):
+        raise KdnasError(f"{path}: not a kdnas-deploy training checkpoint; remove it to start over, or use another --out")
+    return state
+
+
+def _numpy_rng_globals() -> list[Any]:
+    # Only what an ndarray of the RNG's uint32 state needs; an object array's items would still go through the same
+    # restricted unpickler.
+    from numpy._core.multiarray import _reconstruct
+
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+_NUMPY_RNG_GLOBALS = _numpy_rng_globals()
+
+
 def _rng_states() -> dict[str, Any]:
-    """Every generator a training step may draw from (dropout: torch's, on CUDA the device's)."""
-    states: dict[str, Any] = {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+    """Every generator a training step may draw from (dropout: torch's, on CUDA the device's); as tensors and plain
+    data, so that a checkpoint loads with `weights_only`."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {"torch_rng": torch.get_rng_state(),
+                              "numpy_rng": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
                               "python_rng": random.getstate()}
     if torch.cuda.is_available():
         states["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -268,7 +316,9 @@ def _rng_states() -> dict[str, Any]:
 def _set_rng_states(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch_rng"])
     if "numpy_rng" in state:  # checkpoints written before these were kept restore torch's only
-        np.random.set_state(state["numpy_rng"])
+        kind, keys, *rest = state["numpy_rng"]
+        keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
         random.setstate(state["python_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
