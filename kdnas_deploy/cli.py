@@ -18,7 +18,9 @@ from rich.table import Table
 
 from kdnas_deploy import __version__
 from kdnas_deploy.distill import DEFAULT_INIT, INIT_DESCRIPTIONS, INITS
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.files import writable_dir
+from kdnas_deploy.search.run import SearchSettings
 
 app = typer.Typer(
     name="kdnas-deploy",
@@ -75,6 +77,7 @@ def profile(
 ) -> None:
     """Fill the latency lookup table for a search space on hardware profiles, and summarise it."""
     from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.graph import ensure_graph_fits
     from kdnas_deploy.latency.profiler import plan, profile_items, summarize, verify_sample, verify_steps
     from kdnas_deploy.latency.profiler import verify as run_verify
     from kdnas_deploy.latency.predictor import LatencyModel, items_for
@@ -89,6 +92,8 @@ def profile(
     the_space = SearchSpace.resolve(space, teacher_config)
     for p in profiles:
         p.check_runnable()
+    for a in extra:  # before an hour of timing, not after it
+        ensure_graph_fits(a)
     table_path = table or default_table_path()
     summaries = []
     with LatencyTable(table_path) as tbl:
@@ -343,34 +348,38 @@ class _SearchBar:
         self.bar.stop()
 
 
+_SEARCH_DEFAULTS = SearchSettings.defaults()
+
+
 @app.command()
 def search(
+    ctx: typer.Context,
     teacher_path: Annotated[Optional[str], typer.Option("--teacher", help="Teacher folder or hub id (not needed with --resume).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("kdnas-run"),
     task: TaskOpt = None, data_dir: DataDirOpt = None, train_file: TrainFileOpt = None, dev_file: DevFileOpt = None,
-    text_columns: TextColsOpt = None, label_column: LabelColOpt = None, max_length: MaxLenOpt = 128,
-    hw: HwOpt = ["cpu"], table: TableOpt = None,
-    space: Annotated[str, typer.Option(help="'auto' (derived from the teacher) or a space TOML file.")] = "auto",
-    strategy: Annotated[str, typer.Option(help="kdnas (the controller), random or evolution.")] = "kdnas",
-    episodes: Annotated[int, typer.Option(min=1)] = 4,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Candidates distilled per episode.")] = 4,
-    proxy: Annotated[int, typer.Option(min=2, help="Proxy training rows per candidate.")] = 2000,
+    text_columns: TextColsOpt = None, label_column: LabelColOpt = None, max_length: MaxLenOpt = _SEARCH_DEFAULTS["max_length"],
+    hw: HwOpt = _SEARCH_DEFAULTS["hw"], table: TableOpt = None,
+    space: Annotated[str, typer.Option(help="'auto' (derived from the teacher) or a space TOML file.")] = _SEARCH_DEFAULTS["space"],
+    strategy: Annotated[str, typer.Option(help="kdnas (the controller), random or evolution.")] = _SEARCH_DEFAULTS["strategy"],
+    episodes: Annotated[int, typer.Option(min=1)] = _SEARCH_DEFAULTS["episodes"],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Candidates distilled per episode.")] = _SEARCH_DEFAULTS["top_k"],
+    proxy: Annotated[int, typer.Option(min=2, help="Proxy training rows per candidate.")] = _SEARCH_DEFAULTS["proxy"],
     held_out: Annotated[Optional[int], typer.Option("--held-out", min=1, help="Held-out training rows that score candidates.")] = None,
-    proxy_epochs: Annotated[int, typer.Option(min=1)] = 3,
-    init: InitOpt = DEFAULT_INIT,
+    proxy_epochs: Annotated[int, typer.Option(min=1)] = _SEARCH_DEFAULTS["proxy_epochs"],
+    init: InitOpt = _SEARCH_DEFAULTS["init"],
     target_ms: Annotated[Optional[float], typer.Option("--target-ms", help="Latency target in ms on every profile.")] = None,
     speedup: Annotated[Optional[float], typer.Option(help="Latency target as a speedup over the teacher (default 3).")] = None,
-    reward: Annotated[str, typer.Option(help="soft (MnasNet) or hard (over the target is rejected).")] = "soft",
-    final_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the final full-set distillation.")] = 3,
-    final: Annotated[bool, typer.Option(help="Distil the best candidate on the full training set at the end.")] = True,
-    export_final: Annotated[bool, typer.Option("--export/--no-export", help="Export each final student for every --hw profile.")] = True,
-    calibration: Annotated[int, typer.Option(min=0, help="Whole models timed to calibrate the latency table.")] = 12,
+    reward: Annotated[str, typer.Option(help="soft (MnasNet) or hard (over the target is rejected).")] = _SEARCH_DEFAULTS["reward"],
+    final_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the final full-set distillation.")] = _SEARCH_DEFAULTS["final_epochs"],
+    final: Annotated[bool, typer.Option(help="Distil the best candidate on the full training set at the end.")] = _SEARCH_DEFAULTS["final"],
+    export_final: Annotated[bool, typer.Option("--export/--no-export", help="Export each final student for every --hw profile.")] = _SEARCH_DEFAULTS["export"],
+    calibration: Annotated[int, typer.Option(min=0, help="Whole models timed to calibrate the latency table.")] = _SEARCH_DEFAULTS["calibration"],
     max_params: Annotated[Optional[int], typer.Option("--max-params", min=1, help="Exclude students with more parameters.")] = None,
     max_mb: Annotated[Optional[float], typer.Option("--max-mb", help="Exclude students whose artifact (at each --hw profile's precision) is larger, in MB.")] = None,
     budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets on the first --hw: ms, an architecture whose latency to match, or a fraction of one, e.g. 5,L3-H384-A12-I1536,L6-H384-A12-I1536/3: each gets its share of the search and one final student.")] = None,
-    confirm_rounds: Annotated[int, typer.Option("--confirm-rounds", min=0, help="Rounds that re-time each budget's finalists side by side before the pick (0: by the latency table).")] = 6,
+    confirm_rounds: Annotated[int, typer.Option("--confirm-rounds", min=0, help="Rounds that re-time each budget's finalists side by side before the pick (0: by the latency table).")] = _SEARCH_DEFAULTS["confirm_rounds"],
     machine: Annotated[list[str], typer.Option("--machine", help="Read the latencies another machine measured: its fingerprint id in --table, as `kdnas-deploy profile` printed it there (a deployment target profiled on itself). Never measured from here; finalists picked by the table. Repeatable, one per --hw; allowed with --resume.")] = [],
-    seed: SeedOpt = 0,
+    seed: SeedOpt = _SEARCH_DEFAULTS["seed"],
     executor: Annotated[str, typer.Option(help="Where an episode's candidates run: local (one after another) or ray (in parallel).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join ('auto', ray://host:10001); default: start a local one.")] = None,
     ray_cpus: Annotated[float, typer.Option("--ray-cpus", help="CPUs reserved per candidate on Ray.")] = 1.0,
@@ -390,7 +399,7 @@ def search(
         if machine:  # a run begun on the machine whose table it reads, resumed on another host
             settings.machines = list(machine)
     else:
-        flags = {
+        values = {
             "teacher": teacher_path, "max_length": max_length, "hw": list(hw), "space": space,
             "table": str(table) if table else None, "seed": seed, "strategy": strategy, "episodes": episodes,
             "top_k": top_k, "proxy": proxy, "held_out": held_out, "proxy_epochs": proxy_epochs, "init": init, "target_ms": target_ms,
@@ -399,6 +408,11 @@ def search(
             "budgets": [b for b in budgets.split(",") if b.strip()] if budgets else None, "confirm_rounds": confirm_rounds,
             "machines": list(machine) or None,
         }
+        # Only what the user typed overrides --config: a flag given with its default's value is still given. (By the
+        # source's name: typer carries its own copy of click, whose ParameterSource is not click's.)
+        param = {"teacher": "teacher_path", "export": "export_final", "machines": "machine"}
+        flags = {k: v for k, v in values.items()
+                 if getattr(ctx.get_parameter_source(param.get(k, k)), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
         settings = settings_from(flags, _source(task, data_dir, train_file, dev_file, text_columns, label_column), config)
     if dry_run:
         plan = plan_search(settings)
@@ -411,6 +425,7 @@ def search(
         out.print(f"estimate: latency table {est['latency_table'] / 60:.0f} min, proxy distillation {est['proxy_distillation'] / 60:.0f} min, "
                   f"final distillation {est['final_distillation'] / 60:.0f} min", highlight=False)
         return
+    writable_dir(out_dir, "--out")
     runner = make_executor(executor, ray_address, ray_cpus, ray_gpus)
     timing = _progress()
     timing_task = timing.add_task("latency table", total=None)
@@ -545,13 +560,16 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a micro-batch waits to fill (only under load: a lone request on an idle server runs at once).")] = 5.0,
     max_texts: Annotated[int, typer.Option("--max-texts", min=1, help="Texts per request (more: 413).")] = 64,
     max_chars: Annotated[int, typer.Option("--max-chars", min=1, help="Characters per text (more: 413).")] = 4000,
+    max_connections: Annotated[int, typer.Option("--max-connections", min=1, help="Open connections at most; requests beyond them get 503.")] = 256,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds a client has to send a request's headers, and again its body (x3), before 408.")] = 10.0,
     threads: Annotated[Optional[int], typer.Option(min=0, help="ONNX Runtime threads (default: the profile's).")] = None,
     spinning: Annotated[Optional[bool], typer.Option("--spinning/--no-spinning", help="Override the profile's ONNX Runtime spin-waiting.")] = None,
 ) -> None:
     """Serve an artifact over HTTP: POST /v1/predict, GET /health, GET /v1/metadata, docs at /docs."""
     from kdnas_deploy.artifact.serve import ServeConfig, serve as run_server
 
-    config = ServeConfig(max_batch, max_wait_ms, max_texts, max_chars)
+    config = ServeConfig(max_batch, max_wait_ms, max_texts, max_chars, max_connections=max_connections,
+                         header_timeout_s=header_timeout, body_timeout_s=3 * header_timeout)
     console.print(f"serving {escape(str(artifact))} on http://{host}:{port} (docs at /docs); Ctrl-C or SIGTERM stops it")
     run_server(str(artifact), host, port, config, threads, spinning=spinning)
 
@@ -567,16 +585,42 @@ def version() -> None:
           f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})")
 
 
+def _error(message: str, status: int) -> None:
+    console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(status)
+
+
+#: click's exception for a command line it cannot parse (typer carries its own copy of click, so found through typer).
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
     _setup_logging()
     try:
-        app()
+        code = app(standalone_mode=False)
     except KdnasError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _error(str(exc), 2)
+    except _USAGE_ERROR as exc:  # a missing or malformed flag: one line too, not click's framed panel
+        ctx = getattr(exc, "ctx", None)
+        if not exc.format_message().strip():  # no arguments at all: the help was shown in its place
+            sys.exit(exc.exit_code)
+        _error(exc.format_message() + (f" (see {ctx.command_path} --help)" if ctx is not None else ""), exc.exit_code)
+    except typer.Abort:
+        _error("aborted", 1)
     except KeyboardInterrupt:
         console.print("interrupted; finished work is kept (timings in the table, epochs in checkpoints): run again to resume")
         sys.exit(130)
+    except MemoryError:
+        _error("out of memory: try a smaller architecture, batch size or --max-length", 2)
+    except OSError as exc:  # the machine's answer about a path (disk full, permission), named without a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or first_line(exc)}", 2)
+    except Exception as exc:  # noqa: BLE001 - a bug of ours, still one line; the traceback is one switch away
+        if os.environ.get("KDNAS_DEBUG"):
+            raise
+        _error(f"internal error ({type(exc).__name__}: {first_line(exc)}); set KDNAS_DEBUG=1 for the traceback and "
+               "please report it", 1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from kdnas_deploy.resources import cpu_budget
 from kdnas_deploy.hardware import HardwareProfile, gpu_name
 
 #: Bump when the way graphs are built or timed changes, so old timings stop matching.
@@ -47,7 +47,7 @@ def machine_fingerprint(profile: HardwareProfile) -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": cpu_budget(),  # the CPUs this process may use: a 2-CPU container on a 64-core node is 2
         "machine": platform.machine(),
         "os": platform.system(),
         "onnxruntime": ort.__version__,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
@@ -19,9 +18,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.files import read_toml
 
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
-KNOWN_PROVIDERS = ("CPUExecutionProvider", "DnnlExecutionProvider", "OpenVINOExecutionProvider", *GPU_PROVIDERS)
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
+                 "MIGraphXExecutionProvider", "DmlExecutionProvider")
+
+
+@lru_cache(maxsize=1)
+def known_providers() -> tuple[str, ...]:
+    """Every execution provider ONNX Runtime knows by name (built into this install or not), and those older builds
+    had: a profile may name any of them; `check_runnable` says whether this machine's install offers it."""
+    import onnxruntime as ort
+
+    return tuple(dict.fromkeys([*ort.get_all_providers(), *GPU_PROVIDERS]))
 
 
 class Precision(str, Enum):
@@ -45,8 +54,8 @@ class RuntimeSection(_Strict):
 
     @model_validator(mode="after")
     def _known_provider(self) -> RuntimeSection:
-        if self.provider not in KNOWN_PROVIDERS:
-            raise ValueError(f"unknown provider {self.provider!r} (known: {', '.join(KNOWN_PROVIDERS)})")
+        if self.provider not in known_providers():
+            raise ValueError(f"unknown provider {self.provider!r} (ONNX Runtime knows: {', '.join(known_providers())})")
         return self
 
 
@@ -189,12 +198,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
                 f"unknown hardware profile {text!r}: shipped profiles are {', '.join(shipped_profiles())}, "
                 "or give the path of a .toml file"
             )
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise KdnasError(f"hardware profile file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise KdnasError(f"hardware profile {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "hardware profile")
     data.setdefault("name", path.stem)
     return parse_profile(data, str(path))
 

@@ -90,16 +90,24 @@ def save_model_folder(model: Any, tokenizer: Any, info: ModelInfo, out: Path) ->
 
 
 def load_classifier(name_or_path: str, attn_implementation: str = "sdpa") -> Any:
-    """A BERT-architecture `AutoModelForSequenceClassification` from a hub id or folder, in eval mode."""
+    """A BERT-architecture `AutoModelForSequenceClassification` from a hub id or folder, in eval mode.
+
+    Refused when the weights have no classification head: transformers would add a random one and the model would
+    load, score at chance and teach a student noise. A backbone is made a classifier by `kdnas-deploy teacher`."""
     from transformers import AutoModelForSequenceClassification
 
     load_teacher_config(name_or_path)  # one-line errors for missing or unsupported models
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, attn_implementation=attn_implementation)
-    except (OSError, ValueError) as exc:
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, attn_implementation=attn_implementation, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - damaged weights raise OSError, ValueError, safetensors' own errors...
         raise KdnasError(f"cannot load a sequence classifier from {name_or_path!r}: {first_line(exc)}") from None
     if model.config.model_type not in SUPPORTED_MODEL_TYPES:  # pragma: no cover - config check above
         raise KdnasError(f"{name_or_path!r} is a {model.config.model_type!r} model; only BERT-architecture models are supported")
+    missing_head = [k for k in loading.get("missing_keys", []) if k.startswith("classifier.")]
+    if missing_head:
+        raise KdnasError(f"{name_or_path!r} has no trained classification head (its weights lack {missing_head[0]}): "
+                         "it is a backbone; make it a teacher with kdnas-deploy teacher --backbone")
     return model.eval()
 
 
@@ -108,5 +116,5 @@ def load_tokenizer(name_or_path: str) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged tokenizer file raises the Rust library's plain Exception
         raise KdnasError(f"cannot load a tokenizer from {name_or_path!r}: {first_line(exc)}") from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import math
 import re
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,14 +183,15 @@ class SearchSpace:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SearchSpace:
+        from kdnas_deploy.files import read_toml
+
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise KdnasError(f"search space file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise KdnasError(f"search space file {path} is not valid TOML: {exc}") from None
-        return cls.from_dict(data.get("space", data), name=path.stem)
+        data = read_toml(path, "search space file")
+        table = data.get("space", data)
+        if not isinstance(table, Mapping):
+            raise KdnasError(f"search space file {path}: [space] must be a table of layers, hidden, heads and ffn_ratios, "
+                             f"not {type(table).__name__}")
+        return cls.from_dict(table, name=path.stem)
 
     @classmethod
     def from_teacher(

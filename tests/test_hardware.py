@@ -78,7 +78,7 @@ def test_int8_on_gpu_provider_is_rejected():
 def test_profile_files_errors(tmp_path):
     with pytest.raises(KdnasError, match="unknown hardware profile 'tpu'.*cpu, cpu-int8, cuda"):
         load_profile("tpu")
-    with pytest.raises(KdnasError, match="not found"):
+    with pytest.raises(KdnasError, match="no such file"):
         load_profile(tmp_path / "missing.toml")
     broken = tmp_path / "broken.toml"
     broken.write_text("[runtime\nprovider = 1")

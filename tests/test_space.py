@@ -122,5 +122,5 @@ def test_space_toml_round_trip_and_errors(tmp_path):
         with pytest.raises(KdnasError) as err:
             SearchSpace.from_toml(bad)
         assert words in str(err.value), (text, str(err.value))
-    with pytest.raises(KdnasError, match="not found"):
+    with pytest.raises(KdnasError, match="no such file"):
         SearchSpace.from_toml(tmp_path / "nope.toml")

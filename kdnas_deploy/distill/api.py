@@ -31,6 +31,7 @@ from kdnas_deploy.distill.trainer import (
 )
 from kdnas_deploy.encode import EncodedData, encode
 from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.files import writable_dir
 from kdnas_deploy.hashing import stable_hash
 from kdnas_deploy.model_folder import (
     ModelInfo,
@@ -189,6 +190,21 @@ def _save(model: Any, tokenizer: Any, info: ModelInfo, out: Path) -> None:
     (out / CHECKPOINT).unlink(missing_ok=True)
 
 
+#: Bytes per trained parameter: fp32 weights, gradients and AdamW's two moments; the teacher needs its weights only.
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def ensure_training_memory(arch: StudentArch, teacher_config: Any | None) -> None:
+    """One line before anything is allocated when training `arch` (beside the teacher) cannot fit in memory."""
+    from kdnas_deploy.resources import ensure_memory
+
+    vocab = teacher_config.vocab_size if teacher_config is not None else 30522
+    need = TRAINING_BYTES_PER_PARAMETER * arch.parameter_count(vocab_size=vocab)
+    if teacher_config is not None:
+        need += 4 * StudentArch.from_config(teacher_config).parameter_count(vocab_size=vocab)
+    ensure_memory(need, f"training {arch}")
+
+
 def distill(
     teacher_path: str,
     source: DataSource,
@@ -215,7 +231,11 @@ def distill(
     train_config = train_config or TrainConfig()
     distill_config = distill_config or DistillConfig()
     student_arch = arch if isinstance(arch, StudentArch) else StudentArch.parse(arch)
+    resolve_device(train_config.device)
+    writable_dir(out, "--out")  # now, not at the first checkpoint an epoch later
     teacher_path = model_ref(teacher_path)
+    teacher_config = load_teacher_config(teacher_path)
+    ensure_training_memory(student_arch, teacher_config)
     teacher = load_classifier(teacher_path)  # first: a wrong teacher is the error to report, not missing data
     source = source_from_teacher(teacher_path, source)
     if distill_config.layer_map is not None and len(distill_config.layer_map) != student_arch.layers:
@@ -279,15 +299,18 @@ def make_teacher(
     from transformers import AutoModelForSequenceClassification
 
     train_config = train_config or TrainConfig(epochs=3, learning_rate=5e-5)
+    resolve_device(train_config.device)
+    writable_dir(out, "--out")  # now, not at the first checkpoint an epoch later
     backbone = model_ref(backbone)
-    load_teacher_config(backbone)  # one-line errors for a missing or unsupported backbone, before any data work
+    config = load_teacher_config(backbone)  # one-line errors for a missing or unsupported backbone, before any data work
+    ensure_training_memory(StudentArch.from_config(config), None)
     prepared = prepare(backbone, source, max_length)
     task = prepared.task
     seed_everything(train_config.seed)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             backbone, attn_implementation="sdpa", ignore_mismatched_sizes=True, **label_settings(task))
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - damaged weights raise OSError, ValueError, safetensors' own errors...
         raise KdnasError(f"cannot load backbone {backbone!r}: {first_line(exc)}") from None
     encoded = prepared.encoded
     train_set = subsample(encoded.train, train_samples, train_config.seed)

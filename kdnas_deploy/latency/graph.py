@@ -82,12 +82,28 @@ def random_weights(config: Any, seed: int = 0) -> Any:
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    ensure_graph_fits(StudentArch.from_config(config), config.vocab_size, config.max_position_embeddings,
+                      config.type_vocab_size, config.num_labels)
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p), alpha=0.02)
     return model
+
+
+#: Peak bytes per parameter while a graph is built: fp32 weights in torch, in the exported proto, and in the
+#: optimizer's and quantizer's copies.
+GRAPH_BYTES_PER_PARAMETER = 16
+
+
+def ensure_graph_fits(arch: StudentArch, vocab_size: int = BERT_VOCAB_SIZE, max_positions: int = BERT_MAX_POSITIONS,
+                      type_vocab: int = BERT_TYPE_VOCAB, num_labels: int = 2) -> None:
+    """One line, before anything is allocated, when building `arch`'s graph cannot fit in this machine's memory."""
+    from kdnas_deploy.resources import ensure_memory
+
+    params = arch.parameter_count(vocab_size, max_positions, type_vocab, num_labels)
+    ensure_memory(GRAPH_BYTES_PER_PARAMETER * params, f"building the graph of {arch} ({params / 1e6:,.0f}M parameters)")
 
 
 _BYTES_PER_WEIGHT = {Precision.fp32: 4, Precision.fp16: 2, Precision.int8: 1}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -37,12 +39,20 @@ class Timing:
         return asdict(self)
 
 
+def default_threads() -> int:
+    """What an intra-op thread count of 0 means: ONNX Runtime's own choice (one per physical core of the host) unless
+    this process may use fewer CPUs than the host has (a container's quota, an affinity mask), then that many."""
+    from kdnas_deploy.resources import cpu_budget
+
+    return cpu_budget() if cpu_budget() < (os.cpu_count() or 1) else 0
+
+
 def session_options(profile: HardwareProfile) -> Any:
     import onnxruntime as ort
 
     rt = profile.runtime
     so = ort.SessionOptions()
-    so.intra_op_num_threads = rt.intra_op_threads
+    so.intra_op_num_threads = rt.intra_op_threads or default_threads()
     so.inter_op_num_threads = rt.inter_op_threads
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[rt.graph_optimization_level])
     so.execution_mode = (

@@ -9,6 +9,7 @@ reads `run.json` alone.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
@@ -72,6 +73,28 @@ class SearchSettings:
     #: finalists on them are picked by the table, since re-timing them here would time the wrong machine.
     machines: list[str] | None = None
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every setting's default, for the command line's flags (defaults are written here once)."""
+        return {name: f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+                for name, f in cls.__dataclass_fields__.items() if name not in ("teacher", "data")}
+
+    @classmethod
+    def validated(cls, values: dict[str, Any], source: str) -> SearchSettings:
+        """Settings from plain data (a --config file, a run.json), each value checked against its type first: a
+        string where a number belongs is one line naming the setting, not a TypeError half-way through a run."""
+        from pydantic import TypeAdapter, ValidationError
+
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise KdnasError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(cls.__dataclass_fields__))}")
+        try:
+            return TypeAdapter(cls).validate_python(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise KdnasError(f"{source}: {where or 'settings'}: {err['msg'].removeprefix('Value error, ')}") from None
+
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise KdnasError(f"unknown strategy {self.strategy!r}: use {', '.join(STRATEGIES)}")
@@ -83,6 +106,15 @@ class SearchSettings:
             raise KdnasError("give at least one --hw profile")
         if self.reward not in ("soft", "hard"):
             raise KdnasError(f"--reward {self.reward!r}: use soft or hard")
+        if self.speedup is not None and not (self.speedup > 0 and math.isfinite(self.speedup)):
+            raise KdnasError(f"--speedup must be a positive number, got {self.speedup}")
+        if self.target_ms is not None and not (self.target_ms > 0 and math.isfinite(self.target_ms)):
+            raise KdnasError(f"--target-ms must be a positive number of milliseconds, got {self.target_ms}")
+        if self.max_length < 8 or self.proxy < 2 or self.proxy_epochs < 1 or self.final_epochs < 1 or self.calibration < 0:
+            raise KdnasError("max_length must be at least 8, proxy at least 2, proxy_epochs and final_epochs at least 1, "
+                             "calibration 0 or more")
+        if self.held_out is not None and self.held_out < 1:
+            raise KdnasError(f"--held-out must be at least 1, got {self.held_out}")
         if self.max_mb is not None and not self.max_mb > 0:
             raise KdnasError(f"--max-mb must be positive, got {self.max_mb}")
         if self.budgets is not None:
@@ -96,42 +128,41 @@ class SearchSettings:
 
 
 def settings_from(flags: dict[str, Any], data: DataSource, config: Path | None = None) -> SearchSettings:
-    """Settings from a `--config` TOML overlaid with the flags a user gave (those that differ from the defaults);
-    with no data options anywhere, the data recorded in the teacher's kdnas.json."""
+    """Settings from a `--config` TOML overlaid with `flags`, the settings the user gave on the command line (the CLI
+    passes only those, whatever their value); with no data options anywhere, the data recorded in the teacher's
+    kdnas.json."""
     from kdnas_deploy.distill.api import source_from_teacher
 
-    values = read_config(config) if config else {}
-    fields = SearchSettings.__dataclass_fields__
-    for key, value in flags.items():
-        f = fields[key]
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        if key not in values or (value is not None and value != default):
-            values[key] = value
+    values = {**(read_config(config) if config else {}), **flags}
+    source = f"--config {config}" if config else "search settings"
     if not values.get("teacher"):
         raise KdnasError("give --teacher (or --resume with the --out of an earlier run)")
+    SearchSettings.validated({**values, "data": {}}, source)  # every value's type, before the teacher's data is read
     if values.get("space", "auto") != "auto":
         values["space"] = str(Path(values["space"]).resolve())
     merged = DataSource.from_dict({**values.get("data", {}), **data.to_dict()})
     values["data"] = source_from_teacher(model_ref(values["teacher"]), merged).to_dict()
-    return SearchSettings(**values)
+    return SearchSettings.validated(values, source)
 
 
 def read_config(path: Path) -> dict[str, Any]:
     """A `--config` TOML: top-level keys are SearchSettings fields; `[data]` holds the data options."""
-    import tomllib
+    from kdnas_deploy.files import read_toml
 
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise KdnasError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise KdnasError(f"--config {path}: not valid TOML ({exc})") from None
+    raw = read_toml(path, "--config")
     fields = set(SearchSettings.__dataclass_fields__)
     unknown = sorted(set(raw) - fields)
     if unknown:
         raise KdnasError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    if "data" in raw and not isinstance(raw["data"], dict):
-        raise KdnasError(f"--config {path}: [data] must be a table (task, data_dir, train_file, dev_file, text_columns, label_column)")
+    data = raw.get("data", {})
+    if not isinstance(data, dict) or not all(
+            isinstance(v, str) or (k == "text_columns" and isinstance(v, list) and all(isinstance(c, str) for c in v))
+            for k, v in data.items()):
+        raise KdnasError(f"--config {path}: [data] must be a table of strings (task, data_dir, train_file, dev_file, "
+                         "label_column; text_columns a list of strings)")
+    for key in ("teacher", "space", "table"):
+        if key in raw and not isinstance(raw[key], str):
+            raise KdnasError(f"--config {path}: {key} must be a string, got {raw[key]!r}")
     return raw
 
 
@@ -139,9 +170,16 @@ def load_settings(run_dir: Path) -> SearchSettings:
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise KdnasError(f"{run_dir} is not a search run directory (no {RUN_FILE}); start one with kdnas-deploy search")
-    saved = json.loads(path.read_text())["settings"]
+    from kdnas_deploy.files import read_text_file
+
+    try:
+        saved = json.loads(read_text_file(path, "run file"))["settings"]
+    except (ValueError, KeyError, TypeError):
+        raise KdnasError(f"{path}: damaged (not the JSON run.json a search writes); start a new run in another --out") from None
+    if not isinstance(saved, dict):
+        raise KdnasError(f"{path}: damaged (its settings are not an object); start a new run in another --out")
     saved.setdefault("init", "inherit")  # runs begun before the setting existed inherited the first units
-    return SearchSettings(**saved)
+    return SearchSettings.validated(saved, str(path))
 
 
 @dataclass
