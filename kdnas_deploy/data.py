@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.files import is_unicode
 from kdnas_deploy.tasks import HUB_GLUE, Task, custom_task, get_task, task_for_folder
 
 #: File formats read for a user's own data, by suffix.
@@ -101,19 +102,52 @@ def read_table(path: Path, header: bool = True) -> Any:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise KdnasError(f"{path}: unknown data format {path.suffix!r}; use one of {', '.join(sorted(FORMATS))}")
+    if fmt in ("tsv", "csv"):
+        return _read_delimited(path, fmt, header)
     try:
-        if fmt in ("tsv", "csv"):
-            # GLUE tsv files hold bare quotes inside text: quoting off (csv.QUOTE_NONE) or rows merge.
-            frame = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", quoting=3 if fmt == "tsv" else 0,
-                                header=0 if header else None, dtype=str, keep_default_na=False,
-                                encoding="utf-8-sig", on_bad_lines="error")
-        elif fmt == "jsonl":
+        if fmt == "jsonl":
             frame = pd.read_json(path, lines=True, dtype=False)
         else:
             frame = pd.read_parquet(path)
     except Exception as exc:  # pandas/pyarrow raise many types for a malformed file
         raise KdnasError(f"{path}: not a valid {fmt} file ({first_line(exc)})") from None
     return frame
+
+
+def _read_delimited(path: Path, fmt: str, header: bool) -> Any:
+    """A tsv/csv file whose every row has the header's number of fields.
+
+    Read with the csv module rather than pandas, which takes a first data row with an extra field as an index
+    column (shifting every text and label one column over) and pads short rows with empty cells, silently."""
+    import csv
+
+    import pandas as pd
+
+    # GLUE tsv files hold bare quotes inside text: quoting off (csv.QUOTE_NONE) or rows merge.
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"delimiter": ","}
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh, strict=True, **dialect))  # type: ignore[arg-type]
+    except UnicodeDecodeError as exc:
+        raise KdnasError(f"{path}: not UTF-8 text (byte {exc.start}); is it a {fmt} file?") from None
+    except (csv.Error, OSError) as exc:
+        raise KdnasError(f"{path}: not a valid {fmt} file ({first_line(exc)})") from None
+    while rows and not any(cell.strip() for cell in rows[-1]):  # trailing blank lines
+        rows.pop()
+    if not rows:
+        raise KdnasError(f"{path}: the file is empty")
+    width = len(rows[0])
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != width:
+            what = "the header has" if header else "the first row has"
+            raise KdnasError(f"{path}: line {n} has {len(row)} fields, {what} {width}; a ragged file cannot be read "
+                             "safely (a tab or comma inside a text?)")
+    if header:
+        names = [c.strip() for c in rows[0]]
+        if len(set(names)) != len(names):
+            raise KdnasError(f"{path}: the header names a column twice ({', '.join(names)})")
+        return pd.DataFrame(rows[1:], columns=names, dtype=str)
+    return pd.DataFrame(rows, dtype=str)
 
 
 def _column(frame: Any, column: str | int, path: Path) -> list[Any]:
@@ -131,7 +165,11 @@ def _texts(values: list[Any], column: str | int, path: Path) -> list[str]:
         if not isinstance(value, str):
             if value is None or (isinstance(value, float) and np.isnan(value)):
                 raise KdnasError(f"{path}: row {row + 1} has no text in column {column!r}")
-            values[row] = str(value)
+            values[row] = value = str(value)
+        if not value.strip():
+            raise KdnasError(f"{path}: row {row + 1} has empty text in column {column!r}; remove or fill the row")
+        if not is_unicode(value):
+            raise KdnasError(f"{path}: row {row + 1} of column {column!r} holds a lone surrogate, not text")
     return values
 
 
@@ -228,6 +266,9 @@ def _guess_text_columns(frame: Any, path: Path) -> tuple[str, ...]:
 def _infer_task(source: DataSource, frame: Any, label_column: str, path: Path, pair: bool) -> Task:
     """A task for unnamed data: classes from the train labels, or regression when they are fractional numbers."""
     values = _column(frame, label_column, path)
+    empty = next((row for row, v in enumerate(values) if v is None or not str(v).strip()), None)
+    if empty is not None:
+        raise KdnasError(f"{path}: row {empty + 1} has an empty label in column {label_column!r}; remove or fill the row")
     name = Path(source.data_dir).name if source.data_dir else path.stem
     numeric = all(_is_float(v) for v in values)
     if numeric and any(float(v) != int(float(v)) for v in values):

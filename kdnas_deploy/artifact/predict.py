@@ -14,14 +14,16 @@ TEXT, PAIR = "text", "text_pair"
 
 def read_rows(path: Path, pair: bool) -> list[Row]:
     """Rows of a .jsonl file (objects with `text` and, for pair tasks, `text_pair`) or a .csv/.tsv with those columns."""
-    import pandas as pd
-
     suffix = path.suffix.lower()
     if not path.is_file():
-        raise KdnasError(f"--input {path}: no such file")
+        raise KdnasError(f"--input {path}: " + ("is a directory, not a file" if path.is_dir() else "no such file"))
     if suffix == ".jsonl":
         records: list[dict[str, Any]] = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise KdnasError(f"--input {path}: not UTF-8 text (byte {exc.start})") from None
+        for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -32,11 +34,12 @@ def read_rows(path: Path, pair: bool) -> list[Row]:
                 raise KdnasError(f"--input {path}, line {n}: expected an object with a {TEXT!r} field")
             records.append(obj)
     elif suffix in (".csv", ".tsv"):
+        from kdnas_deploy.data import read_table
+
         try:
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-        except (ValueError, pd.errors.ParserError) as exc:
-            raise KdnasError(f"--input {path}: cannot read ({first_line(exc)})") from None
-        records = frame.to_dict("records")
+            records = read_table(path).to_dict("records")
+        except KdnasError as exc:
+            raise KdnasError(f"--input {exc}") from None
     else:
         raise KdnasError(f"--input {path}: use a .jsonl, .csv or .tsv file")
     rows: list[Row] = []
