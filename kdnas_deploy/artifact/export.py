@@ -26,6 +26,7 @@ from kdnas_deploy.artifact.card import render_card
 from kdnas_deploy.artifact.runtime import CARD_FILE, onnx_logits
 from kdnas_deploy.data import DataSource
 from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.files import writable_dir
 from kdnas_deploy.fingerprint import machine_fingerprint
 from kdnas_deploy.hardware import HardwareProfile
 from kdnas_deploy.model_folder import read_info, versions, write_json_atomic, write_text_atomic
@@ -69,6 +70,9 @@ def export_artifact(
     model_dir, out = Path(model_dir).resolve(), Path(out).resolve()
     if not model_dir.is_dir():
         raise KdnasError(f"{model_dir}: no such model folder")
+    if out.exists() and not out.is_dir():
+        raise KdnasError(f"--out {out}: is a file, not a folder")
+    writable_dir(out.parent, "--out")  # the artifact is written beside it first, then moved in
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise KdnasError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
     if max_drop < 0:

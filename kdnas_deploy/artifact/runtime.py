@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.files import is_unicode
 
 CARD_FILE = "kdnas_card.json"
 #: An input row: one text, or a (text, text_pair) for pair tasks.
@@ -35,10 +37,72 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CARD_FILE
     if not path.is_file():
         raise KdnasError(f"{folder} is not an exported artifact (no {CARD_FILE}); make one with kdnas-deploy export")
+    from kdnas_deploy.files import read_text_file
+
     try:
-        return json.loads(path.read_text())
+        card = json.loads(read_text_file(path, "artifact card"))
     except ValueError as exc:
         raise KdnasError(f"{path}: not valid JSON ({first_line(exc)})") from None
+    if not isinstance(card, dict):
+        raise KdnasError(f"{path}: not an artifact card (a JSON object), but a {type(card).__name__}")
+    return card
+
+
+class RuntimeCard(BaseModel):
+    """The card fields a running artifact depends on, checked before any of them is used."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = "model"
+    file: str = Field(min_length=1)
+    profile: dict[str, Any]
+    label_names: list[str]
+    regression: bool
+    pair: bool = False
+    max_length: int = Field(ge=2)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuntimeCard:
+        if not isinstance(self.profile.get("definition"), dict):
+            raise ValueError("profile.definition: missing (the hardware profile the graph was built for)")
+        if not self.regression and len(self.label_names) < 2:
+            raise ValueError(f"label_names: a classifier needs two or more label names, got {self.label_names}")
+        return self
+
+    def model_path(self, folder: Path) -> Path:
+        """The graph file, which must lie inside the folder: a card is data, and data names no file elsewhere."""
+        rel = Path(self.file)
+        root = folder.resolve()
+        if rel.is_absolute() or ".." in rel.parts or root not in (root / rel).resolve().parents:
+            raise KdnasError(f"{folder}: the card's file {self.file!r} is not a file inside the artifact folder")
+        return root / rel
+
+
+def check_card(card: dict[str, Any], folder: Path) -> RuntimeCard:
+    try:
+        checked = RuntimeCard.model_validate(card)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise KdnasError(f"{folder / CARD_FILE}: {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}") from None
+    positions = _max_positions(folder)
+    if positions is not None and checked.max_length > positions:
+        raise KdnasError(f"{folder / CARD_FILE}: max_length {checked.max_length} is beyond the model's "
+                         f"{positions} position embeddings (config.json)")
+    return checked
+
+
+def _max_positions(folder: Path) -> int | None:
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    from kdnas_deploy.files import read_text_file
+
+    try:
+        value = json.loads(read_text_file(path, "model config")).get("max_position_embeddings")
+    except (ValueError, AttributeError):
+        raise KdnasError(f"{path}: not a valid model config (JSON object)") from None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def feeds_for(session: Any, batch: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -75,9 +139,10 @@ class Artifact:
 
         self.folder = Path(folder)
         self.card = read_card(self.folder)
-        model_file = self.folder / self.card["file"]
+        checked = check_card(self.card, self.folder)
+        model_file = checked.model_path(self.folder)
         if not model_file.is_file():
-            raise KdnasError(f"{self.folder}: the card names {self.card['file']}, which is missing")
+            raise KdnasError(f"{self.folder}: the card names {checked.file}, which is missing")
         profile = parse_profile(self.card["profile"]["definition"], str(self.folder / CARD_FILE))
         runtime: dict[str, Any] = {}
         if threads is not None:
@@ -88,10 +153,11 @@ class Artifact:
             profile = profile.model_copy(update={"runtime": profile.runtime.model_copy(update=runtime)})
         self.profile = profile
         self.session = make_session(model_file, profile)
-        self.label_names: list[str] = list(self.card["label_names"])
-        self.regression: bool = bool(self.card["regression"])
-        self.pair: bool = bool(self.card.get("pair", False))
-        self.max_length: int = int(self.card["max_length"])
+        self.name: str = checked.name
+        self.label_names: list[str] = checked.label_names
+        self.regression: bool = checked.regression
+        self.pair: bool = checked.pair
+        self.max_length: int = checked.max_length
         self.encoder = load_text_encoder(self.folder, self.max_length)
 
     def encode(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
@@ -122,6 +188,9 @@ def split_rows(rows: Sequence[Row], pair: bool) -> tuple[list[str], list[str] | 
     firsts: list[str] = []
     seconds: list[str] = []
     for i, row in enumerate(rows):
+        texts = [row] if isinstance(row, str) else list(row) if isinstance(row, (list, tuple)) else []
+        if not all(is_unicode(t) for t in texts if isinstance(t, str)):  # found here, it fails only its own request
+            raise KdnasError(f"input {i}: the text holds a lone surrogate (half of a UTF-16 pair), not Unicode text")
         if isinstance(row, str):
             if pair:
                 raise KdnasError(f"input {i}: this model takes text pairs; give [text, text_pair]")
@@ -134,3 +203,4 @@ def split_rows(rows: Sequence[Row], pair: bool) -> tuple[list[str], list[str] | 
         else:
             raise KdnasError(f"input {i}: expected a text or a [text, text_pair] pair of strings")
     return firsts, (seconds if pair else None)
+

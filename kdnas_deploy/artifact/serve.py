@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, Union
 
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from kdnas_deploy.artifact.runtime import Artifact, Row, split_rows
 from kdnas_deploy.errors import KdnasError
+
+log = logging.getLogger(__name__)
 
 
 # Module level, not inside create_app: FastAPI resolves the endpoint's string annotations from module globals.
@@ -45,12 +51,22 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     max_texts: int = 64
     max_chars: int = 4000
+    #: Open connections at most; a request beyond them is answered 503 at once instead of queueing without bound.
+    max_connections: int = 256
+    #: Seconds a client has to send a request's headers, and then its body: a connection that trickles them (or sends
+    #: half and waits) is closed with 408 instead of being held open for ever.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    #: Seconds an idle keep-alive connection stays open.
+    keep_alive_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_texts < 1 or self.max_chars < 1:
-            raise KdnasError("--max-batch, --max-texts and --max-chars must be at least 1")
+        if self.max_batch < 1 or self.max_texts < 1 or self.max_chars < 1 or self.max_connections < 1:
+            raise KdnasError("--max-batch, --max-texts, --max-chars and --max-connections must be at least 1")
         if self.max_wait_ms < 0:
             raise KdnasError(f"--max-wait-ms must be zero or more, got {self.max_wait_ms}")
+        if min(self.header_timeout_s, self.body_timeout_s, self.keep_alive_s) <= 0:
+            raise KdnasError("the header, body and keep-alive timeouts must be positive")
 
     @property
     def max_body_bytes(self) -> int:
@@ -125,45 +141,85 @@ class MicroBatcher:
                     break
                 jobs.append(job)
                 size += len(job.rows)
-            rows = [r for j in jobs for r in j.rows]
             try:
-                # Large requests go through in max_batch slices; small ones share one padded batch.
-                preds = []
-                for start in range(0, len(rows), self.config.max_batch):
-                    chunk = rows[start:start + self.config.max_batch]
-                    preds += await loop.run_in_executor(None, self.artifact.predict, chunk)
-                self.batches += 1
-                self.rows += len(rows)
-                self.last_batch = len(rows)
-            except Exception as exc:  # a bad batch fails its requests, never the server
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
-            at = 0
-            for j in jobs:
-                if not j.future.done():
-                    j.future.set_result(preds[at:at + len(j.rows)])
-                at += len(j.rows)
+                await self._run(jobs)
+            except Exception:  # noqa: BLE001 - one request's failure must not reach its batch-mates' answers
+                for j in jobs:  # so each runs again alone: only a request that fails by itself gets the error
+                    try:
+                        await self._run([j])
+                    except Exception as exc:  # noqa: BLE001
+                        if not j.future.done():
+                            j.future.set_exception(exc)
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        rows = [r for j in jobs for r in j.rows]
+        # Large requests go through in max_batch slices; small ones share one padded batch.
+        preds = []
+        for start in range(0, len(rows), self.config.max_batch):
+            chunk = rows[start:start + self.config.max_batch]
+            preds += await loop.run_in_executor(None, self.artifact.predict, chunk)
+        self.batches += 1
+        self.rows += len(rows)
+        self.last_batch = len(rows)
+        at = 0
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_result(preds[at:at + len(j.rows)])
+            at += len(j.rows)
 
 
 class BodyLimit:
-    """413 for a declared body over `limit` bytes, before anything reads it. Plain ASGI rather than
+    """413 for a request body over `limit` bytes: at once for a declared length, and as it streams in for a body
+    without one (chunked), so no more than `limit` bytes are ever read. Plain ASGI rather than
     `@app.middleware("http")`, whose per-request task and stream wrapping cost measurable CPU (tools/bench_serve.py)."""
 
     def __init__(self, app: Any, limit: int):
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-            if length is not None and (not length.isdigit() or int(length) > self.limit):
-                from fastapi.responses import JSONResponse
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._too_large(scope, receive, send)
+            return
+        if length is not None:  # the server reads no more than a declared length
+            await self.app(scope, receive, send)
+            return
+        received, started = 0, False
 
-                response = JSONResponse(status_code=413, content={"error": f"request body over {self.limit} bytes"})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        async def limited() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)  # FastAPI passes HTTP errors through its body parsing
+            return message
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, sending)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
+        from fastapi.responses import JSONResponse
+
+        await JSONResponse(status_code=413, content={"error": f"request body over {self.limit} bytes"})(scope, receive, send)
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body over {limit} bytes")
 
 
 def create_app(artifact: Artifact, config: ServeConfig | None = None) -> Any:
@@ -182,8 +238,8 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None) -> Any:
         yield
         await batcher.stop()
 
-    card = artifact.card
-    app = FastAPI(title=f"kdnas-deploy: {card['name']}", version=str(card.get("format", 1)), lifespan=lifespan,
+    card = public_card(artifact.card)
+    app = FastAPI(title=f"kdnas-deploy: {artifact.name}", version=str(card.get("format", 1)), lifespan=lifespan,
                   description="Text classification with a distilled, optimized ONNX student.")
 
     def error(status: int, message: str) -> JSONResponse:
@@ -203,7 +259,7 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None) -> Any:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": card["name"], "uptime_s": round(time.time() - started, 1),
+        return {"status": "ok", "model": artifact.name, "uptime_s": round(time.time() - started, 1),
                 "batches": batcher.batches, "rows": batcher.rows}
 
     @app.get("/v1/metadata")
@@ -228,13 +284,32 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None) -> Any:
             split_rows(rows, artifact.pair)
         except KdnasError as exc:
             return error(422, f"inputs: {exc}")
-        preds = await batcher.submit(list(rows))
+        try:
+            preds = await batcher.submit(list(rows))
+        except Exception:  # noqa: BLE001 - failed alone (see MicroBatcher): this request's own, and no detail leaks
+            log.exception("prediction failed")
+            return error(500, "prediction failed for this request")
         # Serialized here rather than through the response model (which still documents the schema): validating
         # our own output again cost CPU per request that the 2-core machine's session needs.
-        body = json.dumps({"model": card["name"], "predictions": [p.to_dict() for p in preds]})
+        body = json.dumps({"model": artifact.name, "predictions": [p.to_dict() for p in preds]})
         return Response(body, media_type="application/json")
 
     return app
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/-])(?:~|[A-Za-z]:)?[/\\][^\s,;'\"()]+")
+
+
+def public_card(value: Any) -> Any:
+    """The card as a client may see it: every absolute local path (teacher, data files, source folder) cut to its last
+    part, which names the thing without telling a client how the serving machine's disk is laid out."""
+    if isinstance(value, dict):
+        return {k: public_card(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public_card(v) for v in value]
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(lambda m: PurePath(m.group(0).replace("\\", "/")).name or "/", value)
+    return value
 
 
 def serve(artifact_dir: str, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
@@ -247,9 +322,19 @@ def serve(artifact_dir: str, host: str = "127.0.0.1", port: int = 8000, config: 
 
     # `spinning` overrides the profile's spin-waiting: on a small machine idle spinning threads compete with the
     # event loop (tools/bench_serve.py measured no clear difference either way on 2 cores).
+    config = config or ServeConfig()
     app = create_app(Artifact(artifact_dir, threads=threads, spinning=spinning), config)
     # uvicorn shuts down gracefully, then re-raises the signal it caught to the handler found at start: make
     # that handler a clean exit, so SIGTERM from a supervisor (systemd, Kubernetes) ends with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(app, **uvicorn_settings(config), host=host, port=port, log_level=log_level)
+
+
+def uvicorn_settings(config: ServeConfig) -> dict[str, Any]:
+    """The uvicorn options that bound what clients can hold: connections, and time to send a request."""
+    from kdnas_deploy.artifact.http_guard import guarded_protocol
+
+    return {"http": guarded_protocol(config.header_timeout_s, config.body_timeout_s),
+            "limit_concurrency": config.max_connections, "timeout_keep_alive": config.keep_alive_s,
+            "timeout_graceful_shutdown": 10}
