@@ -72,16 +72,21 @@ def test_exported_rows_import_into_another_table_without_overwriting_its_own(tmp
 def test_damaged_foreign_and_newer_files_give_clear_errors(tmp_path):
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not a database at all" * 200)
-    with pytest.raises(KdnasError, match="unreadable or damaged"):
+    with pytest.raises(KdnasError, match="not an SQLite file"):
         LatencyTable(junk)
 
+    # Another application's database is recognised before anything writes to it: not switched to WAL, no -wal or
+    # -shm beside it, not one byte changed.
     foreign = tmp_path / "foreign.sqlite"
     con = sqlite3.connect(foreign)
     con.execute("CREATE TABLE users (name TEXT)")
     con.commit()
     con.close()
+    before = foreign.read_bytes()
     with pytest.raises(KdnasError, match="not a kdnas-deploy latency table"):
         LatencyTable(foreign)
+    assert foreign.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.sqlite", "junk.sqlite"]
 
     newer = tmp_path / "newer.sqlite"
     LatencyTable(newer).close()

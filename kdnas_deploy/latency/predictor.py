@@ -238,6 +238,13 @@ class LatencyModel:
         self._check_can_measure(kind, arch)
         return self.measurer.build(arch, self.profile, out_dir, vocab_for(kind))
 
+    def claim(self, item: Item) -> bool:
+        """Take `item` for this process (see LatencyTable.claim): False if it is timed or another live run times it."""
+        return self.table.claim(self.fingerprint, item[0], item[1], self.batch, self.seq_len)
+
+    def release(self, item: Item) -> None:
+        self.table.release(self.fingerprint, item[0], item[1], self.batch, self.seq_len)
+
     def time_session(self, graph: BuiltGraph, seed: int = 0) -> Timing:
         return self.measurer.time(graph, self.profile, seed)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -16,6 +17,7 @@ from scipy.stats import spearmanr
 from kdnas_deploy.latency.measure import BuiltGraph
 from kdnas_deploy.latency.predictor import BLOCK_VOCAB, Item, LatencyModel, Prediction, base_arch, block_arch
 from kdnas_deploy.latency.timing import Timing, combine_sessions, interleaved_rounds
+from kdnas_deploy.resources import pid_alive
 from kdnas_deploy.space import BERT_VOCAB_SIZE, SearchSpace, StudentArch
 
 #: Whole models timed per space to calibrate the composition.
@@ -72,6 +74,37 @@ CALM_RATIO = 1.15
 NEED_CALM = 2
 #: Sessions an item may take beyond the profile's count while waiting for calm ones.
 MAX_EXTRA_SESSIONS = 3
+#: Seconds between looks at items another run is timing.
+CLAIM_POLL_S = 2.0
+#: Temporary graph folders: the owner's pid follows, so a later run can tell a dead run's leftovers from a live one's.
+WORKDIR_PREFIX = "kdnas-profile-"
+#: A leftover folder of the naming before the pid was in it is removed once it is this old.
+STALE_LEGACY_S = 6 * 3600.0
+
+
+def remove_stale_workdirs(root: Path | None = None) -> list[Path]:
+    """Delete the graph folders of profile runs that died (killed, out of memory): each holds up to GBs of graphs.
+
+    A folder named with a pid is stale when no such process runs; one named the older way (no pid) when it has not
+    changed for STALE_LEGACY_S."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    for folder in root.glob(f"{WORKDIR_PREFIX}*"):
+        rest = folder.name[len(WORKDIR_PREFIX):]
+        pid = rest.split("-", 1)[0]
+        try:
+            if pid.isdigit() and "-" in rest:
+                if pid_alive(int(pid)):
+                    continue
+            elif time.time() - folder.stat().st_mtime < STALE_LEGACY_S:
+                continue
+            shutil.rmtree(folder)
+            removed.append(folder)
+        except OSError:  # another user's folder, or gone meanwhile
+            continue
+    return removed
+
+
 #: The probe: a small fixed graph whose timing shows the machine's state at each session.
 PROBE = StudentArch(2, 256, 4, 1024)
 
@@ -161,9 +194,16 @@ def profile_items(
             if progress:
                 progress(item, True)
     sessions = model.profile.timing.sessions
-    with tempfile.TemporaryDirectory(prefix="kdnas-profile-") as tmp:
+    remove_stale_workdirs()
+    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as tmp:
         probe = Probe(model, Path(tmp)) if sessions > 1 and todo else None
-        committed = _measure_all(model, todo, Path(tmp), probe, lag, result, progress)
+        others: list[Item] = []  # items another live run claimed first: theirs to time, ours to wait for
+        committed = _measure_all(model, todo, Path(tmp), probe, lag, result, progress, others)
+        while others:
+            time.sleep(CLAIM_POLL_S)
+            waiting = others
+            others = []
+            committed += _measure_all(model, waiting, Path(tmp), probe, lag, result, progress, others)
         if probe is not None:
             redo = [item for item, worst in committed if not probe.calm(worst)]
             _measure_all(model, redo, Path(tmp), probe, lag, ProfileResult(), None)
@@ -175,15 +215,27 @@ def profile_items(
 
 def _measure_all(
     model: LatencyModel, todo: Sequence[Item], tmp: Path, probe: Probe | None, lag: int,
-    result: ProfileResult, progress: ProgressFn | None,
+    result: ProfileResult, progress: ProgressFn | None, others: list[Item] | None = None,
 ) -> list[tuple[Item, float]]:
-    """The scheduling loop of `profile_items`; returns (item, slowest probe it relied on)."""
+    """The scheduling loop of `profile_items`; returns (item, slowest probe it relied on).
+
+    With `others`, each item is claimed in the table before it is built: one another run has stored meanwhile
+    counts as cached, one another live run holds goes to `others`. Without it (re-measuring our own rows), none is."""
     want = model.profile.timing.sessions
     need_calm = min(NEED_CALM, want)
     pending: list[_Pending] = []
     committed: list[tuple[Item, float]] = []
     step = built = 0
     while built < len(todo) or pending:
+        while built < len(todo) and others is not None and not model.claim(todo[built]):
+            item = todo[built]
+            built += 1
+            if model.lookup(*item) is not None:
+                result.cached.append(item)
+                if progress:
+                    progress(item, True)
+            else:
+                others.append(item)
         if built < len(todo):
             workdir = tmp / f"g{built}-{step}"
             pending.append(_Pending(todo[built], model.build(todo[built], workdir), workdir, due=step))
@@ -289,7 +341,8 @@ def verify(
         if progress:
             progress(arch)
 
-    with tempfile.TemporaryDirectory(prefix="kdnas-verify-") as tmp:
+    remove_stale_workdirs()
+    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-verify-") as tmp:
         graphs = {}
         for arch in archs:
             graphs[arch] = model.measurer.build(arch, model.profile, Path(tmp) / str(arch), BERT_VOCAB_SIZE)

@@ -15,6 +15,8 @@ fingerprint are never read for this machine.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -22,8 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.files import writable_file
+from kdnas_deploy.resources import pid_alive
 from kdnas_deploy.latency.timing import Timing
 from kdnas_deploy.space import StudentArch
 
@@ -56,6 +61,17 @@ CREATE TABLE IF NOT EXISTS timings (
     PRIMARY KEY (fingerprint, kind, arch, batch, seq_len)
 );
 """
+#: Who is timing what: two processes filling one table share the work instead of both timing every missing item.
+#: Not part of the table's content (export_rows ignores it); an older kdnas-deploy simply does not read it.
+_CLAIMS = """
+CREATE TABLE IF NOT EXISTS claims (
+    fingerprint TEXT NOT NULL, kind TEXT NOT NULL, arch TEXT NOT NULL, batch INTEGER NOT NULL, seq_len INTEGER NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, claimed REAL NOT NULL,
+    PRIMARY KEY (fingerprint, kind, arch, batch, seq_len)
+)
+"""
+#: A claim from another host counts for this long (its process cannot be asked whether it is alive).
+CLAIM_TTL_S = 3600.0
 _COLUMNS = (
     "kind, arch, batch, seq_len, median_ms, p10_ms, p90_ms, spread, samples, rounds, noisy, "
     "sessions, session_range, fused_attention, build_s"
@@ -90,9 +106,20 @@ class LatencyTable:
         self.readonly = readonly
         if readonly and not self.path.exists():
             raise KdnasError(f"latency table not found: {self.path}")
-        if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"file:{self.path}?mode={'ro' if readonly else 'rwc'}"
+        if self.path.is_dir():
+            raise KdnasError(f"--table {self.path}: is a directory, not a latency table file")
+        existing = self.path.exists() and self.path.stat().st_size > 0
+        if existing:
+            # Recognised before anything writes to it: switching a stranger's SQLite file to WAL would change its
+            # bytes and leave -wal/-shm files beside it, even though it is then refused.
+            self._recognise()
+        elif readonly:
+            raise KdnasError(f"latency table {self.path} is empty")
+        else:
+            writable_file(self.path, "--table")
+        if not readonly and existing and not os.access(self.path, os.W_OK):
+            raise KdnasError(f"--table {self.path}: the file is read-only (open it read-only, or copy it)")
+        uri = f"file:{quote(str(self.path))}?mode={'ro' if readonly else 'rwc'}"
         try:
             self._db = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None)
             self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
@@ -102,6 +129,33 @@ class LatencyTable:
             self._init_schema()
         except sqlite3.DatabaseError as exc:
             raise KdnasError(f"latency table {self.path} is unreadable or damaged ({exc})") from None
+
+    def _recognise(self) -> None:
+        """Refuse an existing file that is not one of our tables, reading it only (no journal, no WAL switch)."""
+        try:
+            with self.path.open("rb") as fh:
+                header = fh.read(16)
+        except OSError as exc:
+            raise KdnasError(f"--table {self.path}: cannot read ({exc.strerror})") from None
+        if header != b"SQLite format 3\x00":
+            raise KdnasError(f"{self.path} is not a kdnas-deploy latency table (not an SQLite file)")
+        # immutable first: SQLite neither locks nor journals, and creates no -wal/-shm beside the file. A table another
+        # process is writing may read inconsistently that way, so a failure is retried as an ordinary reader.
+        for options in ("mode=ro&immutable=1", "mode=ro"):
+            try:
+                probe = sqlite3.connect(f"file:{quote(str(self.path))}?{options}", uri=True)
+                try:
+                    names = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                    app = probe.execute("SELECT value FROM meta WHERE key = 'app'").fetchone() if "meta" in names else None
+                finally:
+                    probe.close()
+                break
+            except sqlite3.DatabaseError as exc:
+                error = exc
+        else:
+            raise KdnasError(f"latency table {self.path} is unreadable or damaged ({error})") from None
+        if names and (app is None or app[0] != APP_ID):
+            raise KdnasError(f"{self.path} is an SQLite file but not a kdnas-deploy latency table")
 
     def _init_schema(self) -> None:
         names = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -115,6 +169,8 @@ class LatencyTable:
                     db.execute(stmt)
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?)", (APP_ID,))
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        if not self.readonly:
+            self._db.execute(_CLAIMS)
         # A quick_check reads every page (milliseconds for a table of this size) so that a damaged
         # file is reported now, not as a confusing error in the middle of a search.
         if self._db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
@@ -181,6 +237,31 @@ class LatencyTable:
                     timing.sessions, timing.session_range, fused_attention, arch.layers, build_s, time.time(),
                 ),
             )
+            db.execute("DELETE FROM claims WHERE fingerprint = ? AND kind = ? AND arch = ? AND batch = ? AND seq_len = ?",
+                       (fingerprint, kind, str(arch), batch, seq_len))
+
+    # -- claims -------------------------------------------------------------------------------------
+    def claim(self, fingerprint: str, kind: str, arch: StudentArch, batch: int, seq_len: int) -> bool:
+        """Take the item for this process unless it is timed already or a live process holds it; True if taken.
+
+        A claim is live while its process runs (same host) or for CLAIM_TTL_S (another host): a killed profiler's
+        items go to the next one that asks."""
+        key = (fingerprint, kind, str(arch), batch, seq_len)
+        where = "fingerprint = ? AND kind = ? AND arch = ? AND batch = ? AND seq_len = ?"
+        with self._write() as db:
+            if db.execute(f"SELECT 1 FROM timings WHERE {where}", key).fetchone():
+                return False
+            held = db.execute(f"SELECT host, pid, claimed FROM claims WHERE {where}", key).fetchone()
+            if held is not None and (held[0], held[1]) != _me() and _alive(*held):
+                return False
+            db.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?,?,?,?)", (*key, *_me(), time.time()))
+        return True
+
+    def release(self, fingerprint: str, kind: str, arch: StudentArch, batch: int, seq_len: int) -> None:
+        """Give back this process's claim on an item it will not time after all."""
+        with self._write() as db:
+            db.execute("DELETE FROM claims WHERE fingerprint = ? AND kind = ? AND arch = ? AND batch = ? AND seq_len = ? "
+                       "AND host = ? AND pid = ?", (fingerprint, kind, str(arch), batch, seq_len, *_me()))
 
     def get(self, fingerprint: str, kind: str, arch: StudentArch, batch: int, seq_len: int) -> Entry | None:
         row = self._db.execute(
@@ -241,6 +322,16 @@ class LatencyTable:
         kind, arch, batch, seq_len, med, p10, p90, spread, samples, rounds, noisy, sessions, srange, fused, build_s = row
         timing = Timing(med, p10, p90, spread, samples, rounds, bool(noisy), sessions, srange)
         return Entry(kind, _parse_arch(arch), batch, seq_len, timing, fused, build_s)
+
+
+def _me() -> tuple[str, int]:
+    return socket.gethostname(), os.getpid()  # read each time: a forked worker is another process
+
+
+def _alive(host: str, pid: int, claimed: float) -> bool:
+    if host != _me()[0]:
+        return time.time() - claimed < CLAIM_TTL_S
+    return pid_alive(pid)
 
 
 def default_table_path() -> Path:
