@@ -49,9 +49,10 @@ def read_card(folder: str | Path) -> dict[str, Any]:
 
 
 class RuntimeCard(BaseModel):
-    """The card fields a running artifact depends on, checked before any of them is used."""
+    """The card fields a running artifact depends on, checked before any of them is used (strictly: a card that says
+    `"regression": "yes"` is damaged, not a regression model)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     name: str = "model"
     file: str = Field(min_length=1)

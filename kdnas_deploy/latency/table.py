@@ -108,6 +108,8 @@ class LatencyTable:
             raise KdnasError(f"latency table not found: {self.path}")
         if self.path.is_dir():
             raise KdnasError(f"--table {self.path}: is a directory, not a latency table file")
+        if self.path.exists() and not self.path.is_file():
+            raise KdnasError(f"--table {self.path}: not a regular file (a device or a pipe), not a latency table file")
         existing = self.path.exists() and self.path.stat().st_size > 0
         if existing:
             # Recognised before anything writes to it: switching a stranger's SQLite file to WAL would change its
