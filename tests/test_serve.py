@@ -19,6 +19,7 @@ from test_artifact import SENTENCES
 httpx = pytest.importorskip("httpx")
 
 MAX_TEXTS, MAX_CHARS = 8, 300
+HEADER_TIMEOUT = 1.0
 
 
 def _free_port() -> int:
@@ -32,7 +33,8 @@ def server(fp32_artifact: Path):
     """The fp32 artifact: its outputs do not depend on how requests are batched, so answers compare exactly."""
     port = _free_port()
     proc = subprocess.Popen(cli("serve", str(fp32_artifact), "--port", str(port), "--max-texts", str(MAX_TEXTS),
-                                "--max-chars", str(MAX_CHARS), "--max-batch", "16", "--max-wait-ms", "10"),
+                                "--max-chars", str(MAX_CHARS), "--max-batch", "16", "--max-wait-ms", "10",
+                                "--header-timeout", str(HEADER_TIMEOUT)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -223,3 +225,178 @@ def test_batcher_waits_for_company_only_under_load(fp32_artifact: Path) -> None:
     alone, batches = asyncio.run(main())
     assert alone < 2.0  # did not sit out the 3 s wait
     assert batches == 1  # the request 0.3 s later joined the waiting one
+
+
+# --- hostile clients ----------------------------------------------------------------------------------------------
+
+LONE_SURROGATE = "bad \ud800 text"
+
+
+def test_a_text_the_tokenizer_rejects_is_422_and_never_reaches_its_batch_mates(server, fp32_artifact: Path) -> None:
+    from kdnas_deploy.artifact.runtime import Artifact
+
+    url, proc = server
+    truth = {t: p.label for t, p in zip(SENTENCES, Artifact(fp32_artifact).predict(SENTENCES))}
+    body = json.dumps({"inputs": [LONE_SURROGATE]})  # json.dumps writes the lone surrogate as the escape \ud800
+    r = httpx.post(url + "/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "surrogate" in r.json()["error"]
+
+    def send(k: int) -> tuple[int, list[str], int]:
+        texts = [SENTENCES[k % len(SENTENCES)]] if k % 3 else [SENTENCES[0], LONE_SURROGATE]
+        with httpx.Client(timeout=60) as c:
+            r = c.post(url + "/v1/predict", content=json.dumps({"inputs": texts}), headers={"content-type": "application/json"})
+            return k, texts, r.status_code, r.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(send, range(150)))
+    for k, texts, status, answer in answers:
+        if k % 3:
+            assert status == 200 and [p["label"] for p in answer["predictions"]] == [truth[t] for t in texts], answer
+        else:
+            assert status == 422 and isinstance(answer["error"], str)
+    assert proc.poll() is None
+
+
+def test_one_failing_request_fails_alone_in_the_batcher(fp32_artifact: Path) -> None:
+    """A failure the checks did not foresee (here: a row the model raises on) fails its own request only; the requests
+    batched with it are answered as if it had never come."""
+    import asyncio
+
+    from kdnas_deploy.artifact.runtime import Artifact
+    from kdnas_deploy.artifact.serve import MicroBatcher, ServeConfig
+
+    art = Artifact(fp32_artifact)
+
+    class Brittle:
+        def predict(self, rows):
+            if "boom" in rows:
+                raise RuntimeError("the model failed on this row")
+            return art.predict(rows)
+
+    async def main():
+        batcher = MicroBatcher(Brittle(), ServeConfig(max_batch=8, max_wait_ms=100))
+        batcher.start()
+        try:
+            await asyncio.gather(*(batcher.submit([t]) for t in SENTENCES[:3]))  # under load: the next ones batch
+            return await asyncio.gather(*(batcher.submit([t]) for t in [SENTENCES[0], "boom", SENTENCES[1]]),
+                                        return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    first, failed, last = asyncio.run(main())
+    assert isinstance(failed, RuntimeError)
+    assert first[0].label == art.predict([SENTENCES[0]])[0].label and last[0].label == art.predict([SENTENCES[1]])[0].label
+
+
+def _raw(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(server) -> None:
+    url, proc = server
+    from kdnas_deploy.artifact.serve import ServeConfig
+
+    limit = ServeConfig(max_texts=MAX_TEXTS, max_chars=MAX_CHARS).max_body_bytes
+    cap = 64 * 2**20
+    with _raw(url) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 65536
+        sent = 0
+        try:
+            while sent < cap:  # far more than the limit: the server must answer, and hang up, long before the end
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            reply = _read_all(sock)
+        except ConnectionResetError:
+            reply = b""
+    assert sent < cap  # the server closed the connection: the client could not send it all
+    assert reply == b"" or (reply.startswith(b"HTTP/1.1 413") and b'"error"' in reply), reply[:200]
+    with _raw(url) as sock:  # a smaller over-limit body, sent whole: the 413 is read back
+        body = b"x" * (limit + 1000)
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+                     % (len(body), body))
+        reply = _read_all(sock)
+    assert reply.startswith(b"HTTP/1.1 413") and b'"error"' in reply, reply[:200]
+    assert httpx.get(url + "/health").status_code == 200 and proc.poll() is None
+
+
+def test_a_client_that_sends_half_its_headers_is_cut_off(server) -> None:
+    url, _ = server
+    socks = [_raw(url) for _ in range(20)]
+    tic = time.monotonic()
+    for sock in socks:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-")
+    replies = [_read_all(sock) for sock in socks]  # returns when the server closes the connection
+    waited = time.monotonic() - tic
+    for sock in socks:
+        sock.close()
+    assert all(r.startswith(b"HTTP/1.1 408") for r in replies), replies[0][:100]
+    assert waited < HEADER_TIMEOUT + 5
+    with _raw(url) as sock:  # headers sent, body withheld: cut off too (after 3x the header timeout)
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{")
+        tic = time.monotonic()
+        _read_all(sock)
+        assert time.monotonic() - tic < 3 * HEADER_TIMEOUT + 5
+    assert httpx.get(url + "/health").status_code == 200
+
+
+def test_metadata_names_no_local_path(server, fp32_artifact: Path) -> None:
+    url, _ = server
+    card = json.loads((fp32_artifact / "kdnas_card.json").read_text())
+    assert str(fp32_artifact.parent.parent) in json.dumps(card)  # the card on disk does name local folders
+    meta = httpx.get(url + "/v1/metadata").text
+    assert "/tmp" not in meta and str(Path.home()) not in meta and '"/' not in meta
+    assert json.loads(meta)["arch"] == card["arch"]
+
+
+def _fuzz_bodies(rng: random.Random, n: int) -> list[tuple[str, bytes, dict]]:
+    atoms = ["", " ", "a", "\ud800", "\udfff", "\x00", "\u202e", "\U0001F600", "é" * 400, "[CLS]", "x" * (MAX_CHARS + 1),
+             "\\", '"', "\n\t"]
+    values = [None, True, 0, -1, 1e308, [], {}, "text", ["a", "b"], ["a"], [["a"]], {"text": "a"}]
+    out = []
+    for _ in range(n):
+        kind = rng.randrange(6)
+        if kind == 0:  # valid shape, hostile texts
+            texts = ["".join(rng.choice(atoms) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, MAX_TEXTS + 2))]
+            body = json.dumps({"inputs": texts}).encode()
+        elif kind == 1:  # wrong types
+            body = json.dumps({"inputs": [rng.choice(values) for _ in range(rng.randint(0, 3))]}).encode()
+        elif kind == 2:  # other keys, other documents
+            body = json.dumps(rng.choice([{"input": ["a"]}, [], "inputs", 5, None, {"inputs": "a"}, {"inputs": None}])).encode()
+        elif kind == 3:  # broken bytes
+            body = bytes(rng.randrange(256) for _ in range(rng.randint(0, 200)))
+        elif kind == 4:  # deep nesting
+            depth = rng.randint(100, 5000)
+            body = ('{"inputs": ' + "[" * depth + "]" * depth + "}").encode()
+        else:  # valid JSON with invalid UTF-8 inside a string
+            body = b'{"inputs": ["caf\xe9 \xff"]}'
+        headers = {"content-type": rng.choice(["application/json", "text/plain", "application/x-www-form-urlencoded", ""])}
+        out.append((rng.choice(["/v1/predict", "/v1/predict", "/v1/predict?x=1", "/v1/metadata", "/%ff", "/health"]), body, headers))
+    return out
+
+
+def test_fuzzed_requests_never_get_a_5xx(server) -> None:
+    url, proc = server
+    cases = _fuzz_bodies(random.Random(1), 300)
+
+    def send(case: tuple[str, bytes, dict]) -> int:
+        path, body, headers = case
+        with httpx.Client(timeout=60) as c:
+            return c.post(url + path, content=body, headers=headers).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(send, cases))
+    assert [c for c in codes if c >= 500] == []
+    assert proc.poll() is None and httpx.get(url + "/health").status_code == 200
