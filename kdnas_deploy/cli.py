@@ -13,10 +13,10 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from kdnas_deploy import __version__
+from kdnas_deploy.cli_progress import make_progress, status as progress_status
 from kdnas_deploy.distill import DEFAULT_INIT, INIT_DESCRIPTIONS, INITS
 from kdnas_deploy.errors import KdnasError, first_line
 from kdnas_deploy.files import writable_dir
@@ -49,11 +49,9 @@ def _quiet_libraries() -> None:
         sys.modules["datasets"].disable_progress_bars()
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
-    )
+def _progress() -> Any:
+    """Bars on a terminal; plain lines at most every 30 s elsewhere (a log file, CI, a pipe)."""
+    return make_progress(console)
 
 
 HwOpt = Annotated[list[str], typer.Option("--hw", help="Hardware profile: shipped name (cpu, cpu-int8, cuda) or a .toml path. Repeatable.")]
@@ -192,7 +190,7 @@ def _source(task: Optional[str], data_dir: Optional[Path], train_file: Optional[
 class _BarProgress:
     """Training progress on stderr: a bar with the running loss and the last evaluation."""
 
-    def __init__(self, label: str, before: Progress | None = None):
+    def __init__(self, label: str, before: Any = None):
         self.label = label
         self.before = before  # a bar to stop first: rich shows one live display at a time
         self.bar = _progress()
@@ -323,7 +321,7 @@ def evaluate(
 class _SearchBar:
     """Search progress on stderr: episode, candidates in flight and the best reward so far."""
 
-    def __init__(self, before: Progress | None = None) -> None:
+    def __init__(self, before: Any = None) -> None:
         self.bar = _progress()
         self.task: Any = None
         self.before = before  # the latency-table bar: rich shows one live display at a time
@@ -490,10 +488,10 @@ def export(
 
     profile = load_profile(hw)
     target = out_dir or model_dir.parent / f"{model_dir.resolve().name}-onnx-{profile.name}"
-    with console.status("exporting") as status:
+    with progress_status(console, "exporting") as say:
         result = export_artifact(model_dir, profile, target, source=_source(task, data_dir, train_file, dev_file, text_columns, label_column),
                                  max_drop=max_drop, table=table, measure=measure, overwrite=overwrite,
-                                 status=lambda msg: status.update(escape(msg)), machine=machine)
+                                 status=lambda msg: say(escape(msg)), machine=machine)
     card = result.card
     if as_json:
         print(json.dumps(card, indent=2))
