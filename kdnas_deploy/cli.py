@@ -606,8 +606,7 @@ def main() -> None:
     except typer.Abort:
         _error("aborted", 1)
     except KeyboardInterrupt:
-        console.print("interrupted; finished work is kept (timings in the table, epochs in checkpoints): run again to resume")
-        sys.exit(130)
+        _interrupted()
     except MemoryError:
         _error("out of memory: try a smaller architecture, batch size or --max-length", 2)
     except OSError as exc:  # the machine's answer about a path (disk full, permission), named without a traceback
@@ -618,7 +617,15 @@ def main() -> None:
             raise
         _error(f"internal error ({type(exc).__name__}: {first_line(exc)}); set KDNAS_DEBUG=1 for the traceback and "
                "please report it", 1)
+    if code == 130:  # typer turns Ctrl-C into this exit status
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> None:
+    console.print("interrupted; finished work is kept (timings in the table, epochs in checkpoints): run again to resume",
+                  highlight=False, soft_wrap=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

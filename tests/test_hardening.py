@@ -406,3 +406,26 @@ def test_two_profilers_on_one_table_share_the_work(tmp_path: Path, fast_profile,
     assert sorted(map(str, result.cached)) == sorted(map(str, theirs))
     assert not any(arch in {a for _, a in theirs} and arch not in {a for _, a in items if (_, a) not in theirs}
                    for arch in cost.calls)
+
+
+def test_ctrl_c_says_what_is_kept_and_exits_130(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from conftest import cli
+
+    proc = subprocess.Popen(cli("profile", "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--calibration", "3",
+                                "--no-references", "--table", str(tmp_path / "t.sqlite")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "KDNAS_PROGRESS_EVERY_S": "0"})
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.time() + 120
+    while "timed" not in seen and time.time() < deadline:  # interrupted in the middle of the work
+        seen += proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; finished work is kept" in err and "Traceback" not in err
+    rows = sqlite3.connect(tmp_path / "t.sqlite").execute("SELECT COUNT(*) FROM timings").fetchone()[0]
+    assert rows >= 1

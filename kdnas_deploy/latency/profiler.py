@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +20,8 @@ from kdnas_deploy.latency.predictor import BLOCK_VOCAB, Item, LatencyModel, Pred
 from kdnas_deploy.latency.timing import Timing, combine_sessions, interleaved_rounds
 from kdnas_deploy.resources import pid_alive
 from kdnas_deploy.space import BERT_VOCAB_SIZE, SearchSpace, StudentArch
+
+log = logging.getLogger(__name__)
 
 #: Whole models timed per space to calibrate the composition.
 DEFAULT_CALIBRATION = 12
@@ -199,6 +202,8 @@ def profile_items(
         probe = Probe(model, Path(tmp)) if sessions > 1 and todo else None
         others: list[Item] = []  # items another live run claimed first: theirs to time, ours to wait for
         committed = _measure_all(model, todo, Path(tmp), probe, lag, result, progress, others)
+        if others:
+            log.warning("%d timings are being measured by another run on %s; waiting for them", len(others), model.table.path)
         while others:
             time.sleep(CLAIM_POLL_S)
             waiting = others

@@ -171,8 +171,6 @@ class LatencyTable:
                     db.execute(stmt)
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?)", (APP_ID,))
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        if not self.readonly:
-            self._db.execute(_CLAIMS)
         # A quick_check reads every page (milliseconds for a table of this size) so that a damaged
         # file is reported now, not as a confusing error in the middle of a search.
         if self._db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
@@ -185,6 +183,8 @@ class LatencyTable:
                 f"latency table {self.path} was written by a newer kdnas-deploy (schema "
                 f"{meta['schema_version']} > {SCHEMA_VERSION}); upgrade kdnas-deploy or use another --table"
             )
+        if not self.readonly:
+            self._db.execute(_CLAIMS)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
