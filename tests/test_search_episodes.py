@@ -126,5 +126,10 @@ def test_latency_oracle_fills_the_table_and_answers_every_candidate(tmp_path: Pa
         count = table.count()
         answers = {a: oracle(a) for a in [*space.enumerate(), teacher]}
         assert table.count() == count  # every answer came from the filled table, nothing timed on demand
+        # The table's own prediction, not an order of timings: these graphs run in a tenth of a millisecond, where
+        # a busy machine's noise decides which of two is faster (the order once flipped in CI).
+        from kdnas_deploy.latency.predictor import LatencyModel
+
+        model = LatencyModel(table, fast_profile, measure_missing=False)
+        assert all(answers[a]["fast-cpu"] == model.predict(a).ms for a in answers)
     assert all(set(v) == {"fast-cpu"} and v["fast-cpu"] > 0 for v in answers.values())
-    assert answers[StudentArch.parse("L2-H64-A2-I128")]["fast-cpu"] > answers[StudentArch.parse("L1-H32-A2-I64")]["fast-cpu"]
