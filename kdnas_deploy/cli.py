@@ -17,7 +17,7 @@ from rich.table import Table
 
 from kdnas_deploy import __version__
 from kdnas_deploy.cli_progress import make_progress, status as progress_status
-from kdnas_deploy.distill import DEFAULT_INIT, INIT_DESCRIPTIONS, INITS
+from kdnas_deploy.distill import DEFAULT_INIT, INIT_DESCRIPTIONS, INITS, LENGTH_BUCKETS
 from kdnas_deploy.errors import KdnasError, first_line
 from kdnas_deploy.files import writable_dir
 from kdnas_deploy.search.run import SearchSettings
@@ -172,6 +172,7 @@ InitOpt = Annotated[str, typer.Option("--init", help="How a student starts from 
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training rows.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")]
+BucketsOpt = Annotated[int, typer.Option("--length-buckets", min=0, help="Sort each window of this many batches' rows by length before batching (less padding); 0: plain random batches.")]
 SamplesOpt = Annotated[Optional[int], typer.Option("--train-samples", min=2, help="Train on a seeded sample of this many training rows.")]
 
 
@@ -238,6 +239,7 @@ def teacher(
     epochs: EpochsOpt = 3, batch_size: BatchOpt = 32,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-5,
     train_samples: SamplesOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
+    length_buckets: BucketsOpt = LENGTH_BUCKETS,
     as_json: Annotated[bool, typer.Option("--json", help="Print kdnas.json on stdout.")] = False,
 ) -> None:
     """Fine-tune a pretrained backbone into a teacher for the task; evaluate it on dev and save it."""
@@ -245,7 +247,8 @@ def teacher(
     from kdnas_deploy.distill.api import make_teacher
     from kdnas_deploy.distill.trainer import TrainConfig
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, device=device)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, device=device,
+                         length_buckets=length_buckets)
     source = _source(task, data_dir, train_file, dev_file, text_columns, label_column)
     info = make_teacher(backbone, source, out_dir, train_samples=train_samples, max_length=max_length,
                         train_config=config, progress=_BarProgress("fine-tuning"))
@@ -271,7 +274,7 @@ def distill(
     hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state loss (learned projection).")] = 1.0,
     relation_weight: Annotated[float, typer.Option(help="Weight of the MiniLMv2 attention-relation loss.")] = 1.0,
     layer_map: Annotated[Optional[str], typer.Option("--layer-map", help="Teacher layer (1-based) per student layer, e.g. 2,4,6. Default: uniform, last to last.")] = None,
-    seed: SeedOpt = 0, device: DeviceOpt = "auto",
+    seed: SeedOpt = 0, device: DeviceOpt = "auto", length_buckets: BucketsOpt = LENGTH_BUCKETS,
     as_json: Annotated[bool, typer.Option("--json", help="Print kdnas.json on stdout.")] = False,
 ) -> None:
     """Distil a student of any architecture from a teacher and save it as a model folder with kdnas.json."""
@@ -289,7 +292,8 @@ def distill(
     layers = None
     if layer_map:
         layers = parse_layer_map(layer_map, student.layers, load_teacher_config(teacher_path).num_hidden_layers)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, device=device)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, device=device,
+                         length_buckets=length_buckets)
     dconfig = DistillConfig(logit_weight=logit_weight, temperature=temperature, label_weight=label_weight,
                             hidden_weight=hidden_weight, relation_weight=relation_weight, layer_map=layers)
     source = _source(task, data_dir, train_file, dev_file, text_columns, label_column)

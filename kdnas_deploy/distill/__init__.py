@@ -22,3 +22,6 @@ INIT_DESCRIPTIONS: dict[str, str] = {
     "inherit": "the teacher's weights, keeping its first heads, FFN neurons and hidden dimensions",
     "random": "random weights",
 }
+#: Training batches are length-bucketed over windows of this many batches (TrainConfig.length_buckets; 0: plain random
+#: batches). Here, without torch, so that the command line can show it.
+LENGTH_BUCKETS = 50
