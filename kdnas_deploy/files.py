@@ -52,11 +52,12 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
         raise KdnasError(f"{what} {Path(path).expanduser()}: not valid TOML ({first_line(exc)})") from None
 
 
-def writable_dir(path: str | Path, what: str) -> Path:
-    """`path` as a folder this process can write in (created with its parents if missing), checked by writing.
+def writable_dir(path: str | Path, what: str, *, keep: bool = False) -> Path:
+    """`path` as a folder this process can write in, checked by writing a probe file there.
 
     Checked before a command starts its work: a folder that turns out unwritable at the first checkpoint has already
-    cost an epoch of training."""
+    cost an epoch of training. Folders the check had to create are removed again unless `keep`: a command that then
+    fails on other input leaves nothing behind, and the command creates them itself when it writes."""
     path = Path(path).expanduser()
     for parent in (path, *path.parents):
         if parent.exists() or parent.is_symlink():
@@ -64,6 +65,7 @@ def writable_dir(path: str | Path, what: str) -> Path:
                 where = "is" if parent == path else f"lies below {parent}, which is"
                 raise KdnasError(f"{what} {path}: {where} a file, not a folder")
             break
+    created = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".kdnas-write-check-", dir=path)
@@ -71,6 +73,13 @@ def writable_dir(path: str | Path, what: str) -> Path:
         os.unlink(probe)
     except OSError as exc:
         raise KdnasError(f"{what} {path}: cannot write there ({exc.strerror or first_line(exc)})") from None
+    finally:
+        if not keep:
+            for folder in created:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:  # never created, or something else wrote there meanwhile
+                    pass
     return path
 
 
@@ -79,7 +88,7 @@ def writable_file(path: str | Path, what: str) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise KdnasError(f"{what} {path}: is a directory, not a file")
-    writable_dir(path.parent, what)
+    writable_dir(path.parent, what, keep=True)  # the file is created there next
     if path.exists() and not os.access(path, os.W_OK):
         raise KdnasError(f"{what} {path}: the file is read-only")
     return path

@@ -171,6 +171,7 @@ def test_no_torch_load_reads_a_file_in_full() -> None:
 def test_a_backbone_without_a_trained_head_is_not_a_teacher(tiny_backbone: Path, sst2_slice: Path, tmp_path: Path, capsys) -> None:
     one_line_error(*cli_here(["distill", "--teacher", str(tiny_backbone), "--arch", "L1-H64-A4-I128", "--out", str(tmp_path / "s"),
                               "--data-dir", str(sst2_slice), "--task", "sst2"], capsys), "no trained classification head")
+    assert not (tmp_path / "s").exists()  # --out was checked by writing there, and nothing is left behind
 
 
 def test_damaged_weights_are_one_line(tiny_teacher_dir: Path, tmp_path: Path, capsys) -> None:
