@@ -22,6 +22,9 @@ from kdnas_deploy.paths import cache_dir
 #: Bump when the encoded columns change, so old cache entries are not read.
 ENCODING_VERSION = 1
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: Batch key of the rows' indices in the training set (kept on the host): added for an objective that looks its rows
+#: up, such as one reading the teacher's cached outputs.
+ROW_IDS = "row_ids"
 
 
 @dataclass

@@ -19,6 +19,7 @@ from kdnas_deploy.distill import DEFAULT_INIT
 from kdnas_deploy.distill.objective import DistillationObjective, DistillConfig, SupervisedObjective
 from kdnas_deploy.distill.ranking import rank_teacher
 from kdnas_deploy.distill.student import Init, build_student
+from kdnas_deploy.distill.teacher_cache import TeacherCache
 from kdnas_deploy.distill.trainer import (
     TrainConfig,
     TrainProgress,
@@ -119,11 +120,13 @@ def distill_student(
     checkpoint_dir: Path | None = None,
     key: str = "",
     progress: TrainProgress | None = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> DistillResult:
     """Builds a student of `arch` from `teacher`, distils it on `train_set`, scores it on `eval_set`.
 
     Takes the task and pad id rather than the whole `Prepared` so that a search can ship just the proxy rows
-    to a Ray worker."""
+    to a Ray worker. `teacher_cache` (built from this teacher on `train_set`, see `TeacherCache.for_distillation`)
+    replaces the teacher's forward pass at every step."""
     train_config = train_config or TrainConfig()
     distill_config = distill_config or DistillConfig()
     check_fits_task(teacher, task)
@@ -131,7 +134,10 @@ def distill_student(
     teacher, init = starting_point(teacher, init, train_set, task, pad_token_id, train_config.seed)
     seed_everything(train_config.seed)
     student = build_student(teacher, arch, init, seed=train_config.seed, layers=distill_config.layer_map)
-    objective = DistillationObjective(student, teacher, distill_config, task.is_regression)
+    if teacher_cache is not None and not teacher_cache.matches(train_set, teacher):
+        raise KdnasError("the teacher cache was built from another teacher or other training rows than these (with "
+                         "--init ranked, build it from the ranked copy that `starting_point` returns)")
+    objective = DistillationObjective(student, teacher, distill_config, task.is_regression, teacher_cache)
     device = resolve_device(train_config.device)
     pad = pad_token_id
 

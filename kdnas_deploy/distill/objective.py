@@ -29,7 +29,8 @@ from kdnas_deploy.distill.losses import (
     relation_heads,
 )
 from kdnas_deploy.distill.student import layer_map as default_layer_map
-from kdnas_deploy.encode import MODEL_INPUTS
+from kdnas_deploy.distill.teacher_cache import TeacherCache
+from kdnas_deploy.encode import MODEL_INPUTS, ROW_IDS
 from kdnas_deploy.errors import KdnasError
 
 
@@ -81,7 +82,8 @@ class _QKVRecorder:
 class DistillationObjective(nn.Module):
     """Student plus the learned projection; the frozen teacher is held outside the module's parameters."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig, regression: bool):
+    def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig, regression: bool,
+                 teacher_cache: TeacherCache | None = None):
         super().__init__()
         self.model = student
         self.config = config
@@ -94,9 +96,16 @@ class DistillationObjective(nn.Module):
         self.projection = HiddenProjection(s_cfg.hidden_size, t_cfg.hidden_size) if config.hidden_weight > 0 else None
         self.heads = relation_heads(s_cfg.hidden_size, t_cfg.hidden_size, config.relation_heads)
         self._teacher = [teacher.eval().requires_grad_(False)]  # a list keeps it out of parameters and state_dict
-        self._recorders: tuple[_QKVRecorder, _QKVRecorder] | None = None
-        if config.relation_weight > 0:
-            self._recorders = (_QKVRecorder(student, s_cfg.num_hidden_layers - 1), _QKVRecorder(teacher, self.layers[-1]))
+        relations = config.relation_weight > 0
+        wanted = self.layers if config.hidden_weight > 0 else []
+        #: Read the teacher's outputs from the cache (by the batch's row ids) instead of running it.
+        self.cache = teacher_cache if teacher_cache is not None and teacher_cache.covers(
+            wanted, self.layers[-1] if relations else None) else None
+        self.wants_rows = self.cache is not None
+        self._recorders: tuple[_QKVRecorder, _QKVRecorder | None] | None = None
+        if relations:
+            self._recorders = (_QKVRecorder(student, s_cfg.num_hidden_layers - 1),
+                               None if self.cache else _QKVRecorder(teacher, self.layers[-1]))
 
     @property
     def teacher(self) -> nn.Module:
@@ -110,31 +119,40 @@ class DistillationObjective(nn.Module):
         """Removes the hooks the relation loss put on both models."""
         if self._recorders:
             for recorder in self._recorders:
-                recorder.remove()
+                if recorder is not None:
+                    recorder.remove()
             self._recorders = None
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss and its named parts (detached 0-d tensors on the device: reading them is the trainer's call)."""
         cfg = self.config
         inputs = {k: batch[k] for k in MODEL_INPUTS}
         want_hidden = cfg.hidden_weight > 0
-        with torch.no_grad():
-            t_out = self.teacher(**inputs, output_hidden_states=want_hidden)
-            t_qkv = self._recorders[1].take() if self._recorders else None
+        if self.cache is not None:
+            cached = self.cache.gather(batch[ROW_IDS], inputs["input_ids"].shape[1], inputs["input_ids"].device)
+            t_logits, t_qkv = cached.logits, cached.qkv
+            t_hidden = [cached.hidden[t] for t in self.layers] if want_hidden else []
+        else:
+            with torch.no_grad():
+                t_out = self.teacher(**inputs, output_hidden_states=want_hidden)
+                recorder = self._recorders[1] if self._recorders else None
+                t_qkv = recorder.take() if recorder is not None else None
+            t_logits = t_out.logits
+            t_hidden = [t_out.hidden_states[t + 1] for t in self.layers] if want_hidden else []
         s_out = self.model(**inputs, output_hidden_states=want_hidden)
         parts: dict[str, torch.Tensor] = {}
         if cfg.logit_weight > 0:
-            parts["logits"] = cfg.logit_weight * logit_kd(s_out.logits, t_out.logits, cfg.temperature, self.regression)
+            parts["logits"] = cfg.logit_weight * logit_kd(s_out.logits, t_logits, cfg.temperature, self.regression)
         if cfg.label_weight > 0:
             parts["labels"] = cfg.label_weight * label_loss(s_out.logits, batch["labels"], self.regression)
         mask = batch["attention_mask"]
         if want_hidden:
             s_states = list(s_out.hidden_states[1:])
-            t_states = [t_out.hidden_states[t + 1] for t in self.layers]
-            parts["hidden"] = cfg.hidden_weight * hidden_loss(s_states, t_states, self.projection, mask)
+            parts["hidden"] = cfg.hidden_weight * hidden_loss(s_states, t_hidden, self.projection, mask)
         if self._recorders:
             parts["relation"] = cfg.relation_weight * attention_relation_loss(self._recorders[0].take(), t_qkv, mask, self.heads)
         loss = torch.stack(list(parts.values())).sum()
-        return loss, {k: float(v.detach()) for k, v in parts.items()}
+        return loss, {k: v.detach() for k, v in parts.items()}
 
 
 class SupervisedObjective(nn.Module):
@@ -145,7 +163,7 @@ class SupervisedObjective(nn.Module):
         self.model = model
         self.regression = regression
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.model(**{k: batch[k] for k in MODEL_INPUTS}).logits
         loss = label_loss(logits, batch["labels"], self.regression)
-        return loss, {"labels": float(loss.detach())}
+        return loss, {"labels": loss.detach()}

@@ -23,13 +23,15 @@ import torch
 from torch import nn
 
 from kdnas_deploy.distill import LENGTH_BUCKETS
-from kdnas_deploy.encode import MODEL_INPUTS, collate
+from kdnas_deploy.encode import MODEL_INPUTS, ROW_IDS, collate
 from kdnas_deploy.errors import KdnasError, first_line
 from kdnas_deploy.tasks import Task, compute_metrics
 
 CHECKPOINT = "checkpoint.pt"
 #: Seconds of training between checkpoints within an epoch: the most a crash can lose. A save costs about a second.
 CHECKPOINT_EVERY_S = 300.0
+#: Steps between checks that the loss is finite on CUDA (each check waits for the GPU).
+SYNC_EVERY = 50
 
 
 @dataclass
@@ -79,7 +81,8 @@ class TrainProgress:
     """Hooks for showing progress; the default shows nothing (library use)."""
 
     def start(self, total_steps: int, done_steps: int) -> None: ...
-    def step(self, loss: float) -> None: ...
+    def step(self, loss: Any) -> None:
+        """After each step; `loss` is a 0-d tensor on the training device (`float(loss)` waits for the device)."""
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
     def stop(self) -> None: ...
 
@@ -169,12 +172,39 @@ def batch_order(lengths: Sequence[int], batch_size: int, buckets: int, generator
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def _batches(dataset: Any, order: list[list[int]], pad_token_id: int) -> Iterator[dict[str, torch.Tensor]]:
+def _batches(dataset: Any, order: list[list[int]], pad_token_id: int, with_rows: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Padded batches of `order`'s rows; `with_rows` adds their indices (`ROW_IDS`) for an objective that looks rows
+    up (the teacher's cached outputs)."""
     # Not a DataLoader: without a generator of its own it draws a seed from torch's global generator, the one dropout
     # draws from, and a resumed run would then draw different dropout masks than the run it continues.
     fetch = getattr(dataset, "__getitems__", None)  # a datasets.Dataset reads a batch's rows in one call
     for rows in order:
-        yield collate(fetch(rows) if fetch else [dataset[i] for i in rows], pad_token_id)
+        batch = collate(fetch(rows) if fetch else [dataset[i] for i in rows], pad_token_id)
+        if with_rows:
+            batch[ROW_IDS] = torch.tensor(rows, dtype=torch.long)
+        yield batch
+
+
+def _as_numbers(values: list[Any]) -> list[float]:
+    return [float(v) for v in values]
+
+
+def _fold(sums: dict[str, float], steps: list[dict[str, Any]]) -> dict[str, float]:
+    """`sums` plus each step's loss parts, added in step order as numbers (as when parts were numbers each step)."""
+    sums = dict(sums)
+    for parts in steps:
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return sums
+
+
+def _check_finite(losses: list[Any], step: int) -> None:
+    tensors = [v for v in losses if isinstance(v, torch.Tensor)]
+    finite = all(math.isfinite(v) for v in losses if not isinstance(v, torch.Tensor))
+    if tensors:
+        finite = finite and bool(torch.isfinite(torch.stack(tensors)).all())  # one wait for the device, not one per step
+    if not finite:
+        raise KdnasError(f"training diverged: the loss is not finite by step {step}; try a lower learning rate")
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -246,23 +276,31 @@ def train(
             "examples": result.examples,
         })
 
+    # On CUDA the loss is checked every few steps (checking is a host sync); on CPU, where it is free, every step.
+    check_every = SYNC_EVERY if device.type == "cuda" else 1
+    wants_rows = bool(getattr(objective, "wants_rows", False))
     progress.start(total, result.steps)
     try:
         for epoch in range(start_epoch, config.epochs):
             objective.train()
             generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
             skip = start_step if epoch == start_epoch else 0
-            losses: list[float] = list(partial.get("losses", [])) if skip else []
+            # Per-step losses stay tensors on the device until they are needed as numbers (a checkpoint, the epoch's
+            # end): reading one back every step makes the host wait for the GPU to finish each step before it queues
+            # the next. They are summed in the same order as numbers then, so a CPU run's history is unchanged.
+            losses: list[Any] = list(partial.get("losses", [])) if skip else []
             parts_sum: dict[str, float] = dict(partial.get("parts_sum", {})) if skip else {}
+            step_parts: list[dict[str, Any]] = []
             epoch_seconds = float(partial.get("seconds", 0.0)) if skip else 0.0
             tic = last_save = time.perf_counter()
             order = batch_order(lengths, config.batch_size, config.length_buckets, generator)
-            for batch in _batches(train_set, order[skip:], pad_token_id):  # a resumed epoch: the batches it did not see
-                batch = {k: v.to(device) for k, v in batch.items()}
+            for batch in _batches(train_set, order[skip:], pad_token_id, with_rows=wants_rows):  # a resumed epoch: the batches it did not see
+                batch = {k: v if k == ROW_IDS else v.to(device, non_blocking=True) for k, v in batch.items()}
                 with autocast():
                     loss, parts = objective(batch)
-                if not torch.isfinite(loss):
-                    raise KdnasError(f"training diverged: loss is {loss.item()} at step {result.steps + 1}; try a lower learning rate")
+                loss_value = loss.detach()
+                if check_every == 1 and not torch.isfinite(loss_value):
+                    raise KdnasError(f"training diverged: loss is {loss_value.item()} at step {result.steps + 1}; try a lower learning rate")
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -278,15 +316,20 @@ def train(
                 scheduler.step()
                 result.steps += 1
                 result.examples += len(batch["labels"])
-                losses.append(loss.item())
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + v
-                progress.step(losses[-1])
+                losses.append(loss_value)
+                step_parts.append(parts)
+                if check_every > 1 and result.steps % check_every == 0:
+                    _check_finite(losses[-check_every:], result.steps)
+                progress.step(loss_value)
                 now = time.perf_counter()
                 if ckpt is not None and now - last_save >= every and len(losses) < steps_per_epoch:
                     epoch_seconds += now - tic
+                    losses, parts_sum = _as_numbers(losses), _fold(parts_sum, step_parts)
+                    step_parts = []
                     save(epoch, len(losses), {"losses": losses, "parts_sum": parts_sum, "seconds": epoch_seconds})
                     tic = last_save = time.perf_counter()  # the save's own second is not training time
+            losses, parts_sum = _as_numbers(losses), _fold(parts_sum, step_parts)
+            _check_finite(losses, result.steps)
             seconds = epoch_seconds + time.perf_counter() - tic
             result.train_seconds += seconds
             objective.train(False)

@@ -16,7 +16,8 @@ from kdnas_deploy.distill.api import Prepared, ProxySplit, distill_student, prox
 from kdnas_deploy.distill import DEFAULT_INIT
 from kdnas_deploy.distill.objective import DistillConfig
 from kdnas_deploy.distill.student import Init
-from kdnas_deploy.distill.trainer import TrainConfig, evaluate_model
+from kdnas_deploy.distill.teacher_cache import TeacherCache
+from kdnas_deploy.distill.trainer import TrainConfig, evaluate_model, resolve_device
 from kdnas_deploy.space import StudentArch
 from kdnas_deploy.tasks import Task
 
@@ -32,9 +33,20 @@ class ProxyEvaluator:
     init: Init = DEFAULT_INIT
     train_config: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
     distill_config: DistillConfig = field(default_factory=DistillConfig)
+    #: Run the teacher once over the proxy rows and let every candidate read its outputs (`TeacherCache`), instead
+    #: of running it at every step of every candidate.
+    cache_teacher: bool = True
     #: (teacher, init) as `starting_point` resolves them (the ranked copy for `ranked`), made on first use and
     #: shared by every candidate.
     _start: tuple[Any, Init] | None = field(default=None, init=False, repr=False)
+    _cache: TeacherCache | None = field(default=None, init=False, repr=False)
+    _cache_built: bool = field(default=False, init=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker process builds its own cache: shipping it would send hundreds of MB per worker.
+        state = dict(self.__dict__)
+        state["_cache"], state["_cache_built"] = None, False
+        return state
 
     @classmethod
     def from_prepared(cls, teacher: Any, prepared: Prepared, proxy: int, held_out: int | None = None, *,
@@ -59,8 +71,14 @@ class ProxyEvaluator:
             self._start = starting_point(self.teacher, self.init, self.train_set, self.task, self.pad_token_id,
                                          self.train_config.seed)
         teacher, init = self._start
+        if self.cache_teacher and not self._cache_built:
+            self._cache = TeacherCache.for_distillation(
+                teacher, self.train_set, self.pad_token_id, self.distill_config,
+                batch_size=self.train_config.eval_batch_size, device=resolve_device(self.train_config.device))
+            self._cache_built = True
         result = distill_student(teacher, self.task, self.pad_token_id, arch, self.train_set, self.eval_set,
-                                 init=init, train_config=self.train_config, distill_config=self.distill_config)
+                                 init=init, train_config=self.train_config, distill_config=self.distill_config,
+                                 teacher_cache=self._cache)
         metrics = dict(result.metrics)
         metrics["train_seconds"] = round(result.train.train_seconds, 2)
         metrics["examples_per_second"] = round(result.train.examples_per_second, 1)
