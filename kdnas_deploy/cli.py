@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -70,13 +71,16 @@ def profile(
     arch: Annotated[list[str], typer.Option("--arch", help="Also predict this architecture (L4-H312-A12-I1200). Repeatable.")] = [],
     verify: Annotated[int, typer.Option(help="Time N random whole architectures and report the prediction error.", min=0)] = 0,
     seed: Annotated[int, typer.Option(help="Seed for calibration and verification samples.")] = 0,
+    full: Annotated[bool, typer.Option("--full", help="Time every layer shape instead of the designed subset that the layer fit interpolates (about twice as long; --verify says what it gains).")] = False,
     references: Annotated[bool, typer.Option(help="Predict the reference shapes (BERT-base, 6x384, 4x312).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Fill the latency lookup table for a search space on hardware profiles, and summarise it."""
     from kdnas_deploy.hardware import load_profile
     from kdnas_deploy.latency.graph import ensure_graph_fits
-    from kdnas_deploy.latency.profiler import plan, profile_items, summarize, verify_sample, verify_steps
+    from kdnas_deploy.latency.profiler import (
+        estimate_seconds, plan, profile_items, profile_steps, summarize, verify_sample, verify_steps,
+    )
     from kdnas_deploy.latency.profiler import verify as run_verify
     from kdnas_deploy.latency.predictor import LatencyModel, items_for
     from kdnas_deploy.latency.table import LatencyTable, default_table_path
@@ -98,14 +102,25 @@ def profile(
         for prof in profiles:
             model = LatencyModel(tbl, prof)
             refs = [*(REFERENCE_ARCHS if references else ()), *extra] + ([teacher_arch] if teacher_arch else [])
-            items = plan(the_space, calibration, seed) + [it for a in refs for it in items_for(a)]
+            items = list(dict.fromkeys(plan(the_space, calibration, seed, full=full) + [it for a in refs for it in items_for(a)]))
+            todo = model.missing(items)
+            if todo:
+                console.print(f"{escape(prof.name)}: {len(todo)} of {len(items)} timings to measure, about "
+                              f"{_minutes(estimate_seconds(model, todo))} here (estimate); each group of graphs is "
+                              "stored as soon as it is timed", highlight=False, soft_wrap=True)
             with _progress() as bar:
-                task = bar.add_task(f"{escape(prof.name)}: timing", total=len(dict.fromkeys(items)))
+                task = bar.add_task(f"{escape(prof.name)}: timing", total=profile_steps(model, items))
+                steps = [0, profile_steps(model, items)]
 
                 def tick(item: Any, cached: bool) -> None:
-                    bar.update(task, advance=1, description=f"{escape(prof.name)}: {'cached' if cached else 'timed'} {item[0]} {item[1]}")
+                    bar.update(task, description=f"{escape(prof.name)}: {'cached' if cached else 'timed'} {item[0]} {item[1]}")
 
-                result = profile_items(model, items, seed=seed, progress=tick)
+                def step(done: int, added: int) -> None:  # added: extra sessions in a slow spell, re-measures
+                    steps[0] += done
+                    steps[1] += added
+                    bar.update(task, completed=steps[0], total=steps[1])
+
+                result = profile_items(model, items, seed=seed, progress=tick, on_step=step)
             rows = []
             if verify:
                 sample = verify_sample(model, the_space, verify, seed + 1)
@@ -118,6 +133,10 @@ def profile(
                 _print_summary(summary)
     if as_json:
         print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -137,6 +156,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         + (f"; noisy: {len(t['noisy'])}" if t["noisy"] else "")
         + (f"; slow spells: {t['extra_sessions']} extra sessions, {t['remeasured']} re-measured"
            if t["extra_sessions"] or t["remeasured"] else "")
+        + (f"; the probe ran {100 * (t['probe_slowdown'] - 1):.0f}% over its calm time (median)"
+           if (t.get("probe_slowdown") or 1.0) > 1.05 else "")
     )
     c = s["calibration"]
     out.print(f"calibration: measured = {c['scale']:.3f} x composed ^ {c['exponent']:.3f} ({c['points']} whole models)")
@@ -196,8 +217,9 @@ class _BarProgress:
         self.before = before  # a bar to stop first: rich shows one live display at a time
         self.bar = _progress()
         self.task: Any = None
-        self.loss: float | None = None
+        self.loss: Any = None
         self.metric = ""
+        self.drawn = 0.0
 
     def start(self, total_steps: int, done_steps: int) -> None:
         if self.before is not None:
@@ -205,9 +227,16 @@ class _BarProgress:
         self.bar.start()
         self.task = self.bar.add_task(self.label, total=total_steps, completed=done_steps)
 
-    def step(self, loss: float) -> None:
+    def step(self, loss: Any) -> None:
+        # A running mean kept as the loss's own type (a tensor on the training device): it is read as a number only
+        # when the line is redrawn, at most twice a second, so a GPU run does not wait on every step for it.
         self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
-        self.bar.update(self.task, advance=1, description=f"{self.label} loss {self.loss:.4f}{self.metric}")
+        now = time.monotonic()
+        if now - self.drawn >= 0.5:
+            self.drawn = now
+            self.bar.update(self.task, advance=1, description=f"{self.label} loss {float(self.loss):.4f}{self.metric}")
+        else:
+            self.bar.update(self.task, advance=1)
 
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         if "score" in metrics:
@@ -431,15 +460,23 @@ def search(
     runner = make_executor(executor, ray_address, ray_cpus, ray_gpus)
     timing = _progress()
     timing_task = timing.add_task("latency table", total=None)
+    timing_steps = [0, 0]  # builds and sessions: done, planned
     bar = _SearchBar(before=timing)
 
     def timed(profile_name: str, item: Any, cached: bool) -> None:
         if not timing.live.is_started:
             timing.start()
-        timing.update(timing_task, advance=1, description=f"{escape(profile_name)}: {'cached' if cached else 'timed'} {item[0]} {item[1]}")
+        timing.update(timing_task, description=f"{escape(profile_name)}: {'cached' if cached else 'timed'} {item[0]} {item[1]}")
+
+    def timing_step(done: int, added: int) -> None:
+        if not timing.live.is_started:
+            timing.start()
+        timing_steps[0] += done
+        timing_steps[1] += added
+        timing.update(timing_task, completed=timing_steps[0], total=timing_steps[1] or None)
 
     try:
-        report = run_search(settings, out_dir, resume=resume, progress=bar, latency_progress=timed,
+        report = run_search(settings, out_dir, resume=resume, progress=bar, latency_progress=timed, latency_steps=timing_step,
                             final_progress=_BarProgress("final distillation", before=bar.bar), executor=runner,
                             export_status=lambda msg: console.print(f"export: {escape(msg)}", highlight=False),
                             confirm_status=lambda msg: console.print(f"finalists: {escape(msg)}", highlight=False))

@@ -134,22 +134,57 @@ def test_predict_latency_on_real_graphs_outside_the_space(tmp_path, fast_profile
     assert predict_latency(StudentArch(2, 48, 3, 100), fast_profile, path) == ms  # from the table
 
 
-def test_sessions_of_one_graph_are_spread_over_time(table, fast_profile):
+def test_graphs_are_timed_a_group_at_a_time_in_rotating_rounds(table, fast_profile):
     data = fast_profile.model_dump(mode="json")
     data["timing"]["sessions"] = 3
     profile = parse_profile(data, "three-sessions")
     cost = CostModel()
     items = plan(SPACE, 4)
-    result = profile_items(LatencyModel(table, profile, measurer=cost), items, lag=5)
+    committed = []
+    result = profile_items(LatencyModel(table, profile, measurer=cost), items, group=5,
+                           progress=lambda item, cached: committed.append((item, table.count())))
     assert len(result.measured) == len(items) and table.count() == len(items) + 1  # + the probe's best
-    events = cost.events
-    builds = [name for kind, name in events if kind == "build" and name != "probe"]
-    for k, graph in enumerate(builds):
-        at = [i for i, (kind, name) in enumerate(events) if kind == "time" and name == graph]
-        assert len(at) == 3
-        between = [sum(1 for kind, name in events[a:b] if kind == "build") for a, b in zip(at, at[1:])]
-        if k + 2 * 5 < len(builds):  # the tail has no later graphs left to build in between
-            assert between == [5, 5], (k, between)
+    events = [(kind, name) for kind, name in cost.events if name != "probe"]
+    groups, k = [], 0
+    while k < len(events):  # a group: builds, then its sessions in rounds
+        builds = [name for _, name in events[k:k + 5] if _ == "build"]
+        k += len(builds)
+        sessions = [name for kind, name in events[k:k + 3 * len(builds)]]
+        assert all(kind == "time" for kind, _ in events[k:k + 3 * len(builds)])
+        rounds = [sessions[r * len(builds):(r + 1) * len(builds)] for r in range(3)]
+        assert all(sorted(r) == sorted(builds) for r in rounds)  # each round times every graph of the group once
+        if len(builds) > 1:
+            assert rounds[0] != rounds[1]  # rotated, so no graph always opens a round
+        groups.append(builds)
+        k += 3 * len(builds)
+    assert [len(g) for g in groups] == [5] * (len(items) // 5) + ([len(items) % 5] if len(items) % 5 else [])
+    # each group's timings are in the table before the next group is built: a kill loses one group at most
+    stored = [count for _, count in committed]
+    assert stored == sorted(stored) and stored[4] >= 5
+
+
+def test_a_group_closes_before_its_graphs_pass_the_disk_limit(table, fast_profile):
+    from kdnas_deploy.latency.graph import artifact_megabytes
+
+    cost = CostModel()
+    model = LatencyModel(table, fast_profile, measurer=cost)
+    items = plan(SPACE, 4)
+    sizes = [artifact_megabytes(arch, fast_profile.precision, vocab_size=BLOCK_VOCAB if kind in ("block", "stem")
+                                else BERT_VOCAB_SIZE) for kind, arch in items]
+    limit = max(sizes) * 1.5  # room for the biggest graph and some small ones, never for two big ones
+    profile_items(model, items, group=len(items), group_mb=limit)
+    groups, current, built = [], [], iter(zip(cost.calls, cost.vocabs))
+    for kind, name in cost.events:
+        if kind == "build" and name != "probe":
+            arch, vocab = next(built)
+            current.append(artifact_megabytes(arch, fast_profile.precision, vocab_size=vocab))
+        elif kind == "build":
+            next(built)
+        elif current:
+            groups.append(current)
+            current = []
+    assert len(groups) > 1 and sum(len(g) for g in groups) == len(items)
+    assert all(sum(g) <= limit for g in groups)
 
 
 class SpellCost(CostModel):
@@ -174,7 +209,7 @@ def test_slow_spells_are_outvoted_by_calm_sessions(table, fast_profile, start, s
     cost = SpellCost(start, stop)
     model = LatencyModel(table, profile, measurer=cost)
     items = plan(SPACE, 4)
-    result = profile_items(model, items, lag=3)
+    result = profile_items(model, items, group=4, defence_share=1.0)
     assert len(result.measured) == len(items) and result.extra_sessions + len(result.remeasured) > 0
     for kind, arch in items:  # every stored timing is the calm one
         assert model.lookup(kind, arch).timing.median_ms == pytest.approx(cost.true_ms(arch)), (kind, arch)
@@ -203,7 +238,7 @@ def test_the_fastest_session_is_stored_when_most_are_slowed_unseen(table, fast_p
     cost = ShortSpellCost()
     model = LatencyModel(table, profile, measurer=cost)
     items = plan(SPACE, 4)
-    result = profile_items(model, items, lag=3)
+    result = profile_items(model, items, group=4)
     assert len(result.measured) == len(items) and result.extra_sessions == 0  # the probe saw nothing
     for kind, arch in items:  # the median of six sessions would be 1.4x too slow
         entry = model.lookup(kind, arch)
@@ -309,7 +344,7 @@ def test_a_block_timed_in_a_slow_spell_is_outvoted_by_the_fit_over_all_blocks(ta
 
     cost = SlowSpell()
     model = LatencyModel(table, fast_profile, measurer=cost)
-    profile_space(model, space, calibration=0, seed=0)
+    profile_space(model, space, calibration=0, seed=0, full=True)
     fit = model.layer_fit()
     assert fit is not None and fit.points == 18
     arch = StudentArch(6, 128, 4, 512)
@@ -332,3 +367,81 @@ def test_the_layer_fit_needs_enough_shapes_and_positive_costs():
     assert fit is not None and all(fit(*s) == pytest.approx(c, rel=1e-9) for s, c in zip(shapes, costs))
     assert fit_layer_cost(shapes[:MIN_LAYER_FIT - 1], costs[:MIN_LAYER_FIT - 1]) is None
     assert fit_layer_cost(shapes, [0.0] + costs[1:]) is None  # a block timed no slower than its stem
+
+
+def test_a_designed_profile_times_corners_and_centres_and_the_fit_answers_the_rest(tmp_path, fast_profile):
+    from kdnas_deploy.latency.profiler import designed_blocks
+
+    space = SearchSpace(layers=(1, 4, 6), hidden=(64, 96, 128, 192), heads=(2, 4, 6), ffn_ratios=(1, 2, 3, 4))
+    design = designed_blocks(space)
+    assert len(design) < len(space.blocks()) and len(design) >= 12
+    for h in space.hidden:  # per width: both head extremes at both FFN extremes
+        mine = [(a, i) for w, a, i in space.blocks() if w == h]
+        heads, ffns = [a for a, _ in mine], [i for _, i in mine]
+        for corner in ((min(heads), min(ffns)), (min(heads), max(ffns)), (max(heads), min(ffns)), (max(heads), max(ffns))):
+            assert (h, *corner) in design
+    cost = CostModel()
+    path = tmp_path / "t.sqlite"
+    with LatencyTable(path) as t:
+        model = LatencyModel(t, fast_profile, measurer=cost)
+        result = profile_space(model, space, calibration=3)
+        assert len(result.measured) == len(plan(space, 3)) < len(plan(space, 3, full=True))
+    untimed = [StudentArch(4, *b) for b in space.blocks() if b not in design]
+    with LatencyTable(path, readonly=True) as frozen:  # nothing is timed: a frozen table answers every shape
+        model = LatencyModel(frozen, fast_profile, measurer=CostModel())
+        assert all(model.fit_covers(*a.block) for a in untimed)
+        assert model.calibration().points == 3  # whole models whose blocks were not timed calibrate too
+        stats = error_stats([model.predict(a).ms for a in untimed], [cost.true_ms(a) for a in untimed])
+        assert stats.mape < 1.0 and stats.spearman > 0.99
+        assert not model.fit_covers(256, 4, 512)  # a width no row has: its block must be timed
+        with pytest.raises(KdnasError, match="frozen"):
+            model.predict(StudentArch(2, 128, 4, 1024))  # beyond the FFN sizes timed at this width
+
+
+def test_a_small_space_times_every_shape():
+    from kdnas_deploy.latency.profiler import designed_blocks
+
+    assert designed_blocks(SPACE) == list(SPACE.blocks())  # 8 shapes: too few for the fit to stand on a subset
+
+
+@pytest.mark.parametrize("start, stop", [(0, 0), (30, 70), (0, 40)])
+def test_profile_steps_stay_within_the_plan_with_extra_sessions_and_re_measures(tmp_path, fast_profile, start, stop):
+    from kdnas_deploy.latency.profiler import profile_steps
+
+    data = fast_profile.model_dump(mode="json")
+    data["timing"]["sessions"] = 3
+    profile = parse_profile(data, "three-sessions")
+    with LatencyTable(tmp_path / "t.sqlite") as table:
+        model = LatencyModel(table, profile, measurer=SpellCost(start, stop))
+        items = plan(SPACE, 4)
+        planned = [profile_steps(model, items)]
+        done = [0]
+
+        def step(n, added):
+            done[0] += n
+            planned[0] += added
+            assert done[0] <= planned[0]  # the bar never runs past its total
+
+        result = profile_items(model, items, group=4, on_step=step)
+    assert done[0] == planned[0] >= len(items) * 4 + result.extra_sessions + 4 * len(result.remeasured)
+    # every planned step was reported: the bar ends full
+    if start == stop:
+        assert result.extra_sessions == 0 and not result.remeasured and result.probe_slowdown == 1.0
+    else:
+        assert result.extra_sessions + len(result.remeasured) > 0
+
+
+def test_the_slow_spell_defences_add_at_most_their_share_of_the_planned_sessions(table, fast_profile):
+    """A host slow for the whole run after its first minutes: the defences give up within budget, not after
+    tripling the run; the rows keep their fastest session, flagged noisy."""
+    data = fast_profile.model_dump(mode="json")
+    data["timing"]["sessions"] = 3
+    profile = parse_profile(data, "three-sessions")
+    cost = SpellCost(12, 10**9)  # calm for the probe's warm-up and the first group, slow ever after
+    model = LatencyModel(table, profile, measurer=cost)
+    items = plan(SPACE, 4)
+    result = profile_items(model, items, group=4, defence_share=0.3)
+    planned = len(items) * 3
+    assert 0 < result.extra_sessions + 3 * len(result.remeasured) <= 0.3 * planned + 3
+    assert len(result.measured) == len(items) and result.noisy
+    assert result.probe_slowdown == pytest.approx(1.5)  # the summary says how slow the machine ran

@@ -67,3 +67,21 @@ def test_distill_into_a_log_file_shows_progress(tiny_teacher_dir, sst2_slice, tm
     steps = re.findall(r"distilling L1-H64-A4-I128[^:]*: (\d+)/10 \(\d+%\), elapsed \d+:\d\d(, eta \d+:\d\d)?", text)
     assert len(steps) >= 10 and any(eta for _, eta in steps), text[-500:]
     assert "\x1b[" not in text  # no terminal codes in a log
+
+
+def test_profile_into_a_log_file_estimates_first_then_counts_builds_and_sessions(tmp_path) -> None:
+    from conftest import FAST_PROFILE, TINY_SPACE
+
+    log = tmp_path / "profile.log"
+    with log.open("w") as fh:
+        res = subprocess.run(cli("profile", "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--no-references",
+                                 "--calibration", "3", "--table", str(tmp_path / "t.sqlite")),
+                             stdout=subprocess.PIPE, stderr=fh, text=True, timeout=300,
+                             env={**os.environ, "KDNAS_PROGRESS_EVERY_S": "0"})
+    assert res.returncode == 0
+    text = log.read_text()
+    first = text.splitlines()[0]
+    assert re.fullmatch(r"fast-cpu: 9 of 9 timings to measure, about \d+ s here \(estimate\); each group of graphs is "
+                        r"stored as soon as it is timed", first), first
+    steps = [int(n) for n in re.findall(r"fast-cpu: [^\n]*?(\d+)/18 \(\d+%\)", text)]  # a build and a session each
+    assert steps == sorted(steps) and len(steps) >= 18 and steps[-1] == 18, text[-500:]

@@ -9,7 +9,9 @@ latency(L, h, a, i) = base(h) + L * layer(h, a, i), with
 
 A layer's cost is read from a fit over every block timing of the machine and profile (`LayerFit`), not from its
 shape's own row alone, once the table holds enough of them: one row is one measurement of a machine whose speed
-flips by tens of percent for minutes, and every architecture of that shape would inherit its error.
+flips by tens of percent for minutes, and every architecture of that shape would inherit its error. The fit also
+means a profile need not time every shape: it times a designed subset per width (`profiler.designed_blocks`) and
+the fit interpolates the rest (`profile --full` times them all).
 
 Encoder latency is close to linear in depth, so this composition ranks shapes well on its own;
 whole-model timings in the table then fit a calibration (measured = scale * composed ** exponent,
@@ -104,8 +106,9 @@ def layer_features(hidden: int, heads: int, ffn: int) -> np.ndarray:
 class LayerFit:
     """A layer's cost as a linear function of its shape (`layer_features`), fitted over one machine's and
     profile's block timings, weighted by relative error with Huber weights so that a row timed in a slow spell
-    counts less. A shape is fitted only with its own block among the points: `layer_ms` times a missing block
-    before it asks, so the fit never extrapolates to a width or FFN size no row has."""
+    counts less. A shape is answered only where timed blocks of its width span its heads and FFN size
+    (`LatencyModel.fit_covers`); `layer_ms` times any other shape's block first, so the fit never extrapolates to
+    a width or FFN size no row has."""
 
     coef: tuple[float, ...]
     points: int
@@ -214,6 +217,7 @@ class LatencyModel:
         self.use_layer_fit = layer_fit
         self._layer_fit: LayerFit | None = None
         self._layer_fit_stale = True
+        self._fit_box: dict[int, tuple[int, int, int, int]] = {}
         if not self.elsewhere:
             table.register(self.fingerprint, self.info)
 
@@ -285,20 +289,45 @@ class LatencyModel:
             return None
         if self._layer_fit_stale:
             shapes, costs = [], []
+            box: dict[int, tuple[int, int, int, int]] = {}
             for entry in self.table.entries(self.fingerprint, self.batch, self.seq_len, kind="block"):
                 stem = self.lookup("stem", base_arch(entry.arch.hidden))
                 if stem is not None:
-                    shapes.append(entry.arch.block)
+                    h, a, i = entry.arch.block
+                    shapes.append((h, a, i))
                     costs.append(max(entry.timing.median_ms - stem.timing.median_ms, 0.0) / BLOCK_LAYERS)
+                    lo_a, hi_a, lo_i, hi_i = box.get(h, (a, a, i, i))
+                    box[h] = (min(lo_a, a), max(hi_a, a), min(lo_i, i), max(hi_i, i))
             self._layer_fit, self._layer_fit_stale = fit_layer_cost(shapes, costs), False
+            self._fit_box = box
         return self._layer_fit
 
+    def fit_covers(self, hidden: int, heads: int, ffn: int) -> bool:
+        """Whether the layer fit answers this shape by interpolation: the table holds block timings of this width
+        whose heads and FFN sizes span the shape's (what `profiler.designed_blocks` times)."""
+        if self.layer_fit() is None or hidden not in self._fit_box:
+            return False
+        lo_a, hi_a, lo_i, hi_i = self._fit_box[hidden]
+        return lo_a <= heads <= hi_a and lo_i <= ffn <= hi_i
+
     def layer_ms(self, hidden: int, heads: int, ffn: int) -> float:
-        # The shape's own rows are timed first where missing, as before the fit: they join it, so the fit always
-        # has this shape among its points.
-        own = self.row_layer_ms(hidden, heads, ffn)
+        """A layer's cost from the fit over all block timings. A shape the fit covers (`fit_covers`) is predicted
+        without timing its own block; any other has its block timed first (where the table may be filled), so the
+        fit never extrapolates to a width or FFN size no row has. Without a fit, the shape's own rows answer."""
+        if not self.fit_covers(hidden, heads, ffn):
+            own = self.row_layer_ms(hidden, heads, ffn)
+            fit = self.layer_fit()
+            return fit(hidden, heads, ffn) if fit is not None else own
         fit = self.layer_fit()
-        return fit(hidden, heads, ffn) if fit is not None else own
+        assert fit is not None
+        return fit(hidden, heads, ffn)
+
+    def composable(self, arch: StudentArch) -> bool:
+        """Whether `arch`'s composed latency can be read from the table without timing anything."""
+        base, stem, block = items_for(arch)
+        if self.lookup(*base) is None or self.lookup(*stem) is None:
+            return False
+        return self.lookup(*block) is not None or self.fit_covers(*arch.block)
 
     def composed_ms(self, arch: StudentArch) -> float:
         base = self.ensure("base", base_arch(arch.hidden)).timing.median_ms
@@ -308,8 +337,7 @@ class LatencyModel:
         if self._calibration is None:
             pairs = []
             for entry in self.table.entries(self.fingerprint, self.batch, self.seq_len, kind="model"):
-                items = items_for(entry.arch)
-                if all(self.lookup(*it) is not None for it in items):
+                if self.composable(entry.arch):
                     pairs.append((self.composed_ms(entry.arch), entry.timing.median_ms))
             self._calibration = fit_calibration([p[0] for p in pairs], [p[1] for p in pairs])
         return self._calibration

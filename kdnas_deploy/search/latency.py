@@ -35,12 +35,14 @@ class LatencyOracle:
         return {name: m.fingerprint for name, m in self.models.items() if m.elsewhere}
 
     def fill(self, space: SearchSpace, extra: Sequence[StudentArch] = (), calibration: int = DEFAULT_CALIBRATION,
-             seed: int = 0, progress: Callable[[str, object, bool], None] | None = None) -> None:
-        """Times whatever the table lacks for `space` (and `extra` architectures, e.g. the teacher)."""
-        from kdnas_deploy.latency.predictor import items_for
-        from kdnas_deploy.latency.profiler import plan, profile_items
+             seed: int = 0, progress: Callable[[str, object, bool], None] | None = None,
+             on_step: Callable[[int, int], None] | None = None) -> None:
+        """Times whatever the table lacks for `space` (and `extra` architectures, e.g. the teacher). `progress` as
+        each timing is stored; `on_step(done, added)` as `profile_items` calls it, after a first call that adds each
+        profile's planned steps."""
+        from kdnas_deploy.latency.profiler import profile_items, profile_steps
 
-        items = plan(space, calibration, seed) + [it for a in extra for it in items_for(a)]
+        items = self._items(space, extra, calibration, seed)
         for name, model in self.models.items():
             if model.elsewhere and (missing := model.missing(items)):
                 kind, arch = missing[0]
@@ -48,16 +50,29 @@ class LatencyOracle:
                                  f"timings the search needs from machine {model.fingerprint} ({name}), e.g. {kind} "
                                  f"{arch}; fill it on that machine with `kdnas-deploy profile` for this space")
             tick = (lambda item, cached, n=name: progress(n, item, cached)) if progress else None
-            profile_items(model, items, seed=seed, progress=tick)
+            if on_step:
+                on_step(0, profile_steps(model, items))
+            profile_items(model, items, seed=seed, progress=tick, on_step=on_step)
         self._memo.clear()
+
+    def fill_seconds(self, space: SearchSpace, extra: Sequence[StudentArch] = (), calibration: int = DEFAULT_CALIBRATION,
+                     seed: int = 0) -> float:
+        """About how long `fill` takes here (`profiler.estimate_seconds` over what each profile lacks)."""
+        from kdnas_deploy.latency.profiler import estimate_seconds
+
+        items = self._items(space, extra, calibration, seed)
+        return sum(estimate_seconds(m, m.missing(items)) for m in self.models.values() if not m.elsewhere)
+
+    def _items(self, space: SearchSpace, extra: Sequence[StudentArch], calibration: int, seed: int) -> list[tuple[str, StudentArch]]:
+        from kdnas_deploy.latency.predictor import items_for
+        from kdnas_deploy.latency.profiler import plan
+
+        return list(dict.fromkeys(plan(space, calibration, seed) + [it for a in extra for it in items_for(a)]))
 
     def coverage(self, space: SearchSpace, extra: Sequence[StudentArch] = (), calibration: int = DEFAULT_CALIBRATION,
                  seed: int = 0) -> dict[str, tuple[int, int]]:
         """Per profile, (timings the table already has, timings the search needs)."""
-        from kdnas_deploy.latency.predictor import items_for
-        from kdnas_deploy.latency.profiler import plan
-
-        items = list(dict.fromkeys(plan(space, calibration, seed) + [it for a in extra for it in items_for(a)]))
+        items = self._items(space, extra, calibration, seed)
         return {name: (len(items) - len(model.missing(items)), len(items)) for name, model in self.models.items()}
 
     def __call__(self, arch: StudentArch) -> dict[str, float]:

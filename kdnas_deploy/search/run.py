@@ -253,7 +253,8 @@ def export_finals(folder: Path, profiles: list[Any], out: Path, table: Path,
 
 
 def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, progress: SearchProgress | None = None,
-               latency_progress: Any = None, final_progress: Any = None, executor: Executor | None = None,
+               latency_progress: Any = None, latency_steps: Any = None, final_progress: Any = None,
+               executor: Executor | None = None,
                export_status: Callable[[str], None] | None = None,
                confirm_status: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Runs (or resumes) a search into `out` and returns the report it writes. `executor` says where candidates
@@ -291,7 +292,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         write_json_atomic(out / RUN_FILE, record)
         references = budget_references(settings.budgets or [])
         oracle.fill(space, extra=[teacher_arch, *references], calibration=settings.calibration, seed=settings.seed,
-                    progress=latency_progress)
+                    progress=latency_progress, on_step=latency_steps)
         teacher_ms = oracle(teacher_arch)
         if settings.target_ms is not None:
             config = RewardConfig({p.name: settings.target_ms for p in profiles}, form=settings.reward)
@@ -368,10 +369,6 @@ def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] 
     return choices
 
 
-#: Cold timing cost per table entry measured with the shipped CPU profiles on 2 cores (123 timings in 5-10 min).
-SECONDS_PER_TIMING = 3.5
-
-
 def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
     """What a search would do and roughly how long: space size, table coverage, and a time estimate from
     `measure_steps` distillation steps of a mid-sized candidate timed on this machine."""
@@ -379,6 +376,8 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
     import time
 
     from kdnas_deploy.distill.api import distill_student, prepare
+    from kdnas_deploy.distill.objective import DistillConfig
+    from kdnas_deploy.distill.teacher_cache import TeacherCache
     from kdnas_deploy.distill.trainer import TrainConfig, TrainProgress
     from kdnas_deploy.latency.table import LatencyTable
     from kdnas_deploy.model_folder import load_classifier
@@ -386,8 +385,9 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
 
     r = _resolve(settings)
     with LatencyTable(r.table_path) as table:
-        coverage = LatencyOracle(table, r.profiles, settings.machines or ()).coverage(r.space, [r.teacher_arch], settings.calibration, settings.seed)
-    missing = sum(need - have for have, need in coverage.values())
+        oracle = LatencyOracle(table, r.profiles, settings.machines or ())
+        coverage = oracle.coverage(r.space, [r.teacher_arch], settings.calibration, settings.seed)
+        table_s = oracle.fill_seconds(r.space, [r.teacher_arch], settings.calibration, settings.seed)
     prepared = prepare(settings.teacher, DataSource.from_dict(settings.data), settings.max_length)
     config = TrainConfig(epochs=1)
 
@@ -398,14 +398,20 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
         def start(self, total_steps: int, done_steps: int) -> None:
             self.times.append(time.perf_counter())
 
-        def step(self, loss: float) -> None:
+        def step(self, loss: Any) -> None:
+            float(loss)  # waits for the device, so each interval is one whole step, also on a GPU
             self.times.append(time.perf_counter())
 
     clock = StepClock()
     probe = r.space.enumerate()[len(r.space) // 2]
     rows = prepared.encoded.train.select(range(min(len(prepared.encoded.train), config.batch_size * (measure_steps + 1))))
-    distill_student(load_classifier(settings.teacher), prepared.task, prepared.encoded.pad_token_id, probe, rows, rows.select(range(1)), train_config=config,
-                    progress=clock)
+    teacher = load_classifier(settings.teacher)
+    pad = prepared.encoded.pad_token_id
+    # As a search's candidates run: reading the teacher's outputs from its cache (a step costs the same whatever the
+    # init, so `inherit` spares ranking the teacher here).
+    cache = TeacherCache.for_distillation(teacher, rows, pad, DistillConfig())
+    distill_student(teacher, prepared.task, pad, probe, rows, rows.select(range(1)), init="inherit",
+                    train_config=config, progress=clock, teacher_cache=cache)
     seconds = sorted(b - a for a, b in zip(clock.times[1:], clock.times[2:]))  # the first step pays one-time costs
     step_s = seconds[len(seconds) // 2] if seconds else 0.0
     proxy_steps = settings.episodes * settings.top_k * math.ceil(settings.proxy / config.batch_size) * settings.proxy_epochs
@@ -415,7 +421,7 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
         "space": {"name": r.space.name, "architectures": len(r.space)},
         "teacher": str(r.teacher_arch),
         "table_coverage": {name: {"have": have, "need": need} for name, (have, need) in coverage.items()},
-        "estimate_s": {"latency_table": round(missing * SECONDS_PER_TIMING), "proxy_distillation": round(proxy_steps * step_s),
+        "estimate_s": {"latency_table": round(table_s), "proxy_distillation": round(proxy_steps * step_s),
                        "final_distillation": round(final_steps * step_s)},
         "measured_step_s": round(step_s, 3), "step_measured_on": str(probe),
         "candidates": settings.episodes * settings.top_k, "training_rows": len(prepared.encoded.train),
