@@ -416,9 +416,14 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(tmp_path: Path) -> None:
 
     from conftest import cli
 
-    # Widths the space lacks add their own base, stem and block: work left after the first group (8 graphs) is stored.
-    more = [flag for w in (48, 80, 96, 112, 128) for flag in ("--arch", f"L2-H{w}-A2-I{2 * w}")]
-    proc = subprocess.Popen(cli("profile", "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--calibration", "3",
+    # Work left after the first group (8 graphs) is stored, many seconds of it, so that the signal lands mid-run even
+    # when this process is slow to read the line (the run's threads hold both cores): 13 widths the space lacks each
+    # add their own base, stem and block.
+    more = [flag for w in range(48, 272, 16) if w != 64 for flag in ("--arch", f"L2-H{w}-A2-I{2 * w}")]
+    slow = tmp_path / "slow-cpu.toml"
+    slow.write_text(FAST_PROFILE.read_text().replace('name = "fast-cpu"', 'name = "slow-cpu"')
+                    .replace("repeats = 3", "repeats = 50") + "min_round_ms = 200\n")
+    proc = subprocess.Popen(cli("profile", "--hw", str(slow), "--space", str(TINY_SPACE), "--calibration", "3",
                                 "--no-references", "--table", str(tmp_path / "t.sqlite"), *more),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "KDNAS_PROGRESS_EVERY_S": "0"})
@@ -432,4 +437,4 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "interrupted; finished work is kept" in err and "Traceback" not in err
     rows = sqlite3.connect(tmp_path / "t.sqlite").execute("SELECT COUNT(*) FROM timings").fetchone()[0]
-    assert 1 <= rows < 9 + 15  # the first group is kept; the run did not finish
+    assert 1 <= rows < 9 + 3 * 13  # the first group is kept; the run did not finish
