@@ -426,7 +426,10 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(tmp_path: Path) -> None:
     proc = subprocess.Popen(cli("profile", "--hw", str(slow), "--space", str(TINY_SPACE), "--calibration", "3",
                                 "--no-references", "--table", str(tmp_path / "t.sqlite"), *more),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "KDNAS_PROGRESS_EVERY_S": "0"})
+                            env={**os.environ, "KDNAS_PROGRESS_EVERY_S": "0"},
+                            # A shell starts background jobs with SIGINT ignored, and the child would inherit that:
+                            # Ctrl-C must reach the run as it does from a terminal.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stderr is not None
     seen = ""
     deadline = time.time() + 120
