@@ -109,8 +109,8 @@ def profile(
                               f"{_minutes(estimate_seconds(model, todo))} here (estimate); each group of graphs is "
                               "stored as soon as it is timed", highlight=False, soft_wrap=True)
             with _progress() as bar:
-                task = bar.add_task(f"{escape(prof.name)}: timing", total=profile_steps(model, items))
-                steps = [0, profile_steps(model, items)]
+                steps = [0, profile_steps(model, items)]  # done, planned: read from the table once
+                task = bar.add_task(f"{escape(prof.name)}: timing", total=steps[1])
 
                 def tick(item: Any, cached: bool) -> None:
                     bar.update(task, description=f"{escape(prof.name)}: {'cached' if cached else 'timed'} {item[0]} {item[1]}")
