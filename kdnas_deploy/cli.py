@@ -409,6 +409,7 @@ def search(
     max_mb: Annotated[Optional[float], typer.Option("--max-mb", help="Exclude students whose artifact (at each --hw profile's precision) is larger, in MB.")] = None,
     budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets on the first --hw: ms, an architecture whose latency to match, or a fraction of one, e.g. 5,L3-H384-A12-I1536,L6-H384-A12-I1536/3: each gets its share of the search and one final student.")] = None,
     confirm_rounds: Annotated[int, typer.Option("--confirm-rounds", min=0, help="Rounds that re-time each budget's finalists side by side before the pick (0: by the latency table).")] = _SEARCH_DEFAULTS["confirm_rounds"],
+    latency_margin: Annotated[float, typer.Option("--latency-margin", min=0, max=0.49, help="A budget's final student must time at most 1 - this of its limit in each of two side-by-side sessions (0.03: 3% under, about this class of host's session-to-session spread).")] = _SEARCH_DEFAULTS["latency_margin"],
     machine: Annotated[list[str], typer.Option("--machine", help="Read the latencies another machine measured: its fingerprint id in --table, as `kdnas-deploy profile` printed it there (a deployment target profiled on itself). Never measured from here; finalists picked by the table. Repeatable, one per --hw; allowed with --resume.")] = [],
     seed: SeedOpt = _SEARCH_DEFAULTS["seed"],
     executor: Annotated[str, typer.Option(help="Where an episode's candidates run: local (one after another) or ray (in parallel).")] = "local",
@@ -437,7 +438,7 @@ def search(
             "speedup": speedup, "reward": reward, "calibration": calibration, "final_epochs": final_epochs,
             "final": final, "export": export_final, "max_params": max_params, "max_mb": max_mb,
             "budgets": [b for b in budgets.split(",") if b.strip()] if budgets else None, "confirm_rounds": confirm_rounds,
-            "machines": list(machine) or None,
+            "latency_margin": latency_margin, "machines": list(machine) or None,
         }
         # Only what the user typed overrides --config: a flag given with its default's value is still given. (By the
         # source's name: typer carries its own copy of click, whose ParameterSource is not click's.)
@@ -552,6 +553,57 @@ def _print_card(card: dict[str, Any], folder: Path) -> None:
               + (f" (machine {lat['predicted_machine']})" if lat.get("predicted_machine") else "")
               + (f", measured {measured['median_ms']:.2f} ms (p10 {measured['p10_ms']:.2f}, p90 {measured['p90_ms']:.2f})" if measured else ""),
               highlight=False)
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="Artifact folder or .onnx file: the one that should be no slower.")],
+    b: Annotated[Path, typer.Argument(help="Artifact folder or .onnx file: the reference.")],
+    hw: Annotated[Optional[str], typer.Option("--hw", help="Profile to time both with (default: the artifacts' own, which must agree; needed for .onnx files).")] = None,
+    sessions: Annotated[int, typer.Option(help="Sessions the comparison should hold (a --record's earlier ones count).", min=1)] = 3,
+    every: Annotated[float, typer.Option("--every", help="Minutes from one session's start to the next's: spread them out, a machine's speed drifts over hours.", min=0)] = 0.0,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds per session (A and B once each, fresh ONNX Runtime sessions).", min=1)] = 10,
+    record: Annotated[Optional[Path], typer.Option("--record", help="JSON file keeping every session: run again to resume or add sessions.")] = None,
+    tolerance: Annotated[float, typer.Option(help="A is within the tolerance of B when the one-sided 95% upper bound of A/B is at most this.", min=1.0)] = 1.03,
+    min_sessions: Annotated[int, typer.Option("--min-sessions", help="Sessions a verdict needs.", min=2)] = 6,
+    min_hours: Annotated[float, typer.Option("--min-hours", help="Hours from the first session to the last that a verdict needs.", min=0)] = 2.0,
+    check: Annotated[bool, typer.Option("--check", help="Exit with status 1 unless A is shown within the tolerance.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Is A within X% of B's latency on this machine? Interleaved timing sessions, spread out; the geometric mean of
+    their paired ratios with a one-sided 95% upper bound."""
+    from kdnas_deploy.artifact.runtime import artifact_graph
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.compare import compare_graphs
+
+    (a_file, a_profile), (b_file, b_profile) = artifact_graph(a), artifact_graph(b)
+    if hw is not None:
+        the_profile = load_profile(hw)
+    elif a_profile is None or b_profile is None:
+        raise KdnasError("give --hw: an .onnx file does not say which hardware profile it was built for")
+    elif a_profile.content_hash() != b_profile.content_hash() or a_profile.shape != b_profile.shape:
+        raise KdnasError(f"the artifacts were built for different profiles ({a_profile.name}, {b_profile.name}); "
+                         "give --hw to time both with one")
+    else:
+        the_profile = a_profile
+    with progress_status(console, "comparing") as say:
+        result = compare_graphs(a_file, b_file, the_profile, sessions=sessions, rounds=rounds, every_s=every * 60,
+                                record=record, labels=(str(a), str(b)), status=lambda m: say(escape(m)))
+    summary = result.summary(tolerance, min_sessions, min_hours)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        grid = Table("session", "A ms (fastest round)", "B ms (fastest round)", "A / B (paired)")
+        for i, s in enumerate(result.sessions):
+            grid.add_row(str(i + 1), f"{min(s.a_ms):.2f}", f"{min(s.b_ms):.2f}", f"{s.ratio:.3f}")
+        out.print(grid)
+        mean, upper = summary["geomean_ratio"], summary["upper_95"]
+        out.print(f"A / B on {escape(the_profile.name)}: geometric mean {mean:.3f}"
+                  + (f", one-sided 95% upper bound {upper:.3f}" if upper is not None else "")
+                  + f" over {summary['sessions']} sessions in {summary['span_hours']:.2f} h", highlight=False)
+        out.print(f"within {tolerance:g}x: {summary['verdict']} ({escape(summary['reason'])})", highlight=False)
+    if check and summary["verdict"] != "within":
+        sys.exit(1)
 
 
 @app.command()

@@ -7,7 +7,7 @@ several sessions in a row, keeps every round, and reports per pair and per estim
 - `fastest`: the finalist's fastest round over the reference's fastest round (over its divisor);
 - `paired`: the median over rounds of the finalist's round over the reference's same round (`paired_ratio`);
 each session's ratio, their median and range; the re-test spread, mean |log(ratio in session i / ratio in session
-j)| over all pairs of sessions, which is what `CONFIRM_MARGIN` in kdnas_deploy/search/finals.py must cover for one
+j)| over all pairs of sessions, which is what `LATENCY_MARGIN` in kdnas_deploy/search/finals.py must cover for one
 session's verdict to mean something; and how often one session's verdict (ratio <= 1) disagrees with the verdict
 on all sessions' median.
 
@@ -35,7 +35,7 @@ import numpy as np
 from kdnas_deploy.artifact.runtime import read_card
 from kdnas_deploy.hardware import load_profile
 from kdnas_deploy.latency.timing import fastest, interleaved_rounds, time_graph
-from kdnas_deploy.search.finals import CONFIRM_MARGIN, CONFIRM_ROUNDS, Budget, InterleavedTimer, limit_ratio
+from kdnas_deploy.search.finals import LATENCY_MARGIN, CONFIRM_ROUNDS, Budget, InterleavedTimer, limit_ratio
 from kdnas_deploy.space import StudentArch
 
 #: (reference, divisor, finalist): the MNLI benchmark's borderline finalists beside their budget's reference.
@@ -114,7 +114,7 @@ def replay(report_path: Path, profile_name: str, out: Path) -> None:
     with InterleavedTimer(load_profile(profile_name), progress=lambda m: print(m, flush=True)) as timer:
         choices = choose_finals(candidates, budgets, profile_name, timer)
     lines, rows = [f"Finals of {report_path} re-run on this host ({profile_name}, {CONFIRM_ROUNDS} rounds per session, "
-                   f"CONFIRM_MARGIN {CONFIRM_MARGIN:.0%}), {time.perf_counter() - start:.0f} s", ""], []
+                   f"LATENCY_MARGIN {LATENCY_MARGIN:.0%}), {time.perf_counter() - start:.0f} s", ""], []
     for choice, before in zip(choices, report["choices"]):
         d = choice.to_dict()
         finalists = dict.fromkeys(a for s in d["sessions"] for a in s["measured_ms"] if a != d["reference"])
@@ -162,11 +162,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "finals-margin.json").write_text(json.dumps(
-        {"profile": args.profile, "rounds": rounds, "margin": CONFIRM_MARGIN, "graphs": str(args.artifacts or "random weights"),
+        {"profile": args.profile, "rounds": rounds, "margin": LATENCY_MARGIN, "graphs": str(args.artifacts or "random weights"),
          "sessions_rounds_ms": samples, "rows": rows, "wall_s": time.perf_counter() - start}, indent=1))
     lines = [f"{args.sessions} sessions per round count, {args.profile}, "
              f"{f'artifacts of {args.artifacts}' if args.artifacts else 'random-weight graphs'}; "
-             f"CONFIRM_MARGIN {CONFIRM_MARGIN:.0%}", "",
+             f"LATENCY_MARGIN {LATENCY_MARGIN:.0%}", "",
              "| rounds | estimator | finalist | limit | ratio median | ratio range | re-test | one session disagrees |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rounds:

@@ -93,6 +93,26 @@ def check_card(card: dict[str, Any], folder: Path) -> RuntimeCard:
     return checked
 
 
+def artifact_graph(path: str | Path) -> tuple[Path, Any | None]:
+    """The ONNX file a path means and the hardware profile it was built for: an artifact folder's graph and its
+    card's profile, or a bare .onnx file and None (the caller names the profile)."""
+    from kdnas_deploy.hardware import parse_profile
+
+    path = Path(path)
+    if path.is_dir():
+        card = read_card(path)
+        checked = check_card(card, path)
+        model_file = checked.model_path(path)
+        if not model_file.is_file():
+            raise KdnasError(f"{path}: the card names {checked.file}, which is missing")
+        return model_file, parse_profile(card["profile"]["definition"], str(path / CARD_FILE))
+    if not path.is_file():
+        raise KdnasError(f"{path}: no such artifact folder or ONNX file")
+    if path.suffix != ".onnx":
+        raise KdnasError(f"{path}: expected an artifact folder (from kdnas-deploy export) or an .onnx file")
+    return path, None
+
+
 def _max_positions(folder: Path) -> int | None:
     path = folder / "config.json"
     if not path.is_file():

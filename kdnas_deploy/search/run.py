@@ -12,7 +12,6 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from statistics import median
 from typing import Any, Callable, Literal
 
 from kdnas_deploy.data import DataSource
@@ -21,8 +20,9 @@ from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.model_folder import model_ref, read_info, write_json_atomic, write_text_atomic
 from kdnas_deploy.search.executors import Executor
 from kdnas_deploy.search.episodes import SearchProgress, best_candidate, prediction_quality, run_episodes
-from kdnas_deploy.search.finals import (CONFIRM_ROUNDS, Budget, Choice, InterleavedTimer, budget_references, choose_finals,
-                                       parse_budget, reference_text, resolve_budgets, session_ratios)
+from kdnas_deploy.search.finals import (CONFIRM_ROUNDS, LATENCY_MARGIN, Budget, Choice, InterleavedTimer, assurance,
+                                       budget_references, choose_finals, parse_budget, reference_text, resolve_budgets,
+                                       session_ratios)
 from kdnas_deploy.search.journal import JOURNAL_FILE, Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig
 from kdnas_deploy.search.strategies import STRATEGIES, Allowed, budget_bands, make_strategy
@@ -68,6 +68,8 @@ class SearchSettings:
     budgets: list[float | str] | None = None
     #: Interleaved rounds that re-time each budget's finalists before the pick; 0 picks by the table alone.
     confirm_rounds: int = CONFIRM_ROUNDS
+    #: A final student must time at most (1 - latency_margin) of its budget in each of two side-by-side sessions.
+    latency_margin: float = LATENCY_MARGIN
     #: Fingerprint ids of other machines in the table whose timings the search reads for the profiles they timed
     #: (a deployment target profiled there, a search run here). Their latencies are never measured from here, and
     #: finalists on them are picked by the table, since re-timing them here would time the wrong machine.
@@ -125,6 +127,8 @@ class SearchSettings:
             raise KdnasError(f"--init {self.init!r}: use {', '.join(INITS)}")
         if self.confirm_rounds < 0:
             raise KdnasError(f"--confirm-rounds must be 0 or more, got {self.confirm_rounds}")
+        if not (0 <= self.latency_margin < 0.5):
+            raise KdnasError(f"--latency-margin must be a fraction from 0 to 0.5 (0.03 is 3%), got {self.latency_margin}")
 
 
 def settings_from(flags: dict[str, Any], data: DataSource, config: Path | None = None) -> SearchSettings:
@@ -319,7 +323,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         if confirm_status:
             confirm_status(f"picked by the table: {first}'s latencies are machine {elsewhere[first]}'s, "
                            "and re-timing the finalists here would time this one")
-    choices = chosen_finals(out, candidates, budgets, profiles[0], rounds, confirm_status)
+    choices = chosen_finals(out, candidates, budgets, profiles[0], rounds, confirm_status, settings.latency_margin)
     finals: list[dict[str, Any]] = []
     if settings.final:
         for choice in choices:
@@ -347,14 +351,14 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
 
 
 def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] | None, profile: Any, rounds: int,
-                  status: Callable[[str], None] | None = None) -> list[Choice]:
+                  status: Callable[[str], None] | None = None, margin: float = LATENCY_MARGIN) -> list[Choice]:
     """The student per budget, re-timed side by side unless `rounds` is 0. The choice is kept in choices.json
     for the candidates it was made from, so a resumed run distils what it chose before instead of re-timing
     (and perhaps choosing differently) after a crash between the choice and the distillation."""
     if not budgets:
         return choose_finals(candidates, None, profile.name)
     done = sorted(str(c.arch) for c in candidates if c.status == "done")
-    key = {"candidates": done, "rounds": rounds, "budgets": [asdict(b) for b in budgets]}
+    key = {"candidates": done, "rounds": rounds, "budgets": [asdict(b) for b in budgets], "margin": margin}
     path = out / CHOICES_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -362,7 +366,7 @@ def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] 
             return [Choice.from_dict(c, candidates) for c in saved["choices"]]
     if rounds > 0:
         with InterleavedTimer(profile, rounds, status) as timer:
-            choices = choose_finals(candidates, budgets, profile.name, timer)
+            choices = choose_finals(candidates, budgets, profile.name, timer, margin=margin)
     else:
         choices = choose_finals(candidates, budgets, profile.name)
     write_json_atomic(path, {**key, "choices": [c.to_dict() for c in choices]})
@@ -533,13 +537,14 @@ def choice_text(choice: dict[str, Any]) -> str:
                           for i, s in enumerate(sessions, 1))
     else:
         timed = ", ".join(f"`{a}` {ms:.2f}" for a, ms in measured.items())
-    ratios = session_ratios(sessions, arch)
-    if choice["confirmed"] and len(ratios) > 1:
-        verdict = (f"`{arch}` at {median(ratios):.3f} of the limit, the median of its sessions ("
-                   + ", ".join(f"{r:.3f}" for r in ratios) + ")")
-    elif choice["confirmed"]:
-        # The ratio decides (paired by round against a reference), not the fastest round beside the limit.
-        verdict = f"`{arch}` at {ratios[0]:.3f} of the limit ({measured[arch]:.2f} ms; limit {choice['limit_ms']:.2f} ms)"
+    sure = assurance(choice)
+    if choice["confirmed"] and sure is not None:
+        margin = sure["margin"]
+        verdict = (f"`{arch}` at " + ", ".join(f"{r:.3f}" for r in sure["ratios"]) + " of the limit in its "
+                   + (f"{len(sure['ratios'])} sessions" if len(sure["ratios"]) > 1 else "session")
+                   + (f", each at most {1 - margin:.2f} (margin {margin:.0%})" if margin is not None else "")
+                   + (f"; geometric mean {sure['geomean']:.3f}, one-sided 95% upper bound {sure['upper_95']:.3f}"
+                      if sure["upper_95"] is not None else ""))
     elif choice["limit_ms"] is not None:
         verdict = f"none fits {choice['limit_ms']:.2f} ms when re-timed; `{arch}` kept by the table, unconfirmed"
     else:
