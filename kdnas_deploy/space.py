@@ -120,6 +120,10 @@ def _as_tuple(values: Any, name: str) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+#: FFN sizes of a space derived from a teacher, as multiples of the width: 0.5x to 4x in quarter steps.
+FFN_RATIOS = tuple(0.5 + 0.25 * k for k in range(15))
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """Allowed values per dimension. FFN sizes are multiples of the hidden size (`ffn_ratios`).
@@ -207,7 +211,11 @@ class SearchSpace:
 
         Widths at 1/6 .. 1 of the teacher's (multiples of 32) give a ladder that is dense where
         small students live; heads are the usual powers of two plus 6 and 12 up to the teacher's
-        count; FFN sizes are 1-4x the width (BERT uses 4x, compact students often less).
+        count; FFN sizes are 0.5-4x the width in steps of 0.25x (BERT uses 4x, compact students often less):
+        96 at the 384-wide MiniLM, 64 at width 256. Steps of 1x left few shapes between 3 and 4 layers of full
+        width, so the smallest budgets had one candidate each and their picks used 55-69% of the latency they
+        were given. The finer grid costs no profiling: the layer fit interpolates FFN sizes between the timed
+        corners of each width (`latency.profiler.designed_blocks`).
         """
         widths = {hidden}
         for frac in (1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3):
@@ -219,7 +227,7 @@ class SearchSpace:
             layers=tuple(range(1, layers + 1)),
             hidden=tuple(sorted(widths)),
             heads=tuple(sorted(head_opts)),
-            ffn_ratios=(1.0, 2.0, 3.0, 4.0),
+            ffn_ratios=FFN_RATIOS,
             min_head_size=min_head_size,
             name=name or f"teacher-L{layers}-H{hidden}-A{heads}",
         )

@@ -46,11 +46,14 @@ def test_default_space_is_bert_base_sized_and_valid():
     assert space.layers == tuple(range(1, 13))
     assert space.hidden == (128, 192, 256, 384, 512, 768)
     assert max(space.heads) == 12
-    assert len(space.blocks()) == 96
-    assert len(space) == 12 * 96
+    assert len(space.blocks()) == 24 * 15  # 24 (width, heads) pairs, 15 FFN sizes each
+    assert len(space) == 12 * 24 * 15
     for h, a, i in space.blocks():
         assert h % a == 0 and h // a >= space.min_head_size
-        assert i % h == 0 and 1 <= i // h <= 4
+        assert 4 * i % h == 0 and 0.5 <= i / h <= 4
+    # Steps of FFN size at the widths where small students live: 96 at 384, 64 at 256.
+    assert sorted({i for h, _, i in space.blocks() if h == 384})[:3] == [192, 288, 384]
+    assert sorted({i for h, _, i in space.blocks() if h == 256})[:3] == [128, 192, 256]
     # BERT-base itself and MiniLM-L6 are candidates; TinyBERT-4 (312 wide) is not, and says why.
     assert REFERENCE_ARCHS[0] in space and REFERENCE_ARCHS[1] in space
     assert "hidden size 312" in space.why_not(REFERENCE_ARCHS[2])
