@@ -409,6 +409,8 @@ def search(
     max_mb: Annotated[Optional[float], typer.Option("--max-mb", help="Exclude students whose artifact (at each --hw profile's precision) is larger, in MB.")] = None,
     budgets: Annotated[Optional[str], typer.Option("--budgets", help="Latency budgets on the first --hw: ms, an architecture whose latency to match, or a fraction of one, e.g. 5,L3-H384-A12-I1536,L6-H384-A12-I1536/3: each gets its share of the search and one final student.")] = None,
     confirm_rounds: Annotated[int, typer.Option("--confirm-rounds", min=0, help="Rounds that re-time each budget's finalists side by side before the pick (0: by the latency table).")] = _SEARCH_DEFAULTS["confirm_rounds"],
+    halving_top: Annotated[int, typer.Option("--halving-top", min=1, help="Per budget, the best confirmed fits that successive halving distils again on more rows before the pick (1: the search's proxy score decides).")] = _SEARCH_DEFAULTS["halving_top"],
+    halving_rungs: Annotated[int, typer.Option("--halving-rungs", min=0, help="Halving rungs: each doubles the proxy's training and held-out rows and keeps the better half.")] = _SEARCH_DEFAULTS["halving_rungs"],
     latency_margin: Annotated[float, typer.Option("--latency-margin", min=0, max=0.49, help="A budget's final student must time at most 1 - this of its limit in each of two side-by-side sessions (0.03: 3% under, about this class of host's session-to-session spread).")] = _SEARCH_DEFAULTS["latency_margin"],
     machine: Annotated[list[str], typer.Option("--machine", help="Read the latencies another machine measured: its fingerprint id in --table, as `kdnas-deploy profile` printed it there (a deployment target profiled on itself). Never measured from here; finalists picked by the table. Repeatable, one per --hw; allowed with --resume.")] = [],
     seed: SeedOpt = _SEARCH_DEFAULTS["seed"],
@@ -438,7 +440,8 @@ def search(
             "speedup": speedup, "reward": reward, "calibration": calibration, "final_epochs": final_epochs,
             "final": final, "export": export_final, "max_params": max_params, "max_mb": max_mb,
             "budgets": [b for b in budgets.split(",") if b.strip()] if budgets else None, "confirm_rounds": confirm_rounds,
-            "latency_margin": latency_margin, "machines": list(machine) or None,
+            "latency_margin": latency_margin, "halving_top": halving_top, "halving_rungs": halving_rungs,
+            "machines": list(machine) or None,
         }
         # Only what the user typed overrides --config: a flag given with its default's value is still given. (By the
         # source's name: typer carries its own copy of click, whose ParameterSource is not click's.)
@@ -455,6 +458,7 @@ def search(
         out.print(f"{plan['candidates']} candidates x {settings.proxy} proxy rows x {settings.proxy_epochs} epochs; "
                   f"one distillation step of {plan['step_measured_on']} measured at {plan['measured_step_s']:.3f} s")
         out.print(f"estimate: latency table {est['latency_table'] / 60:.0f} min, proxy distillation {est['proxy_distillation'] / 60:.0f} min, "
+                  f"successive halving {est['successive_halving'] / 60:.0f} min (at most), "
                   f"final distillation {est['final_distillation'] / 60:.0f} min", highlight=False)
         return
     writable_dir(out_dir, "--out")

@@ -42,8 +42,16 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     assert [c["arch"] for c in report["choices"]] == [f["arch"] for f in report["finals"]]
     assert "as fast as `L2-H64-A4-I128`" in (run / "report.md").read_text()
     chosen_at = (run / "choices.json").stat().st_mtime_ns
-    winner = max((c for c in report["candidates"]), key=lambda c: c["score"])["arch"]
-    assert roomy["budget_ms"] == 1000 and roomy["arch"] == winner
+    # Successive halving decides the roomy budget between its 4 fits (best proxy score first): 2x the proxy's rows
+    # for all 4, then 4x for the better 2; the best of the last rung wins.
+    by_score = sorted(report["candidates"], key=lambda c: -c["score"])
+    assert roomy["fits"] == [c["arch"] for c in by_score]
+    rungs = roomy["halving"]["rungs"]
+    assert [(r["proxy"], r["held_out"], len(r["scores"])) for r in rungs] == [(200, 200, 4), (400, 400, 2)]
+    assert list(rungs[1]["scores"]) == rungs[0]["kept"] and "gap_se_points" in rungs[1]  # SST-2 scores accuracy
+    winner = max(rungs[1]["scores"], key=rungs[1]["scores"].get)
+    assert roomy["budget_ms"] == 1000 and roomy["arch"] == winner == roomy["halving"]["winner"]
+    assert "Successive halving over 4 fits" in (run / "report.md").read_text()
     info = read_info(run / "students" / winner)
     assert info is not None and info.arch == winner and roomy["dev"] == info.metrics["dev"]
     settings = json.loads((run / "run.json").read_text())

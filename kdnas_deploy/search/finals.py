@@ -139,18 +139,24 @@ class Choice:
     sessions: list[dict[str, Any]] = field(default_factory=list)
     #: The margin under its limit the choice was held to in every session.
     margin: float | None = None
+    #: The confirmed fits successive halving decided between, best proxy score first (the choice alone without it).
+    fits: list[str] = field(default_factory=list)
+    #: Successive halving's rungs and winner (`search.halving.HalvingResult.to_dict`), None where it did not run.
+    halving: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget_ms": self.budget.ms, "reference": self.budget.reference, "divisor": self.budget.divisor,
                 "arch": str(self.candidate.arch) if self.candidate else None, "measured_ms": self.measured_ms,
-                "limit_ms": self.limit_ms, "confirmed": self.confirmed, "sessions": self.sessions, "margin": self.margin}
+                "limit_ms": self.limit_ms, "confirmed": self.confirmed, "sessions": self.sessions, "margin": self.margin,
+                "fits": self.fits, "halving": self.halving}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], candidates: Sequence[Candidate]) -> Choice:
         """A saved choice, its architecture looked up among `candidates`."""
         by_arch = {str(c.arch): c for c in candidates}
         return cls(Budget(d["budget_ms"], d["reference"], d["divisor"]), by_arch.get(d["arch"]) if d["arch"] else None,
-                   dict(d["measured_ms"]), d["limit_ms"], d["confirmed"], list(d.get("sessions", [])), d.get("margin"))
+                   dict(d["measured_ms"]), d["limit_ms"], d["confirmed"], list(d.get("sessions", [])), d.get("margin"),
+                   list(d.get("fits", [])), d.get("halving"))
 
 
 def _done(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -205,20 +211,22 @@ def assurance(choice: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | None, profile: str,
                   timer: Timer | None = None, top: int = CONFIRM_TOP, batches: int = CONFIRM_BATCHES,
-                  margin: float = LATENCY_MARGIN) -> list[Choice]:
+                  margin: float = LATENCY_MARGIN, keep: int = 1) -> list[Choice]:
     """Without budgets: the best reward. With budgets: per budget, the best proxy score within it, by re-timed
-    latency when there is a `timer`, else by the table."""
+    latency when there is a `timer`, else by the table. With `keep` > 1 each budget's `keep` best that fit are
+    confirmed (`Choice.fits`, best proxy score first), for successive halving to decide between."""
     if not budgets:
         best = best_candidate(list(candidates))
         return [Choice(Budget(0.0), best)] if best is not None else []
     ranked = {b: ranked_within(candidates, b, profile) for b in budgets}
     by_table = {b: next((c for c in ranked[b] if c.latency[profile] <= b.ms), None) for b in budgets}
     if timer is None:
-        return [Choice(b, by_table[b]) for b in budgets]
+        return [Choice(b, by_table[b], fits=[str(c.arch) for c in ranked[b] if c.latency[profile] <= b.ms][:keep])
+                for b in budgets]
     sessions: dict[Budget, list[dict[str, Any]]] = {b: [] for b in budgets}
     timed: dict[Budget, list[Candidate]] = {b: [] for b in budgets}  # a prefix of the ranking
     limits: dict[Budget, float] = {}
-    chosen: dict[Budget, Candidate] = {}
+    chosen: dict[Budget, list[Candidate]] = {b: [] for b in budgets}
 
     def verdicts(b: Budget, final: bool) -> list[str | None]:
         return [_verdict(session_ratios(sessions[b], str(c.arch)), margin, final) for c in timed[b]]
@@ -229,7 +237,7 @@ def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | N
         final = batch == batches
         todo: dict[Budget, list[Candidate]] = {}
         for b in budgets:
-            if b in chosen:
+            if len(chosen[b]) >= keep:
                 continue
             # Finalists that passed so far are timed once more, beside the next batch.
             pending = [c for c, v in zip(timed[b], verdicts(b, False)) if v is None]
@@ -250,18 +258,20 @@ def choose_finals(candidates: Sequence[Candidate], budgets: Sequence[Budget] | N
             sessions[b].append({"limit_ms": limits[b], "measured_ms": {
                 **({b.reference: ms[b.reference]} if b.reference else {}), **{str(c.arch): ms[str(c.arch)] for c in cs}},
                 "ratios": {str(c.arch): limit_ratio(b, rounds, str(c.arch)) for c in cs}})
-            # The best-ranked finalist not yet ruled out decides: a fit is chosen; an undecided one waits for the
-            # next session, since a finalist ranked below it must not win by being timed later.
+            # Fits are taken in ranking order up to the first undecided finalist, which waits for the next session:
+            # a finalist ranked below it must not win by being timed later.
+            fits = []
             for c, v in zip(timed[b], verdicts(b, final)):
-                if v == "fit":
-                    chosen[b] = c
-                if v != "miss":
+                if v is None:
                     break
+                if v == "fit":
+                    fits.append(c)
+            chosen[b] = fits[:keep]
     # Every finalist's median, the reference's from the last session (whose limit `limit_ms` is).
     measured = {b: {a: v for sess in sessions[b] for a, v in sess["measured_ms"].items()} for b in budgets}
     # Nothing re-timed fits: keep the table's pick, marked unconfirmed, rather than no student.
-    return [Choice(b, chosen.get(b, by_table[b]), measured[b], limits.get(b), b in chosen, sessions[b], margin)
-            for b in budgets]
+    return [Choice(b, chosen[b][0] if chosen[b] else by_table[b], measured[b], limits.get(b), bool(chosen[b]),
+                   sessions[b], margin, [str(c.arch) for c in chosen[b]]) for b in budgets]
 
 
 class InterleavedTimer:

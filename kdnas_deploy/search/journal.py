@@ -32,6 +32,13 @@ CREATE TABLE IF NOT EXISTS candidates (
     wall_s REAL, error TEXT,
     created REAL NOT NULL, finished REAL
 );
+CREATE TABLE IF NOT EXISTS rungs (
+    arch TEXT NOT NULL,
+    rung TEXT NOT NULL,
+    score REAL, metrics TEXT, wall_s REAL, error TEXT,
+    finished REAL NOT NULL,
+    PRIMARY KEY (arch, rung)
+);
 """
 
 
@@ -108,6 +115,18 @@ class Journal:
                                (status,) if status else ()).fetchall()
         return [Candidate(StudentArch.parse(r[0]), r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8],
                           json.loads(r[9]) if r[9] else None, r[10], r[11]) for r in rows]
+
+    def record_rung(self, arch: StudentArch, rung: str, score: float | None, metrics: dict[str, Any], wall_s: float,
+                    error: str | None = None) -> None:
+        """A successive-halving rung's result for `arch` (`rung` names its rows, held-out slice and recipe)."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO rungs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (str(arch), rung, score, json.dumps(metrics), wall_s, error, time.time()))
+
+    def rung_results(self, rung: str) -> dict[StudentArch, tuple[float | None, dict[str, Any], str | None]]:
+        """Every recorded result of one rung: {arch: (score or None, metrics, error)}."""
+        rows = self.db.execute("SELECT arch, score, metrics, error FROM rungs WHERE rung=?", (rung,)).fetchall()
+        return {StudentArch.parse(r[0]): (r[1], json.loads(r[2]) if r[2] else {}, r[3]) for r in rows}
 
     def last_episode(self) -> int:
         """The highest episode with every candidate finished (0 when none)."""

@@ -23,6 +23,7 @@ from kdnas_deploy.search.episodes import SearchProgress, best_candidate, predict
 from kdnas_deploy.search.finals import (CONFIRM_ROUNDS, LATENCY_MARGIN, Budget, Choice, InterleavedTimer, assurance,
                                        budget_references, choose_finals, parse_budget, reference_text, resolve_budgets,
                                        session_ratios)
+from kdnas_deploy.search.halving import HALVING_RUNGS, HALVING_TOP, plan_rungs, rung_rows, successive_halving
 from kdnas_deploy.search.journal import JOURNAL_FILE, Candidate, Journal
 from kdnas_deploy.search.reward import RewardConfig
 from kdnas_deploy.search.strategies import STRATEGIES, Allowed, budget_bands, make_strategy
@@ -70,6 +71,11 @@ class SearchSettings:
     confirm_rounds: int = CONFIRM_ROUNDS
     #: A final student must time at most (1 - latency_margin) of its budget in each of two side-by-side sessions.
     latency_margin: float = LATENCY_MARGIN
+    #: Successive halving before each budget's pick: its `halving_top` best confirmed fits are distilled again on
+    #: 2x, then the best half on 4x the proxy's rows (`halving_rungs` rungs), each scored on as many times the
+    #: held-out rows. 1 (or 0 rungs) picks the best proxy score as the search ranked it.
+    halving_top: int = HALVING_TOP
+    halving_rungs: int = HALVING_RUNGS
     #: Fingerprint ids of other machines in the table whose timings the search reads for the profiles they timed
     #: (a deployment target profiled there, a search run here). Their latencies are never measured from here, and
     #: finalists on them are picked by the table, since re-timing them here would time the wrong machine.
@@ -127,6 +133,9 @@ class SearchSettings:
             raise KdnasError(f"--init {self.init!r}: use {', '.join(INITS)}")
         if self.confirm_rounds < 0:
             raise KdnasError(f"--confirm-rounds must be 0 or more, got {self.confirm_rounds}")
+        if self.halving_top < 1 or self.halving_rungs < 0:
+            raise KdnasError(f"--halving-top must be at least 1 and --halving-rungs 0 or more, got {self.halving_top} and "
+                             f"{self.halving_rungs}")
         if not (0 <= self.latency_margin < 0.5):
             raise KdnasError(f"--latency-margin must be a fraction from 0 to 0.5 (0.03 is 3%), got {self.latency_margin}")
 
@@ -323,7 +332,29 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         if confirm_status:
             confirm_status(f"picked by the table: {first}'s latencies are machine {elsewhere[first]}'s, "
                            "and re-timing the finalists here would time this one")
-    choices = chosen_finals(out, candidates, budgets, profiles[0], rounds, confirm_status, settings.latency_margin)
+    halving = bool(budgets) and settings.halving_top > 1 and settings.halving_rungs > 0
+    choices = chosen_finals(out, candidates, budgets, profiles[0], rounds, confirm_status, settings.latency_margin,
+                            keep=settings.halving_top if halving else 1)
+    if halving:
+        rungs = plan_rungs(settings.proxy, len(evaluate.split.held_out_rows), len(prepared.encoded.train),
+                           settings.halving_top, settings.halving_rungs)
+        recipe = f"init-{settings.init}/epochs{settings.proxy_epochs}/seed{settings.seed}/len{settings.max_length}"
+
+        def evaluate_for(rung: Any) -> Any:
+            return ProxyEvaluator.from_prepared(teacher, prepared, rung.proxy, rung.held_out,
+                                                init=settings.init,  # type: ignore[arg-type]
+                                                train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
+
+        by_arch = {str(c.arch): c for c in candidates}
+        with Journal(out / JOURNAL_FILE) as journal:
+            for choice in choices:
+                if len(choice.fits) < 2:
+                    continue
+                result = successive_halving([by_arch[a].arch for a in choice.fits], rungs, evaluate_for, journal,
+                                            recipe, executor, status=confirm_status)
+                choice.halving = result.to_dict()
+                if result.winner is not None:
+                    choice.candidate = by_arch[result.winner]
     finals: list[dict[str, Any]] = []
     if settings.final:
         for choice in choices:
@@ -351,14 +382,16 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
 
 
 def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] | None, profile: Any, rounds: int,
-                  status: Callable[[str], None] | None = None, margin: float = LATENCY_MARGIN) -> list[Choice]:
+                  status: Callable[[str], None] | None = None, margin: float = LATENCY_MARGIN,
+                  keep: int = 1) -> list[Choice]:
     """The student per budget, re-timed side by side unless `rounds` is 0. The choice is kept in choices.json
     for the candidates it was made from, so a resumed run distils what it chose before instead of re-timing
     (and perhaps choosing differently) after a crash between the choice and the distillation."""
     if not budgets:
         return choose_finals(candidates, None, profile.name)
     done = sorted(str(c.arch) for c in candidates if c.status == "done")
-    key = {"candidates": done, "rounds": rounds, "budgets": [asdict(b) for b in budgets], "margin": margin}
+    key = {"candidates": done, "rounds": rounds, "budgets": [asdict(b) for b in budgets], "margin": margin,
+           "keep": keep}
     path = out / CHOICES_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -366,9 +399,9 @@ def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] 
             return [Choice.from_dict(c, candidates) for c in saved["choices"]]
     if rounds > 0:
         with InterleavedTimer(profile, rounds, status) as timer:
-            choices = choose_finals(candidates, budgets, profile.name, timer, margin=margin)
+            choices = choose_finals(candidates, budgets, profile.name, timer, margin=margin, keep=keep)
     else:
-        choices = choose_finals(candidates, budgets, profile.name)
+        choices = choose_finals(candidates, budgets, profile.name, keep=keep)
     write_json_atomic(path, {**key, "choices": [c.to_dict() for c in choices]})
     return choices
 
@@ -379,7 +412,7 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
     import math
     import time
 
-    from kdnas_deploy.distill.api import distill_student, prepare
+    from kdnas_deploy.distill.api import distill_student, prepare, proxy_split
     from kdnas_deploy.distill.objective import DistillConfig
     from kdnas_deploy.distill.teacher_cache import TeacherCache
     from kdnas_deploy.distill.trainer import TrainConfig, TrainProgress
@@ -420,12 +453,18 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
     step_s = seconds[len(seconds) // 2] if seconds else 0.0
     proxy_steps = settings.episodes * settings.top_k * math.ceil(settings.proxy / config.batch_size) * settings.proxy_epochs
     finals = len(settings.budgets) if settings.budgets else 1
+    halving_steps = 0
+    if settings.budgets and settings.halving_top > 1 and settings.halving_rungs > 0:
+        held = len(proxy_split(prepared, settings.proxy, settings.held_out, settings.seed).held_out_rows)
+        rungs = plan_rungs(settings.proxy, held, len(prepared.encoded.train), settings.halving_top, settings.halving_rungs)
+        halving_steps = math.ceil(rung_rows(rungs, finals, settings.halving_top) / config.batch_size) * settings.proxy_epochs
     final_steps = (finals * math.ceil(len(prepared.encoded.train) / config.batch_size) * settings.final_epochs) if settings.final else 0
     return {
         "space": {"name": r.space.name, "architectures": len(r.space)},
         "teacher": str(r.teacher_arch),
         "table_coverage": {name: {"have": have, "need": need} for name, (have, need) in coverage.items()},
         "estimate_s": {"latency_table": round(table_s), "proxy_distillation": round(proxy_steps * step_s),
+                       "successive_halving": round(halving_steps * step_s),
                        "final_distillation": round(final_steps * step_s)},
         "measured_step_s": round(step_s, 3), "step_measured_on": str(probe),
         "candidates": settings.episodes * settings.top_k, "training_rows": len(prepared.encoded.train),
@@ -549,7 +588,22 @@ def choice_text(choice: dict[str, Any]) -> str:
         verdict = f"none fits {choice['limit_ms']:.2f} ms when re-timed; `{arch}` kept by the table, unconfirmed"
     else:
         verdict = f"`{arch}` (nothing near the budget to re-time)"
-    return f"{timed}; chose {verdict}"
+    return f"{timed}; chose {verdict}" + halving_text(choice)
+
+
+def halving_text(choice: dict[str, Any]) -> str:
+    """What successive halving decided for a budget (a Choice's dict), or "" where it did not run."""
+    halving = choice.get("halving")
+    if not halving or not halving.get("rungs"):
+        return ""
+    parts = []
+    for r in halving["rungs"]:
+        scores = ", ".join(f"`{a}` {s:.4f}" if s is not None else f"`{a}` failed" for a, s in r["scores"].items())
+        gap = ""
+        if "gap_points" in r:
+            gap = f"; gap {r['gap_points']:.2f} points" + (f", standard error {r['gap_se_points']:.2f}" if "gap_se_points" in r else "")
+        parts.append(f"rung {r['rung']} ({r['proxy']} rows, {r['held_out']} held out): {scores}{gap}")
+    return f". Successive halving over {len(choice.get('fits') or [])} fits: " + "; ".join(parts) + f"; won by `{halving['winner']}`"
 
 
 def regenerate_report(run_dir: Path) -> dict[str, Any]:
