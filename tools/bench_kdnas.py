@@ -1338,7 +1338,7 @@ def main() -> None:
                     help="how every student (search candidates, finals, proxy runs) starts from the teacher: the first "
                          "units of its mapped layers, or the most important ones (kdnas-deploy distill --init). Default: "
                          "what the work folder's or record's finished students were made with, else kdnas-deploy's default")
-    ap.add_argument("--docs", type=Path, default=REPO / "docs", help="where benchmarks.md and the plots go")
+    ap.add_argument("--docs", type=Path, default=REPO / "docs" / "first-run", help="where benchmarks.md and the plots go")
     ap.add_argument("--record", default=None,
                     help="where the small files that let a later session resume are kept (default DOCS/"
                          f"{RECORD_DIR}; 'none': nowhere)")
