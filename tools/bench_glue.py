@@ -61,11 +61,11 @@ def load_plan(path: Path = PLAN) -> dict[str, Any]:
         return tomllib.load(f)
 
 
-def plan_commit(path: Path = PLAN) -> str | None:
-    """The commit that added the plan: the page names it, so a reader can check it predates the results."""
-    out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%h", "--", str(path)], cwd=REPO,
-                         capture_output=True, text=True)
-    return out.stdout.split()[-1] if out.returncode == 0 and out.stdout.split() else None
+def plan_commits(path: Path = PLAN) -> list[str]:
+    """The commits that touched the plan, oldest first: the page names them, so a reader can check that every one
+    predates the results."""
+    out = subprocess.run(["git", "log", "--format=%h", "--", str(path)], cwd=REPO, capture_output=True, text=True)
+    return list(reversed(out.stdout.split())) if out.returncode == 0 else []
 
 
 @dataclass
@@ -526,7 +526,9 @@ def task_results(bench: Bench, task: Task) -> dict[str, Any]:
 def scoreboard(bench: Bench, results: dict[str, Any]) -> str:
     """The table docs/benchmarks.md opens with."""
     plan = bench.plan
-    commit = plan_commit() or "(uncommitted)"
+    commits = plan_commits()
+    commit = (f"`{commits[0]}`" + (f", amended in {', '.join(f'`{c}`' for c in commits[1:])}" if len(commits) > 1 else "")
+              if commits else "(uncommitted)")
     rows = []
     for name, r in results.items():
         for p in r.get("pairs", []):
@@ -553,7 +555,7 @@ def scoreboard(bench: Bench, results: dict[str, Any]) -> str:
     lines = ["| target | rule | measured | verdict |", "|---|---|---|---|"]
     lines += [f"| {t} | {rule} | {v} | {verdict} |" for t, rule, v, verdict in rows] or ["| (no results yet) | | | pending |"]
     return "\n".join([f"Plan: [benchmarks/glue/plan.toml](../benchmarks/glue/plan.toml) (version {plan['version']}, "
-                      f"rules {plan['rule_versions']}), committed in `{commit}` before any result.", "", *lines])
+                      f"rules {plan['rule_versions']}), committed in {commit}, before any result.", "", *lines])
 
 
 def details(results: dict[str, Any]) -> str:
