@@ -86,9 +86,11 @@ class Task:
     def teacher(self) -> Path:
         return self.out / "teacher"
 
+    record_root: Path = RECORD
+
     @property
     def record(self) -> Path:
-        return RECORD / self.name
+        return self.record_root / self.name
 
 
 class Bench:
@@ -623,6 +625,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench-out/glue"))
     ap.add_argument("--tasks", default=None, help="comma-separated (default: the plan's, primary first)")
     ap.add_argument("--until", choices=STAGES, default="report")
+    ap.add_argument("--record", type=Path, default=RECORD, help="where small finished results are kept for resuming")
     ap.add_argument("--page", type=lambda v: Path(v) if v else None, default=REPO / "docs" / "benchmarks.md",
                     help="the page whose scoreboard block is rewritten (empty: none)")
     args = ap.parse_args()
@@ -632,7 +635,7 @@ def main() -> None:
     unknown = [n for n in names if n not in plan["tasks"]]
     if unknown:
         sys.exit(f"unknown task(s) {', '.join(unknown)}: the plan has {', '.join(plan['tasks'])}")
-    tasks = [Task(n, plan["tasks"][n], args.work) for n in names]
+    tasks = [Task(n, plan["tasks"][n], args.work, args.record) for n in names]
     last = STAGES.index(args.until)
     for task in tasks:
         task.out.mkdir(parents=True, exist_ok=True)
