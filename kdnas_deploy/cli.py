@@ -21,7 +21,7 @@ from kdnas_deploy.cli_progress import make_progress, status as progress_status
 from kdnas_deploy.distill import DEFAULT_INIT, INIT_DESCRIPTIONS, INITS, LENGTH_BUCKETS
 from kdnas_deploy.errors import KdnasError, first_line
 from kdnas_deploy.files import writable_dir
-from kdnas_deploy.search.run import SearchSettings
+from kdnas_deploy.search.settings import SearchSettings
 
 app = typer.Typer(
     name="kdnas-deploy",
@@ -426,7 +426,9 @@ def search(
     _quiet_libraries()
     from kdnas_deploy.search.executors import make_executor
     from kdnas_deploy.search.finals import reference_text
-    from kdnas_deploy.search.run import dry_run as plan_search, load_settings, run_search, settings_from
+    from kdnas_deploy.pipeline import run_pipeline
+    from kdnas_deploy.search import dry_run as dry_run_module
+    from kdnas_deploy.search.settings import load_settings, settings_from
 
     if resume:
         settings = load_settings(out_dir)
@@ -450,7 +452,7 @@ def search(
                  if getattr(ctx.get_parameter_source(param.get(k, k)), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
         settings = settings_from(flags, _source(task, data_dir, train_file, dev_file, text_columns, label_column), config)
     if dry_run:
-        plan = plan_search(settings)
+        plan = dry_run_module.dry_run(settings)
         est = plan["estimate_s"]
         out.print(f"space {plan['space']['name']}: {plan['space']['architectures']} architectures; teacher {plan['teacher']}")
         for name, cov in plan["table_coverage"].items():
@@ -481,7 +483,7 @@ def search(
         timing.update(timing_task, completed=timing_steps[0], total=timing_steps[1] or None)
 
     try:
-        report = run_search(settings, out_dir, resume=resume, progress=bar, latency_progress=timed, latency_steps=timing_step,
+        report = run_pipeline(settings, out_dir, resume=resume, progress=bar, latency_progress=timed, latency_steps=timing_step,
                             final_progress=_BarProgress("final distillation", before=bar.bar), executor=runner,
                             export_status=lambda msg: console.print(f"export: {escape(msg)}", highlight=False),
                             confirm_status=lambda msg: console.print(f"finalists: {escape(msg)}", highlight=False))
@@ -505,7 +507,7 @@ def search(
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A search run directory.")]) -> None:
     """Regenerate a search run's report from its journal."""
-    from kdnas_deploy.search.run import regenerate_report
+    from kdnas_deploy.search.report import regenerate_report
 
     result = regenerate_report(run_dir)
     out.print(f"{len(result['candidates'])} candidates, best {result['best']}: {escape(str(run_dir / 'report.md'))}")

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from kdnas_deploy.batching import MODEL_INPUTS, pad_rows
 from kdnas_deploy.data import TaskData
 from kdnas_deploy.paths import cache_dir
 
 #: Bump when the encoded columns change, so old cache entries are not read.
 ENCODING_VERSION = 1
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 #: Batch key of the rows' indices in the training set (kept on the host): added for an objective that looks its rows
 #: up, such as one reading the teacher's cached outputs.
 ROW_IDS = "row_ids"
@@ -100,13 +98,8 @@ def _write_cache(folder: Path, splits: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def collate(rows: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pads a list of encoded rows to the longest one; labels become a tensor of the right dtype."""
-    width = max(len(r["input_ids"]) for r in rows)
-    batch: dict[str, torch.Tensor] = {}
-    for key in MODEL_INPUTS:
-        fill = pad_token_id if key == "input_ids" else 0
-        batch[key] = torch.tensor([list(r[key]) + [fill] * (width - len(r[key])) for r in rows], dtype=torch.long)
-    labels = [r["labels"] for r in rows]
-    batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
-    return batch
+def collate(rows: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
+    """Pads a list of encoded rows to the longest one, as torch tensors (`batching.pad_rows` for numpy)."""
+    import torch  # here, so that encoding and the data layer import without torch
+
+    return {k: torch.from_numpy(v) for k, v in pad_rows(rows, pad_token_id).items()}

@@ -551,7 +551,7 @@ def test_an_artifacts_dev_predictions_reproduce_its_cards_score_or_the_tool_stop
 
     from kdnas_deploy.artifact.runtime import read_card
     from kdnas_deploy.data import DataSource
-    from kdnas_deploy.distill.api import prepare, source_from_teacher
+    from kdnas_deploy.prepare import prepare, source_from_teacher
 
     labels = bench.artifact_dev_predictions(student_dir, int8_artifact, threads=1)
     card = read_card(int8_artifact)

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from conftest import cli, cli_here
 from kdnas_deploy.data import DataSource
-from kdnas_deploy.distill.api import distill, evaluate_folder, prepare, proxy_split
+from kdnas_deploy.distill.api import distill, evaluate_folder
+from kdnas_deploy.prepare import prepare, proxy_split
 from kdnas_deploy.distill.trainer import TrainConfig
 from kdnas_deploy.encode import encode
 from kdnas_deploy.errors import KdnasError

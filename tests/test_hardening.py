@@ -281,7 +281,7 @@ def test_a_bug_of_ours_is_one_line_too(monkeypatch, capsys) -> None:
 # --- a flag given equal to its default still overrides --config ----------------------------------------------------
 
 def test_a_flag_equal_to_its_default_overrides_the_config(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    import kdnas_deploy.search.run as run
+    import kdnas_deploy.search.dry_run as run
 
     seen = {}
     config = tmp_path / "s.toml"

@@ -16,7 +16,7 @@ from kdnas_deploy.distill.api import distill
 from kdnas_deploy.distill.ranking import importance_rows, rank_teacher, unit_importance
 from kdnas_deploy.distill.student import build_student
 from kdnas_deploy.distill.trainer import TrainConfig
-from kdnas_deploy.search.run import SearchSettings, load_settings
+from kdnas_deploy.search.settings import SearchSettings, load_settings
 from kdnas_deploy.errors import KdnasError
 from kdnas_deploy.space import StudentArch
 from test_student import _inputs, tiny_teacher

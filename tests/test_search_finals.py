@@ -90,7 +90,7 @@ def test_a_batch_where_nothing_fits_sends_the_next_ones_to_be_timed() -> None:
     # Each session with the limit its finalists were held to: the reference is re-timed in every one.
     assert [s["limit_ms"] for s in choice.sessions] == [8.0, 8.0, 8.0]
     assert choice.sessions[1]["measured_ms"] == {ref: 8.0, "L4-H256-A4-I1024": 10.2, "L2-H384-A12-I1536": 5.5}
-    from kdnas_deploy.search.run import choice_text
+    from kdnas_deploy.search.report import choice_text
 
     text = choice_text(choice.to_dict())
     assert "session 1 (limit 8.00 ms): `L4-H312-A12-I1200` 8.00, `L4-H384-A12-I1152` 11.00" in text
@@ -185,6 +185,6 @@ def test_interleaved_timer_times_real_graphs_and_leaves_nothing_behind(fast_prof
 
 
 def test_a_reports_candidates_read_back_as_the_journal_gave_them() -> None:
-    from kdnas_deploy.search.run import _journal_part, report_candidates
+    from kdnas_deploy.search.report import _journal_part, report_candidates
 
     assert report_candidates(_journal_part(CANDIDATES)) == CANDIDATES

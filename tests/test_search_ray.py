@@ -92,7 +92,7 @@ def test_real_proxy_distillation_on_ray_matches_in_process(ray_executor: RayExec
     import torch
 
     from kdnas_deploy.data import DataSource
-    from kdnas_deploy.distill.api import prepare
+    from kdnas_deploy.prepare import prepare
     from kdnas_deploy.distill.trainer import TrainConfig
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.search.evaluator import ProxyEvaluator

@@ -135,7 +135,7 @@ def test_max_mb_and_max_params_use_the_teachers_shape_and_every_profile() -> Non
 
     from kdnas_deploy.hardware import load_profile
     from kdnas_deploy.latency.graph import artifact_megabytes
-    from kdnas_deploy.search.run import SearchSettings, deployment_limits
+    from kdnas_deploy.search.settings import SearchSettings, deployment_limits
 
     teacher = BertConfig(vocab_size=8000, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                          intermediate_size=1536, num_labels=3)

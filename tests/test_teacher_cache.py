@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from kdnas_deploy.data import DataSource
-from kdnas_deploy.distill.api import distill_student, prepare, proxy_split
+from kdnas_deploy.distill.api import distill_student
+from kdnas_deploy.prepare import prepare, proxy_split
 from kdnas_deploy.distill.objective import DistillConfig, DistillationObjective
 from kdnas_deploy.distill.student import build_student
 from kdnas_deploy.distill.teacher_cache import TeacherCache

@@ -103,7 +103,7 @@ class ArtifactTimer:
 
 def replay(report_path: Path, profile_name: str, out: Path) -> None:
     from kdnas_deploy.search.finals import Choice, choose_finals, session_ratios
-    from kdnas_deploy.search.run import choice_text, report_candidates
+    from kdnas_deploy.search.report import choice_text, report_candidates
 
     report = json.loads(report_path.read_text())
     if "candidates" not in report:  # a benchmark record's copy: {"search-x/report.json": {"text": ...}}

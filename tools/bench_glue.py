@@ -195,11 +195,11 @@ def pool_members(bench: Bench, task: Task) -> tuple[dict[str, list[str]], dict[s
     """{hand-crafted budget: its pool's architectures}, every pool member's table latency, and the search settings."""
     from kdnas_deploy.latency.table import LatencyTable
     from kdnas_deploy.search.latency import LatencyOracle
-    from kdnas_deploy.search.run import _resolve, load_settings
+    from kdnas_deploy.search.settings import load_settings, resolve
     from kdnas_deploy.space import StudentArch
 
     settings = load_settings(search_dir(task, "kdnas"))
-    r = _resolve(settings)
+    r = resolve(settings)
     below = bench.plan["rules"]["replay"]["pool_below"]
     first = r.profiles[0].name
     with LatencyTable(r.table_path) as table:
@@ -214,7 +214,7 @@ def pool_members(bench: Bench, task: Task) -> tuple[dict[str, list[str]], dict[s
 def pool_stage(bench: Bench, task: Task) -> None:
     """Proxy-scores every pool member once, journaled as it goes (`kdnas_deploy.search.journal`)."""
     from kdnas_deploy.data import DataSource
-    from kdnas_deploy.distill.api import prepare
+    from kdnas_deploy.prepare import prepare
     from kdnas_deploy.distill.trainer import TrainConfig
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.search.evaluator import ProxyEvaluator
@@ -262,7 +262,7 @@ def pool_stage(bench: Bench, task: Task) -> None:
 
 def replay_stage(bench: Bench, task: Task) -> None:
     from kdnas_deploy.search.replay import mean_difference_interval, replay_search
-    from kdnas_deploy.search.run import _resolve, load_settings
+    from kdnas_deploy.search.settings import load_settings, resolve
     from kdnas_deploy.search.strategies import Band
     from kdnas_deploy.space import StudentArch
 
@@ -271,7 +271,7 @@ def replay_stage(bench: Bench, task: Task) -> None:
         return
     rule = bench.plan["rules"]["replay"]
     pool = json.loads((task.out / "pool.json").read_text())
-    space = _resolve(load_settings(search_dir(task, "kdnas"))).space
+    space = resolve(load_settings(search_dir(task, "kdnas"))).space
     profile = bench.plan["search"]["hw"]
     latency = {StudentArch.parse(a): {profile: ms} for a, ms in pool["latency_ms"].items() if not a.startswith("limit:")}
     out: dict[str, Any] = {}

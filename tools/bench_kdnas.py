@@ -69,7 +69,7 @@ from bench_distill import backbone_path  # noqa: E402  (tools/ is on sys.path wh
 from kdnas_deploy.model_folder import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from kdnas_deploy.paths import glue_dir  # noqa: E402
 from kdnas_deploy.search.journal import JOURNAL_FILE  # noqa: E402
-from kdnas_deploy.search.run import RUN_FILE  # noqa: E402
+from kdnas_deploy.search.settings import RUN_FILE  # noqa: E402
 
 DEFAULT_TASKS = "sst2,mnli"
 STAGES = ("teacher", "budgets", "search", "finals", "timing", "report")
@@ -839,7 +839,7 @@ def artifact_dev_predictions(model: Path, target: Path, threads: int) -> np.ndar
     from kdnas_deploy.artifact.export import SCORE_BATCH
     from kdnas_deploy.artifact.runtime import Artifact, onnx_logits
     from kdnas_deploy.data import DataSource
-    from kdnas_deploy.distill.api import prepare, source_from_teacher
+    from kdnas_deploy.prepare import prepare, source_from_teacher
 
     art = Artifact(target, threads=threads)
     encoded = prepare(str(model), source_from_teacher(str(model), DataSource()), art.card["max_length"]).encoded
@@ -913,7 +913,7 @@ def stage_finals(bench: Bench, plan: TaskPlan, out: Path, students: list[Student
     # threads doing so at once can break (ImportError: cannot import name 'AutoTokenizer'), so resolve them here.
     from transformers import AutoConfig, AutoTokenizer  # noqa: F401
 
-    from kdnas_deploy.distill.api import prepare  # noqa: F401
+    from kdnas_deploy.prepare import prepare  # noqa: F401
     units = units_of(plan, out, students)
     first = [u for u in units if u.seed in (None, plan.seeds[0])]
     chains = [unit_steps(bench, plan, out, u, threads) for u in first]

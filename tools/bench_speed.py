@@ -240,7 +240,7 @@ def report(results: dict, seeds: list[int], args: argparse.Namespace) -> None:
 # --- proxy search ------------------------------------------------------------------------------------------------
 
 def proxy_stage(args: argparse.Namespace, results: dict, save) -> None:
-    from kdnas_deploy.distill.api import prepare
+    from kdnas_deploy.prepare import prepare
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.search.evaluator import ProxyEvaluator
     from kdnas_deploy.space import SearchSpace, StudentArch

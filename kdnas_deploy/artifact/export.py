@@ -59,8 +59,8 @@ def export_artifact(
     `profile` into `out` and returns the card it wrote. `machine` (a fingerprint id in `table`) gives the card the
     latency the table holds for that machine, the deployment target, instead of filling this host's rows; the
     artifact is still timed here when `measure`."""
-    from kdnas_deploy.distill.api import check_fits_task, prepare, source_from_teacher
-    from kdnas_deploy.distill.trainer import evaluate_model
+    from kdnas_deploy.prepare import check_fits_task, prepare, source_from_teacher
+    from kdnas_deploy.distill.evaluation import evaluate_model
     from kdnas_deploy.latency.graph import FP32_FILE, build_profile_graph
     from kdnas_deploy.latency.timing import make_session
     from kdnas_deploy.model_folder import load_classifier

@@ -133,11 +133,11 @@ def feeds_for(session: Any, batch: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def onnx_logits(session: Any, dataset: Any, batch_size: int = 64, pad_token_id: int = 0) -> np.ndarray:
     """Logits of an encoded dataset through an ONNX Runtime session, in row order."""
-    from kdnas_deploy.distill.trainer import sorted_batches
+    from kdnas_deploy.batching import sorted_row_batches
 
     out: np.ndarray | None = None
-    for idx, batch in sorted_batches(dataset, batch_size, pad_token_id):
-        logits = session.run(["logits"], feeds_for(session, {k: v.numpy() for k, v in batch.items()}))[0]
+    for idx, batch in sorted_row_batches(dataset, batch_size, pad_token_id):
+        logits = session.run(["logits"], feeds_for(session, batch))[0]
         if out is None:
             out = np.zeros((len(dataset), logits.shape[1]), dtype=np.float32)
         out[idx] = logits

@@ -12,32 +12,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from kdnas_deploy.data import DataSource, TaskData, load_task_data, stratified_split, subsample
+from kdnas_deploy.data import DataSource, subsample
 from kdnas_deploy.distill import DEFAULT_INIT
 from kdnas_deploy.distill.objective import DistillationObjective, DistillConfig, SupervisedObjective
 from kdnas_deploy.distill.ranking import rank_teacher
 from kdnas_deploy.distill.student import Init, build_student
 from kdnas_deploy.distill.teacher_cache import TeacherCache
+from kdnas_deploy.distill.evaluation import evaluate_model
 from kdnas_deploy.distill.trainer import (
     TrainConfig,
     TrainProgress,
     TrainResult,
-    evaluate_model,
     CHECKPOINT,
     resolve_device,
     seed_everything,
     train,
 )
-from kdnas_deploy.encode import EncodedData, encode
 from kdnas_deploy.errors import KdnasError, first_line
 from kdnas_deploy.files import writable_dir
 from kdnas_deploy.hashing import stable_hash
+from kdnas_deploy.prepare import check_fits_task, prepare, proxy_split, source_from_teacher
 from kdnas_deploy.model_folder import (
     ModelInfo,
     load_classifier,
-    load_tokenizer,
     model_ref,
     read_info,
     save_model_folder,
@@ -46,56 +43,6 @@ from kdnas_deploy.model_folder import (
 from kdnas_deploy.space import StudentArch
 from kdnas_deploy.tasks import Task
 from kdnas_deploy.teacher_config import load_teacher_config
-
-#: Held-out rows a proxy run is scored on, unless told otherwise (fewer when the training set is small).
-DEFAULT_HELD_OUT = 1000
-
-
-@dataclass
-class Prepared:
-    """A task's data, encoded with a tokenizer: what every run on the same teacher and task shares."""
-
-    data: TaskData
-    tokenizer: Any
-    encoded: EncodedData
-    source: DataSource
-
-    @property
-    def task(self) -> Task:
-        return self.data.task
-
-
-def prepare(model_path: str, source: DataSource, max_length: int = 128, cache: Path | bool = True) -> Prepared:
-    """Loads the task's data and tokenises it with `model_path`'s tokenizer (cached between runs)."""
-    if max_length < 8:
-        raise KdnasError(f"--max-length {max_length} is too short; use at least 8 tokens")
-    data = load_task_data(source)
-    tokenizer = load_tokenizer(model_path)
-    return Prepared(data, tokenizer, encode(data, tokenizer, max_length, cache), source)
-
-
-@dataclass
-class ProxySplit:
-    """The fixed rows of a proxy run: a label-stratified training sample and a disjoint held-out slice."""
-
-    train_rows: list[int]
-    held_out_rows: list[int]
-    seed: int
-
-
-def proxy_split(prepared: Prepared, n: int, held_out: int | None = None, seed: int = 0) -> ProxySplit:
-    """Same data, n, held-out size and seed: same rows, for every candidate of a search."""
-    labels = np.asarray(prepared.encoded.train["labels"])
-    total = len(labels)
-    if n < 2:
-        raise KdnasError(f"--proxy {n}: a proxy set needs at least 2 rows")
-    if held_out is None:
-        held_out = min(DEFAULT_HELD_OUT, max(1, (total - n) // 2), max(1, total // 5))
-    if n + held_out > total:
-        raise KdnasError(f"--proxy {n} plus {held_out} held-out rows needs {n + held_out} training rows; the task has {total}")
-    train_rows, held_rows = stratified_split(labels, n, held_out, seed, prepared.task.is_regression)
-    return ProxySplit(train_rows, held_rows, seed)
-
 
 @dataclass
 class DistillResult:
@@ -163,23 +110,6 @@ def starting_point(teacher: Any, init: Init, train_set: Any, task: Task, pad_tok
     if init != "ranked":
         return teacher, init
     return rank_teacher(teacher, train_set, task.is_regression, pad_token_id, seed=seed)[0], "inherit"
-
-
-def check_fits_task(model: Any, task: Task, what: str = "the teacher",
-                    fix: str = "use a teacher fine-tuned on this task (kdnas-deploy teacher)") -> None:
-    if model.config.num_labels != task.num_labels:
-        raise KdnasError(f"{what} has {model.config.num_labels} output(s) but task {task.name} needs "
-                         f"{task.num_labels}; {fix}")
-
-
-def source_from_teacher(teacher: str, source: DataSource) -> DataSource:
-    """No data flags: the data the teacher was fine-tuned on, as its kdnas.json records it."""
-    if any(v is not None for v in asdict(source).values()):
-        return source
-    info = read_info(teacher)
-    if info is None or not info.data:
-        raise KdnasError("no data: give --task and/or --data-dir (the teacher folder does not record its task)")
-    return DataSource.from_dict(info.data)
 
 
 def label_settings(task: Task) -> dict[str, Any]:

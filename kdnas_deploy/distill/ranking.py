@@ -30,7 +30,7 @@ import torch
 
 from kdnas_deploy.distill.losses import label_loss
 from kdnas_deploy.distill.student import LAYER_RE, param_dims
-from kdnas_deploy.distill.trainer import sorted_batches
+from kdnas_deploy.distill.evaluation import sorted_batches
 from kdnas_deploy.encode import MODEL_INPUTS
 from kdnas_deploy.errors import KdnasError
 

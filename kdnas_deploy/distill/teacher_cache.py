@@ -112,7 +112,7 @@ class TeacherCache:
         """Run `teacher` over `dataset` once; None (and a log line) when even fp16 would pass `budget_bytes`
         (default: MEMORY_SHARE of the memory available now)."""
         from kdnas_deploy.distill.objective import _QKVRecorder
-        from kdnas_deploy.distill.trainer import sorted_batches
+        from kdnas_deploy.distill.evaluation import sorted_batches
         from kdnas_deploy.resources import available_memory
 
         layers = tuple(sorted(set(layers)))

@@ -23,9 +23,8 @@ import torch
 from torch import nn
 
 from kdnas_deploy.distill import LENGTH_BUCKETS
-from kdnas_deploy.encode import MODEL_INPUTS, ROW_IDS, collate
+from kdnas_deploy.encode import ROW_IDS, collate
 from kdnas_deploy.errors import KdnasError, first_line
-from kdnas_deploy.tasks import Task, compute_metrics
 
 CHECKPOINT = "checkpoint.pt"
 #: Seconds of training between checkpoints within an epoch: the most a crash can lose. A save costs about a second.
@@ -405,31 +404,3 @@ def _mixed_precision(device: torch.device, wanted: bool) -> tuple[Callable[[], A
     return lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
-def sorted_batches(dataset: Any, batch_size: int, pad_token_id: int = 0) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
-    """(row indices, padded batch) in length order, so batches carry little padding; used for PyTorch and ONNX
-    Runtime inference alike."""
-    lengths = np.array([len(ids) for ids in dataset["input_ids"]])
-    order = np.argsort(lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        yield idx, collate([dataset[int(i)] for i in idx], pad_token_id)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, dataset: Any, batch_size: int = 128, pad_token_id: int = 0,
-                   device: torch.device | str = "cpu") -> np.ndarray:
-    """Logits for every row, computed in length-sorted batches and returned in row order."""
-    was_training = model.training
-    model.eval()
-    out = np.zeros((len(dataset), model.config.num_labels), dtype=np.float32)
-    for idx, batch in sorted_batches(dataset, batch_size, pad_token_id):
-        inputs = {k: batch[k].to(device) for k in MODEL_INPUTS}
-        out[idx] = model(**inputs).logits.float().cpu().numpy()
-    model.train(was_training)
-    return out
-
-
-def evaluate_model(model: nn.Module, dataset: Any, task: Task, batch_size: int = 128, pad_token_id: int = 0,
-                   device: torch.device | str = "cpu") -> dict[str, float]:
-    logits = predict_logits(model, dataset, batch_size, pad_token_id, device)
-    return compute_metrics(task, logits, np.asarray(dataset["labels"]))

@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdnas_deploy.distill.api import Prepared, ProxySplit, distill_student, proxy_split, starting_point
+from kdnas_deploy.distill.api import distill_student, starting_point
+from kdnas_deploy.prepare import Prepared, ProxySplit, proxy_split
 from kdnas_deploy.distill import DEFAULT_INIT
 from kdnas_deploy.distill.objective import DistillConfig
 from kdnas_deploy.distill.student import Init
 from kdnas_deploy.distill.teacher_cache import TeacherCache
-from kdnas_deploy.distill.trainer import TrainConfig, evaluate_model, resolve_device
+from kdnas_deploy.distill.evaluation import evaluate_model
+from kdnas_deploy.distill.trainer import TrainConfig, resolve_device
 from kdnas_deploy.space import StudentArch
 from kdnas_deploy.tasks import Task
 
