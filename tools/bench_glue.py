@@ -556,7 +556,7 @@ def scoreboard(bench: Bench, results: dict[str, Any]) -> str:
                          "met" if s97 and s97["speedup"] >= plan["rules"]["speed"]["target_speedup"] else "missed"))
     lines = ["| target | rule | measured | verdict |", "|---|---|---|---|"]
     lines += [f"| {t} | {rule} | {v} | {verdict} |" for t, rule, v, verdict in rows] or ["| (no results yet) | | | pending |"]
-    return "\n".join([f"Plan: [benchmarks/glue/plan.toml](../benchmarks/glue/plan.toml) (version {plan['version']}, "
+    return "\n".join([f"Plan: `benchmarks/glue/plan.toml` (version {plan['version']}, "
                       f"rules {plan['rule_versions']}), committed in {commit}, before any result.", "", *lines])
 
 
