@@ -34,7 +34,9 @@ def test_the_readme_example_runs_and_ships_a_working_artifact(tmp_path: Path) ->
     assert len(report["candidates"]) == 4 and all(c["status"] == "done" for c in report["candidates"])
     (final,) = report["finals"]
     artifact = final["artifacts"]["cpu-int8"]
-    assert artifact["folder"] and Path(artifact["folder"]).is_dir()
-    # predict's answer names one of the task's labels with its probability.
-    label_names = teacher["label_names"]
-    assert any(name in run.stdout for name in label_names), run.stdout
+    assert artifact["folder"] and (tmp_path / artifact["folder"] / "kdnas_card.json").is_file()
+    assert artifact["artifact_dev"]["accuracy"] > 0.8
+    # predict's answer: the text, one of the task's labels, and that label's probability.
+    row = re.search(r"joy to watch\. +│ +(\S+) +│ +([0-9.]+) +│", run.stdout)
+    assert row is not None, run.stdout
+    assert row.group(1) in teacher["label_names"] and 0.5 <= float(row.group(2)) <= 1.0

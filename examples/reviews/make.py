@@ -28,7 +28,7 @@ def rows(n: int, rng: random.Random) -> list[tuple[str, int]]:
 def main() -> None:
     rng = random.Random(0)
     here = Path(__file__).parent
-    for name, n in (("train.csv", 400), ("dev.csv", 120)):
+    for name, n in (("train.csv", 600), ("dev.csv", 300)):
         with (here / name).open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["text", "label"])
