@@ -19,8 +19,8 @@ from rich.table import Table
 from kdnas_deploy import __version__
 from kdnas_deploy.cli_progress import make_progress, status as progress_status
 from kdnas_deploy.distill import DEFAULT_INIT, INIT_DESCRIPTIONS, INITS, LENGTH_BUCKETS
-from kdnas_deploy.errors import KdnasError, first_line
-from kdnas_deploy.files import writable_dir
+from kdnas_deploy.util.errors import KdnasError, first_line
+from kdnas_deploy.util.files import writable_dir
 from kdnas_deploy.search.settings import SearchSettings
 
 app = typer.Typer(
@@ -199,7 +199,7 @@ SamplesOpt = Annotated[Optional[int], typer.Option("--train-samples", min=2, hel
 
 def _source(task: Optional[str], data_dir: Optional[Path], train_file: Optional[Path], dev_file: Optional[Path],
             text_columns: Optional[str], label_column: Optional[str]) -> Any:
-    from kdnas_deploy.data import DataSource
+    from kdnas_deploy.data.sources import DataSource
 
     cols = tuple(c.strip() for c in text_columns.split(",") if c.strip()) if text_columns else None
     def absolute(path: Optional[Path]) -> Optional[str]:
@@ -385,7 +385,7 @@ _SEARCH_DEFAULTS = SearchSettings.defaults()
 @app.command()
 def search(
     ctx: typer.Context,
-    teacher_path: Annotated[Optional[str], typer.Option("--teacher", help="Teacher folder or hub id (not needed with --resume).")] = None,
+    teacher_path: Annotated[Optional[str], typer.Option("--teacher", help="Teacher folder or hub id (with --resume: only where the run's teacher has moved to).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("kdnas-run"),
     task: TaskOpt = None, data_dir: DataDirOpt = None, train_file: TrainFileOpt = None, dev_file: DevFileOpt = None,
     text_columns: TextColsOpt = None, label_column: LabelColOpt = None, max_length: MaxLenOpt = _SEARCH_DEFAULTS["max_length"],
@@ -434,6 +434,12 @@ def search(
         settings = load_settings(out_dir)
         if machine:  # a run begun on the machine whose table it reads, resumed on another host
             settings.machines = list(machine)
+        # Folders that moved since the run started: the run checks that the teacher (its config) and the data (its
+        # content) are the ones it began with before it goes on.
+        if teacher_path is not None:
+            settings.teacher = teacher_path
+        if any(v is not None for v in (data_dir, train_file, dev_file)):
+            settings.data = {**settings.data, **_source(task, data_dir, train_file, dev_file, text_columns, label_column).to_dict()}
     else:
         values = {
             "teacher": teacher_path, "max_length": max_length, "hw": list(hw), "space": space,

@@ -14,7 +14,7 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from kdnas_deploy.resources import cpu_budget
+from kdnas_deploy.util.resources import cpu_budget
 from kdnas_deploy.hardware import HardwareProfile, gpu_name
 
 #: Bump when the way graphs are built or timed changes, so old timings stop matching.

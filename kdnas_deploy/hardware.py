@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kdnas_deploy.errors import KdnasError
-from kdnas_deploy.files import read_toml
+from kdnas_deploy.util.errors import KdnasError
+from kdnas_deploy.util.files import read_toml
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider", "DmlExecutionProvider")

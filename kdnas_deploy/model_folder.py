@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.util.errors import KdnasError, first_line
 from kdnas_deploy.teacher_config import SUPPORTED_MODEL_TYPES, load_teacher_config
 
 INFO_FILE = "kdnas.json"

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 
 _ARCH_RE = re.compile(r"^L(\d+)-H(\d+)-A(\d+)-I(\d+)$", re.IGNORECASE)
 
@@ -187,7 +187,7 @@ class SearchSpace:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SearchSpace:
-        from kdnas_deploy.files import read_toml
+        from kdnas_deploy.util.files import read_toml
 
         path = Path(path)
         data = read_toml(path, "search space file")

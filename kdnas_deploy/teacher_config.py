@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.util.errors import KdnasError, first_line
 
 #: Model types whose encoder is BERT's: students are built as BERT and inherit weights layer by layer.
 SUPPORTED_MODEL_TYPES = ("bert",)
@@ -29,7 +29,7 @@ def load_teacher_config(teacher: str) -> Any:
 def teacher_config_hash(config: Any) -> str:
     """Hash of the teacher's config, without where it was loaded from (`_name_or_path`): a run whose teacher folder
     was moved or restored elsewhere has the same teacher."""
-    from kdnas_deploy.hashing import stable_hash
+    from kdnas_deploy.util.hashing import stable_hash
 
     values = config.to_dict()
     values.pop("_name_or_path", None)
@@ -39,7 +39,7 @@ def teacher_config_hash(config: Any) -> str:
 def located_config_hash(config: Any, path: str) -> str:
     """The hash runs recorded before `teacher_config_hash` left the folder out: with `_name_or_path` set to `path`,
     the teacher as that run named it."""
-    from kdnas_deploy.hashing import stable_hash
+    from kdnas_deploy.util.hashing import stable_hash
 
     return stable_hash({**config.to_dict(), "_name_or_path": path})
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kdnas_deploy.hardware import load_profile
-from kdnas_deploy.paths import glue_dir
+from kdnas_deploy.util.paths import glue_dir
 
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS / "data"
@@ -132,7 +132,7 @@ def tiny_backbone(sst2_slice: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tiny_backbone: Path, sst2_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny backbone fine-tuned on the SST-2 slice by `make_teacher` (about 10 s on 2 cores)."""
-    from kdnas_deploy.data import DataSource
+    from kdnas_deploy.data.sources import DataSource
     from kdnas_deploy.distill.api import make_teacher
     from kdnas_deploy.distill.trainer import TrainConfig
 
@@ -148,7 +148,7 @@ STUDENT = "L1-H64-A4-I128"
 @pytest.fixture(scope="session")
 def student_dir(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-layer student distilled from the tiny teacher on the real SST-2 slice."""
-    from kdnas_deploy.data import DataSource
+    from kdnas_deploy.data.sources import DataSource
     from kdnas_deploy.distill.api import distill
     from kdnas_deploy.distill.trainer import TrainConfig
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import STUDENT, cli
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.hardware import Precision, load_profile
 from kdnas_deploy.space import StudentArch
 

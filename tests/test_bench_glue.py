@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-glue = pytest.importorskip("bench_glue")
+from benchmarks.glue import common, finals, report
 
 
 def test_the_committed_plan_states_every_rule_and_both_tasks():
-    plan = glue.load_plan()
+    plan = common.load_plan()
     assert plan["tasks"]["mnli"]["primary"] and plan["tasks"]["mnli"]["seeds"] == [0, 1, 2, 3, 4]
     assert set(plan["handcrafted"].values()) == {"L3-H384-A12-I1536", "L4-H312-A12-I1200"}
     assert set(plan["handcrafted"].values()) < set(plan["search"]["budgets"])
@@ -23,13 +20,13 @@ def test_the_committed_plan_states_every_rule_and_both_tasks():
 
 
 def _task(tmp_path, kdnas, random):
-    plan = glue.load_plan()
-    task = glue.Task("mnli", plan["tasks"]["mnli"], tmp_path)
+    plan = common.load_plan()
+    task = common.Task("mnli", plan["tasks"]["mnli"], tmp_path)
     task.out.mkdir(parents=True)
     for name, chosen in (("kdnas", kdnas), ("random", random)):
         choices = [{"reference": ref, "divisor": div, "budget_ms": 1.0, "arch": arch} for (ref, div), arch in chosen.items()]
         (task.out / f"search-{name}.json").write_text(json.dumps({"choices": choices}))
-    return glue.Bench(tmp_path, plan), task
+    return common.Bench(tmp_path, plan), task
 
 
 def test_arms_and_latency_pairs_follow_the_picks(tmp_path):
@@ -37,17 +34,17 @@ def test_arms_and_latency_pairs_follow_the_picks(tmp_path):
                                    ("L6-H384-A12-I1536", 3.0): "L2-H384-A12-I768"},
                         {("L3-H384-A12-I1536", 1.0): "L3-H384-A6-I1152", ("L4-H312-A12-I1200", 1.0): None,
                          ("L6-H384-A12-I1536", 3.0): "L2-H256-A4-I512"})
-    arms = {(a.role, a.budget): a for a in glue.arms(bench, task)}
+    arms = {(a.role, a.budget): a for a in finals.arms(bench, task)}
     assert arms[("kdnas", "L3-H384-A12-I1536")].seeds == (0, 1, 2, 3, 4)
     assert arms[("kdnas", "L6-H384-A12-I1536/3")].seeds == (0, 1, 2)  # a third of the teacher: 3 seeds
     assert arms[("random", "L3-H384-A12-I1536")].seeds == (0,) and ("random", "L4-H312-A12-I1200") not in arms
-    pairs = glue.latency_pairs(bench, task)
+    pairs = finals.latency_pairs(bench, task)
     # A pick that is the hand-crafted student itself is not timed against itself.
     assert pairs["L4-H384-A12-I384__vs__L3-H384-A12-I1536"] == ("L4-H384-A12-I384-s0", "L3-H384-A12-I1536-s0")
     assert not any(k.startswith("L4-H312-A12-I1200__vs__L4") for k in pairs)
     assert {k for k in pairs if k.endswith("__vs__teacher")} == {f"{a}__vs__teacher" for a in
                                                                 {a.arch for a in arms.values()}}
-    assert not glue.latency_complete(bench, task)
+    assert not finals.latency_complete(bench, task)
 
 
 def test_score_rule_pairs_seeds_and_needs_the_latency_verdict(tmp_path):
@@ -59,7 +56,7 @@ def test_score_rule_pairs_seeds_and_needs_the_latency_verdict(tmp_path):
         (results / f"L3-H384-A12-I1536-s{s}.json").write_text(json.dumps({"dev": hand}))
         (results / f"L4-H312-A12-I1200-s{s}.json").write_text(json.dumps({"dev": 0.6}))
     (results / "teacher.json").write_text(json.dumps({"dev": 0.64}))
-    res = glue.task_results(bench, task)
+    res = report.task_results(bench, task)
     half, tiny = res["pairs"]
     assert half["differences"] == pytest.approx([2.0, 2.0, 1.5, 2.0, 2.0])
     assert half["mean"] == pytest.approx(1.9) and half["ci95"][0] > 1.5
@@ -70,21 +67,21 @@ def test_score_rule_pairs_seeds_and_needs_the_latency_verdict(tmp_path):
     from kdnas_deploy.latency.compare import Comparison, Session
 
     rec = Comparison("a", "b", "cpu-int8", {}, [Session(i * 1800.0, [1.0], [1.0], 0.97 + 0.002 * (i % 2)) for i in range(6)])
-    path = glue.compare_record(task, "L4-H384-A12-I384__vs__L3-H384-A12-I1536")
+    path = finals.compare_record(task, "L4-H384-A12-I384__vs__L3-H384-A12-I1536")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(rec.to_dict()))
-    half = glue.task_results(bench, task)["pairs"][0]
+    half = report.task_results(bench, task)["pairs"][0]
     assert half["latency"]["verdict"] == "within" and half["verdict"] == "met" and half["strict"]
-    board = glue.scoreboard(bench, {"mnli": glue.task_results(bench, task)})
+    board = report.scoreboard(bench, {"mnli": report.task_results(bench, task)})
     assert "+1.90 points" in board and "| met |" in board and "before any result" in board
 
 
 def test_t_interval_and_page_block(tmp_path):
-    mean, lo, hi = glue.t_interval([2.75, 1.95, 1.15])
+    mean, lo, hi = report.t_interval([2.75, 1.95, 1.15])
     assert mean == pytest.approx(1.95) and lo == pytest.approx(-0.037, abs=0.01) and hi == pytest.approx(3.937, abs=0.01)
     page = tmp_path / "benchmarks.md"
-    page.write_text("# Benchmarks\nintro\n<!-- scoreboard: written by tools/bench_glue.py -->\nold\n<!-- /scoreboard -->\n## Rules\nkept\n")
-    glue.write_page(page, "BOARD", "DETAIL")
+    page.write_text("# Benchmarks\nintro\n<!-- scoreboard: written by python -m benchmarks.glue -->\nold\n<!-- /scoreboard -->\n## Rules\nkept\n")
+    report.write_page(page, "BOARD", "DETAIL")
     text = page.read_text()
     assert "old" not in text and "BOARD" in text and "## Details\n\nDETAIL" in text
     assert text.startswith("# Benchmarks\nintro\n") and text.endswith("## Rules\nkept\n")

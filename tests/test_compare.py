@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.latency.compare import Comparison, Session, compare_graphs, ratio_bounds
 from tests.conftest import cli, cli_here
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.hardware import load_profile
 from kdnas_deploy.space import StudentArch
 
@@ -55,7 +55,7 @@ def test_cuda_latency_table_round_trip(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
 def test_distillation_on_cuda_with_mixed_precision(tiny_teacher_dir, sst2_slice, tmp_path):
-    from kdnas_deploy.data import DataSource
+    from kdnas_deploy.data.sources import DataSource
     from kdnas_deploy.distill.api import distill
     from kdnas_deploy.distill.trainer import TrainConfig
 

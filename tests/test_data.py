@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdnas_deploy.data import DataSource, load_task_data, stratified_split
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.data.sources import DataSource, load_task_data, stratified_split
+from kdnas_deploy.util.errors import KdnasError
 
 
 def _counts(ds) -> dict:

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli, cli_here
-from kdnas_deploy.data import DataSource
+from kdnas_deploy.data.sources import DataSource
 from kdnas_deploy.distill.api import distill, evaluate_folder
-from kdnas_deploy.prepare import prepare, proxy_split
+from kdnas_deploy.data.prepare import prepare, proxy_split
 from kdnas_deploy.distill.trainer import TrainConfig
-from kdnas_deploy.encode import encode
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.data.encode import encode
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.model_folder import read_info
 
 
@@ -158,8 +158,8 @@ def test_a_run_stopped_within_an_epoch_resumes_from_that_step_exactly(tiny_teach
 
 
 def test_tokenisation_is_cached(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kdnas_deploy.encode as enc
-    from kdnas_deploy.data import load_task_data
+    import kdnas_deploy.data.encode as enc
+    from kdnas_deploy.data.sources import load_task_data
     from kdnas_deploy.model_folder import load_tokenizer
 
     data, tok = load_task_data(_source(sst2_slice)), load_tokenizer(str(tiny_teacher_dir))

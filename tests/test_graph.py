@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.hardware import parse_profile
 from kdnas_deploy.latency.graph import build_profile_graph, random_model
 from kdnas_deploy.latency.timing import dummy_feeds, make_session, time_callable, time_graph

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST_PROFILE, TINY_SPACE, cli_here
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 
 
 def one_line_error(code: int, err: str, *words: str) -> None:
@@ -243,7 +243,7 @@ def _task_dir(tmp_path: Path, train: str) -> Path:
     ("sentence\tlabel\nit was fine\t1\nit was not\t\nsomething\t0\n", "empty label"),
 ])
 def test_data_that_would_train_on_shifted_or_empty_rows_is_refused(train: str, words: str, tmp_path: Path) -> None:
-    from kdnas_deploy.data import DataSource, load_task_data
+    from kdnas_deploy.data.sources import DataSource, load_task_data
 
     with pytest.raises(KdnasError, match=words):
         load_task_data(DataSource(data_dir=str(_task_dir(tmp_path, train))))
@@ -305,7 +305,7 @@ def test_a_flag_equal_to_its_default_overrides_the_config(tiny_teacher_dir: Path
 # --- machine facts -------------------------------------------------------------------------------------------------
 
 def test_cpu_count_follows_the_cgroup_quota_and_affinity(tmp_path: Path, monkeypatch) -> None:
-    from kdnas_deploy.resources import usable_cpus
+    from kdnas_deploy.util.resources import usable_cpus
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))
     (tmp_path / "cpu.max").write_text("200000 100000\n")

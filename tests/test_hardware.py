@@ -4,7 +4,7 @@ import tomllib
 
 import pytest
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.fingerprint import fingerprint_id, machine_fingerprint
 from kdnas_deploy.hardware import Precision, load_profile, parse_profile, profiles_dir, shipped_profiles
 

@@ -39,8 +39,8 @@ def test_search_knows_nothing_of_export_and_artifacts_nothing_of_training():
 def test_scoring_rows_with_an_artifact_needs_no_torch():
     """Batching, data preparation and the artifact runtime import with torch made unimportable."""
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import kdnas_deploy.batching, kdnas_deploy.prepare, kdnas_deploy.artifact.runtime\n"
-            "from kdnas_deploy.batching import pad_rows\n"
+            "import kdnas_deploy.data.batching, kdnas_deploy.data.prepare, kdnas_deploy.artifact.runtime\n"
+            "from kdnas_deploy.data.batching import pad_rows\n"
             "b = pad_rows([{'input_ids': [1, 2, 3], 'attention_mask': [1, 1, 1], 'token_type_ids': [0, 0, 0], 'labels': 1},"
             " {'input_ids': [4], 'attention_mask': [1], 'token_type_ids': [0], 'labels': 0}], pad_token_id=9)\n"
             "assert b['input_ids'].tolist() == [[1, 2, 3], [4, 9, 9]] and b['attention_mask'].tolist() == [[1, 1, 1], [1, 0, 0]]\n"

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from kdnas_deploy.paths import GLUE_DIR_ENV, glue_dir
+from kdnas_deploy.util.paths import GLUE_DIR_ENV, glue_dir
 
 
 def test_glue_dir_setting(monkeypatch, tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.latency.measure import BuiltGraph
 from kdnas_deploy.hardware import parse_profile
 from kdnas_deploy.latency.predictor import (

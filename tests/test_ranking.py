@@ -11,13 +11,13 @@ import pytest
 import torch
 from datasets import Dataset
 
-from kdnas_deploy.data import DataSource
+from kdnas_deploy.data.sources import DataSource
 from kdnas_deploy.distill.api import distill
 from kdnas_deploy.distill.ranking import importance_rows, rank_teacher, unit_importance
 from kdnas_deploy.distill.student import build_student
 from kdnas_deploy.distill.trainer import TrainConfig
 from kdnas_deploy.search.settings import SearchSettings, load_settings
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.space import StudentArch
 from test_student import _inputs, tiny_teacher
 

@@ -82,6 +82,25 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     assert card_path.stat().st_mtime_ns == exported_at  # nor exported again
     assert (run / "choices.json").stat().st_mtime_ns == chosen_at  # nor re-timed: the finals stay those chosen
 
+    # The teacher and the data moved: the run resumes from their new folders, and checks they are the same ones.
+    import shutil
+
+    moved_teacher, moved_data = tmp_path / "moved" / "teacher", tmp_path / "moved" / "data"
+    shutil.copytree(tiny_teacher_dir, moved_teacher)
+    shutil.copytree(sst2_slice, moved_data)
+    moved = subprocess.run(cli("search", "--resume", "--out", str(run), "--teacher", str(moved_teacher), "--data-dir",
+                               str(moved_data)), capture_output=True, text=True, timeout=300)
+    assert moved.returncode == 0, moved.stderr
+    recorded = json.loads((run / "run.json").read_text())
+    assert recorded["settings"]["teacher"] == str(moved_teacher) and recorded["settings"]["data"]["data_dir"] == str(moved_data)
+    assert recorded["settings"]["data"]["task"] == "sst2" and recorded["data_fingerprint"]
+    with Journal(run / "journal.sqlite") as journal:
+        assert len(journal.candidates()) == 4
+    train = next(p for p in moved_data.iterdir() if p.name.startswith("train"))
+    train.write_text(train.read_text().replace("\t1\n", "\t0\n", 1))  # one label changed: other rows
+    code, err = cli_here(["search", "--resume", "--out", str(run), "--data-dir", str(moved_data)], capsys)
+    assert code == 2 and "the data is not what this run started on" in err
+
     for bad, message in [
         (["search", "--out", str(run)], "give --teacher"),
         (["search", "--teacher", str(tiny_teacher_dir), "--out", str(run)], "already holds a search run"),
@@ -176,7 +195,7 @@ def test_search_reads_a_deployment_targets_table_and_resumes_on_another_host(tin
 
 
 def test_the_teachers_hash_leaves_out_the_folder_it_was_loaded_from(tiny_teacher_dir: Path, tmp_path: Path) -> None:
-    from kdnas_deploy.hashing import stable_hash
+    from kdnas_deploy.util.hashing import stable_hash
     from kdnas_deploy.teacher_config import load_teacher_config, located_config_hash, teacher_config_hash
 
     moved = tmp_path / "elsewhere"

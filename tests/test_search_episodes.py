@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import bump_schema_version
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.search.episodes import prediction_quality, run_episodes
 from kdnas_deploy.search.journal import Journal
 from kdnas_deploy.search.reward import RewardConfig
@@ -88,8 +88,8 @@ def test_journal_refuses_damaged_or_newer_files(tmp_path: Path) -> None:
 
 def test_real_proxy_distillation_search(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path: Path) -> None:
     """Two episodes of two candidates, each distilled from a real (tiny) teacher on real SST-2 rows."""
-    from kdnas_deploy.data import DataSource
-    from kdnas_deploy.prepare import prepare
+    from kdnas_deploy.data.sources import DataSource
+    from kdnas_deploy.data.prepare import prepare
     from kdnas_deploy.distill.trainer import TrainConfig
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.search.evaluator import ProxyEvaluator

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.search.finals import Budget, InterleavedTimer, choose_finals, parse_budget, ranked_within, resolve_budgets
 from kdnas_deploy.search.journal import Candidate
 from kdnas_deploy.space import StudentArch

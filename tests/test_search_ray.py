@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.search.episodes import run_episodes
 from kdnas_deploy.search.executors import LocalExecutor, RayExecutor, make_executor
 from kdnas_deploy.search.journal import Journal
@@ -91,8 +91,8 @@ def test_real_proxy_distillation_on_ray_matches_in_process(ray_executor: RayExec
                                                            sst2_slice: Path) -> None:
     import torch
 
-    from kdnas_deploy.data import DataSource
-    from kdnas_deploy.prepare import prepare
+    from kdnas_deploy.data.sources import DataSource
+    from kdnas_deploy.data.prepare import prepare
     from kdnas_deploy.distill.trainer import TrainConfig
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.search.evaluator import ProxyEvaluator

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.search.gp import GaussianProcess
 from kdnas_deploy.search.reward import RewardConfig, latency_factor, reward
 from kdnas_deploy.search.strategies import KdnasController, Observation, make_strategy

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdnas_deploy.distill.student import build_student, layer_map, parse_layer_map
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.space import StudentArch
 
 

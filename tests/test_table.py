@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from conftest import bump_schema_version
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.latency.table import LatencyTable, default_table_path
 from kdnas_deploy.latency.timing import Timing
 from kdnas_deploy.space import StudentArch

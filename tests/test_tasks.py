@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from kdnas_deploy.errors import KdnasError
-from kdnas_deploy.tasks import TASKS, compute_metrics, get_task, matthews, primary_score, spearman
+from kdnas_deploy.util.errors import KdnasError
+from kdnas_deploy.data.tasks import TASKS, compute_metrics, get_task, matthews, primary_score, spearman
 
 
 def test_registry_covers_glue() -> None:

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdnas_deploy.data import DataSource
+from kdnas_deploy.data.sources import DataSource
 from kdnas_deploy.distill.api import distill_student
-from kdnas_deploy.prepare import prepare, proxy_split
+from kdnas_deploy.data.prepare import prepare, proxy_split
 from kdnas_deploy.distill.objective import DistillConfig, DistillationObjective
 from kdnas_deploy.distill.student import build_student
 from kdnas_deploy.distill.teacher_cache import TeacherCache
 from kdnas_deploy.distill.trainer import TrainConfig, _batches, batch_order
-from kdnas_deploy.encode import ROW_IDS
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.data.encode import ROW_IDS
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.model_folder import load_classifier
 from kdnas_deploy.space import StudentArch
 

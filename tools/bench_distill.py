@@ -27,11 +27,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kdnas_deploy.data import DataSource  # noqa: E402
+from kdnas_deploy.data.sources import DataSource  # noqa: E402
 from kdnas_deploy.distill.api import distill, make_teacher  # noqa: E402
 from kdnas_deploy.distill.trainer import TrainConfig  # noqa: E402
 from kdnas_deploy.model_folder import read_info  # noqa: E402
-from kdnas_deploy.paths import glue_dir  # noqa: E402
+from kdnas_deploy.util.paths import glue_dir  # noqa: E402
 
 ARCH = "L3-H384-A12-I1536"
 

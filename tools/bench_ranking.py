@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from kdnas_deploy.data import DataSource  # noqa: E402
+from kdnas_deploy.data.sources import DataSource  # noqa: E402
 from kdnas_deploy.distill.api import distill  # noqa: E402
-from kdnas_deploy.prepare import prepare  # noqa: E402
+from kdnas_deploy.data.prepare import prepare  # noqa: E402
 from kdnas_deploy.distill.ranking import rank_teacher  # noqa: E402
 from kdnas_deploy.distill.student import layer_map  # noqa: E402
 from kdnas_deploy.distill.trainer import TrainConfig  # noqa: E402

@@ -40,7 +40,7 @@ def _free_port() -> int:
 
 
 def _texts(n: int) -> list[str]:
-    from kdnas_deploy.paths import glue_dir
+    from kdnas_deploy.util.paths import glue_dir
 
     rows = (glue_dir() / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
     texts = [r.split("\t")[0] for r in rows]

@@ -46,11 +46,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kdnas_deploy.data import DataSource  # noqa: E402
+from kdnas_deploy.data.sources import DataSource  # noqa: E402
 from kdnas_deploy.distill.api import distill, make_teacher  # noqa: E402
 from kdnas_deploy.distill.trainer import TrainConfig  # noqa: E402
 from kdnas_deploy.model_folder import read_info, write_json_atomic  # noqa: E402
-from kdnas_deploy.paths import glue_dir  # noqa: E402
+from kdnas_deploy.util.paths import glue_dir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_distill import backbone_path  # noqa: E402  (the same MiniLM-L6 teacher backbone)
@@ -240,7 +240,7 @@ def report(results: dict, seeds: list[int], args: argparse.Namespace) -> None:
 # --- proxy search ------------------------------------------------------------------------------------------------
 
 def proxy_stage(args: argparse.Namespace, results: dict, save) -> None:
-    from kdnas_deploy.prepare import prepare
+    from kdnas_deploy.data.prepare import prepare
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.search.evaluator import ProxyEvaluator
     from kdnas_deploy.space import SearchSpace, StudentArch

@@ -61,7 +61,7 @@ def digest(path: Path) -> str:
 
 def fixtures(work: Path) -> dict[str, Path]:
     """A GLUE-format SST-2 slice, a 2 x 64 teacher trained on it, a one-layer student and its fp32 artifact."""
-    from kdnas_deploy.paths import glue_dir
+    from kdnas_deploy.util.paths import glue_dir
 
     data, teacher, student, artifact = work / "sst2", work / "teacher", work / "student", work / "artifact"
     if not (artifact / "kdnas_card.json").is_file():
@@ -70,7 +70,7 @@ def fixtures(work: Path) -> dict[str, Path]:
         from transformers import BertConfig, BertModel, BertTokenizerFast
 
         from kdnas_deploy.artifact.export import export_artifact
-        from kdnas_deploy.data import DataSource
+        from kdnas_deploy.data.sources import DataSource
         from kdnas_deploy.distill.api import distill, make_teacher
         from kdnas_deploy.distill.trainer import TrainConfig
         from kdnas_deploy.hardware import load_profile

@@ -24,9 +24,9 @@ import numpy as np
 
 from kdnas_deploy.artifact.card import render_card
 from kdnas_deploy.artifact.runtime import CARD_FILE, onnx_logits
-from kdnas_deploy.data import DataSource
-from kdnas_deploy.errors import KdnasError
-from kdnas_deploy.files import writable_dir
+from kdnas_deploy.data.sources import DataSource
+from kdnas_deploy.util.errors import KdnasError
+from kdnas_deploy.util.files import writable_dir
 from kdnas_deploy.fingerprint import machine_fingerprint
 from kdnas_deploy.hardware import HardwareProfile
 from kdnas_deploy.model_folder import read_info, versions, write_json_atomic, write_text_atomic
@@ -59,12 +59,12 @@ def export_artifact(
     `profile` into `out` and returns the card it wrote. `machine` (a fingerprint id in `table`) gives the card the
     latency the table holds for that machine, the deployment target, instead of filling this host's rows; the
     artifact is still timed here when `measure`."""
-    from kdnas_deploy.prepare import check_fits_task, prepare, source_from_teacher
+    from kdnas_deploy.data.prepare import check_fits_task, prepare, source_from_teacher
     from kdnas_deploy.distill.evaluation import evaluate_model
     from kdnas_deploy.latency.graph import FP32_FILE, build_profile_graph
     from kdnas_deploy.latency.timing import make_session
     from kdnas_deploy.model_folder import load_classifier
-    from kdnas_deploy.tasks import compute_metrics
+    from kdnas_deploy.data.tasks import compute_metrics
 
     say = status or (lambda _msg: None)
     model_dir, out = Path(model_dir).resolve(), Path(out).resolve()
@@ -162,7 +162,7 @@ def check_parity(model: Any, fp32_graph: Path, dev: Any, pad_token_id: int) -> d
     import torch
 
     from kdnas_deploy.artifact.runtime import feeds_for
-    from kdnas_deploy.encode import MODEL_INPUTS, collate
+    from kdnas_deploy.data.encode import MODEL_INPUTS, collate
 
     lengths = np.array([len(ids) for ids in dev["input_ids"]])
     order = np.argsort(lengths, kind="stable")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from kdnas_deploy.artifact.runtime import Artifact, Prediction, Row
-from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.util.errors import KdnasError, first_line
 
 TEXT, PAIR = "text", "text_pair"
 
@@ -34,7 +34,7 @@ def read_rows(path: Path, pair: bool) -> list[Row]:
                 raise KdnasError(f"--input {path}, line {n}: expected an object with a {TEXT!r} field")
             records.append(obj)
     elif suffix in (".csv", ".tsv"):
-        from kdnas_deploy.data import read_table
+        from kdnas_deploy.data.sources import read_table
 
         try:
             records = read_table(path).to_dict("records")

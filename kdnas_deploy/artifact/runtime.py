@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kdnas_deploy.errors import KdnasError, first_line
-from kdnas_deploy.files import is_unicode
+from kdnas_deploy.util.errors import KdnasError, first_line
+from kdnas_deploy.util.files import is_unicode
 
 CARD_FILE = "kdnas_card.json"
 #: An input row: one text, or a (text, text_pair) for pair tasks.
@@ -37,7 +37,7 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CARD_FILE
     if not path.is_file():
         raise KdnasError(f"{folder} is not an exported artifact (no {CARD_FILE}); make one with kdnas-deploy export")
-    from kdnas_deploy.files import read_text_file
+    from kdnas_deploy.util.files import read_text_file
 
     try:
         card = json.loads(read_text_file(path, "artifact card"))
@@ -117,7 +117,7 @@ def _max_positions(folder: Path) -> int | None:
     path = folder / "config.json"
     if not path.is_file():
         return None
-    from kdnas_deploy.files import read_text_file
+    from kdnas_deploy.util.files import read_text_file
 
     try:
         value = json.loads(read_text_file(path, "model config")).get("max_position_embeddings")
@@ -133,7 +133,7 @@ def feeds_for(session: Any, batch: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def onnx_logits(session: Any, dataset: Any, batch_size: int = 64, pad_token_id: int = 0) -> np.ndarray:
     """Logits of an encoded dataset through an ONNX Runtime session, in row order."""
-    from kdnas_deploy.batching import sorted_row_batches
+    from kdnas_deploy.data.batching import sorted_row_batches
 
     out: np.ndarray | None = None
     for idx, batch in sorted_row_batches(dataset, batch_size, pad_token_id):

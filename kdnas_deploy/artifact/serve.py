@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from kdnas_deploy.artifact.runtime import Artifact, Row, split_rows
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.util.errors import KdnasError, first_line
 
 TOKENIZER_FILE = "tokenizer.json"
 SETTINGS_FILES = ("tokenizer_config.json", "special_tokens_map.json")

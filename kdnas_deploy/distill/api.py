@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kdnas_deploy.data import DataSource, subsample
+from kdnas_deploy.data.sources import DataSource, subsample
 from kdnas_deploy.distill import DEFAULT_INIT
 from kdnas_deploy.distill.objective import DistillationObjective, DistillConfig, SupervisedObjective
 from kdnas_deploy.distill.ranking import rank_teacher
@@ -28,10 +28,10 @@ from kdnas_deploy.distill.trainer import (
     seed_everything,
     train,
 )
-from kdnas_deploy.errors import KdnasError, first_line
-from kdnas_deploy.files import writable_dir
-from kdnas_deploy.hashing import stable_hash
-from kdnas_deploy.prepare import check_fits_task, prepare, proxy_split, source_from_teacher
+from kdnas_deploy.util.errors import KdnasError, first_line
+from kdnas_deploy.util.files import writable_dir
+from kdnas_deploy.util.hashing import stable_hash
+from kdnas_deploy.data.prepare import check_fits_task, prepare, proxy_split, source_from_teacher
 from kdnas_deploy.model_folder import (
     ModelInfo,
     load_classifier,
@@ -41,7 +41,7 @@ from kdnas_deploy.model_folder import (
     versions,
 )
 from kdnas_deploy.space import StudentArch
-from kdnas_deploy.tasks import Task
+from kdnas_deploy.data.tasks import Task
 from kdnas_deploy.teacher_config import load_teacher_config
 
 @dataclass
@@ -132,7 +132,7 @@ TRAINING_BYTES_PER_PARAMETER = 16
 
 def ensure_training_memory(arch: StudentArch, teacher_config: Any | None) -> None:
     """One line before anything is allocated when training `arch` (beside the teacher) cannot fit in memory."""
-    from kdnas_deploy.resources import ensure_memory
+    from kdnas_deploy.util.resources import ensure_memory
 
     vocab = teacher_config.vocab_size if teacher_config is not None else 30522
     need = TRAINING_BYTES_PER_PARAMETER * arch.parameter_count(vocab_size=vocab)

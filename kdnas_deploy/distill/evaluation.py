@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdnas_deploy.batching import MODEL_INPUTS, length_order
-from kdnas_deploy.encode import collate
-from kdnas_deploy.tasks import Task, compute_metrics
+from kdnas_deploy.data.batching import MODEL_INPUTS, length_order
+from kdnas_deploy.data.encode import collate
+from kdnas_deploy.data.tasks import Task, compute_metrics
 
 
 def sorted_batches(dataset: Any, batch_size: int, pad_token_id: int = 0) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:

@@ -30,8 +30,8 @@ from kdnas_deploy.distill.losses import (
 )
 from kdnas_deploy.distill.student import layer_map as default_layer_map
 from kdnas_deploy.distill.teacher_cache import TeacherCache
-from kdnas_deploy.encode import MODEL_INPUTS, ROW_IDS
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.data.encode import MODEL_INPUTS, ROW_IDS
+from kdnas_deploy.util.errors import KdnasError
 
 
 @dataclass

@@ -31,8 +31,8 @@ import torch
 from kdnas_deploy.distill.losses import label_loss
 from kdnas_deploy.distill.student import LAYER_RE, param_dims
 from kdnas_deploy.distill.evaluation import sorted_batches
-from kdnas_deploy.encode import MODEL_INPUTS
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.data.encode import MODEL_INPUTS
+from kdnas_deploy.util.errors import KdnasError
 
 #: Training rows the importance is estimated on: enough that rankings are stable (Michel et al. use a few
 #: hundred examples), few enough that it costs seconds next to a proxy run's minutes.

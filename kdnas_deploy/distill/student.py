@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from kdnas_deploy.distill import Init
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.space import StudentArch
 
 LAYER_RE = re.compile(r"\.encoder\.layer\.(\d+)\.")

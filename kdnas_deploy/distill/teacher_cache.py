@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdnas_deploy.encode import MODEL_INPUTS
+from kdnas_deploy.data.encode import MODEL_INPUTS
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class TeacherCache:
         (default: MEMORY_SHARE of the memory available now)."""
         from kdnas_deploy.distill.objective import _QKVRecorder
         from kdnas_deploy.distill.evaluation import sorted_batches
-        from kdnas_deploy.resources import available_memory
+        from kdnas_deploy.util.resources import available_memory
 
         layers = tuple(sorted(set(layers)))
         width = teacher.config.hidden_size

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from kdnas_deploy.distill import LENGTH_BUCKETS
-from kdnas_deploy.encode import ROW_IDS, collate
-from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.data.encode import ROW_IDS, collate
+from kdnas_deploy.util.errors import KdnasError, first_line
 
 CHECKPOINT = "checkpoint.pt"
 #: Seconds of training between checkpoints within an epoch: the most a crash can lose. A save costs about a second.
@@ -121,7 +121,7 @@ def resolve_device(name: str) -> torch.device:
 
 def _limit_threads() -> None:
     """No more compute threads than CPUs this process may use (torch counts the host's cores, not a container's)."""
-    from kdnas_deploy.resources import cpu_budget
+    from kdnas_deploy.util.resources import cpu_budget
 
     if torch.get_num_threads() > cpu_budget():
         torch.set_num_threads(cpu_budget())

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 
 #: Interleaved rounds per session: each round times A and B once each, in a fresh ONNX Runtime session.
 DEFAULT_ROUNDS = 10
@@ -141,7 +141,7 @@ class Comparison:
 
 
 def comparison_key(a_path: Path, b_path: Path, profile: Any, rounds: int) -> dict[str, Any]:
-    from kdnas_deploy.hashing import file_sha256
+    from kdnas_deploy.util.hashing import file_sha256
 
     return {"a_sha256": file_sha256(a_path), "b_sha256": file_sha256(b_path), "profile_hash": profile.content_hash(),
             "shape": [profile.shape.batch_size, profile.shape.seq_len], "rounds": rounds}
@@ -150,7 +150,7 @@ def comparison_key(a_path: Path, b_path: Path, profile: Any, rounds: int) -> dic
 def load_record(path: Path) -> Comparison | None:
     import json
 
-    from kdnas_deploy.files import read_text_file
+    from kdnas_deploy.util.files import read_text_file
 
     if not path.exists():
         return None

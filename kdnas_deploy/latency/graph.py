@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.hardware import HardwareProfile, Precision
 from kdnas_deploy.space import BERT_MAX_POSITIONS, BERT_TYPE_VOCAB, BERT_VOCAB_SIZE, StudentArch
 
@@ -100,7 +100,7 @@ GRAPH_BYTES_PER_PARAMETER = 16
 def ensure_graph_fits(arch: StudentArch, vocab_size: int = BERT_VOCAB_SIZE, max_positions: int = BERT_MAX_POSITIONS,
                       type_vocab: int = BERT_TYPE_VOCAB, num_labels: int = 2) -> None:
     """One line, before anything is allocated, when building `arch`'s graph cannot fit in this machine's memory."""
-    from kdnas_deploy.resources import ensure_memory
+    from kdnas_deploy.util.resources import ensure_memory
 
     params = arch.parameter_count(vocab_size, max_positions, type_vocab, num_labels)
     ensure_memory(GRAPH_BYTES_PER_PARAMETER * params, f"building the graph of {arch} ({params / 1e6:,.0f}M parameters)")

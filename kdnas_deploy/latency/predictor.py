@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.fingerprint import TIMING_METHOD_VERSION, fingerprint_id, machine_fingerprint
 from kdnas_deploy.hardware import HardwareProfile
 from kdnas_deploy.latency.measure import BuiltGraph, Measurer, OnnxMeasurer, measure_now

@@ -21,7 +21,7 @@ from kdnas_deploy.latency.predictor import (
     BLOCK_VOCAB, MIN_LAYER_FIT, Item, LatencyModel, Prediction, base_arch, block_arch,
 )
 from kdnas_deploy.latency.timing import Timing, combine_sessions, interleaved_rounds
-from kdnas_deploy.resources import pid_alive
+from kdnas_deploy.util.resources import pid_alive
 from kdnas_deploy.space import BERT_VOCAB_SIZE, SearchSpace, StudentArch
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from kdnas_deploy.errors import KdnasError
-from kdnas_deploy.files import writable_file
-from kdnas_deploy.resources import pid_alive
+from kdnas_deploy.util.errors import KdnasError
+from kdnas_deploy.util.files import writable_file
+from kdnas_deploy.util.resources import pid_alive
 from kdnas_deploy.latency.timing import Timing
 from kdnas_deploy.space import StudentArch
 
@@ -338,6 +338,6 @@ def _alive(host: str, pid: int, claimed: float) -> bool:
 
 def default_table_path() -> Path:
     """`latency.sqlite` in the user's cache dir."""
-    from kdnas_deploy.paths import cache_dir
+    from kdnas_deploy.util.paths import cache_dir
 
     return cache_dir() / "latency.sqlite"

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.util.errors import KdnasError, first_line
 from kdnas_deploy.hardware import HardwareProfile, TimingSection
 from kdnas_deploy.space import BERT_VOCAB_SIZE
 
@@ -42,7 +42,7 @@ class Timing:
 def default_threads() -> int:
     """What an intra-op thread count of 0 means: ONNX Runtime's own choice (one per physical core of the host) unless
     this process may use fewer CPUs than the host has (a container's quota, an affinity mask), then that many."""
-    from kdnas_deploy.resources import cpu_budget
+    from kdnas_deploy.util.resources import cpu_budget
 
     return cpu_budget() if cpu_budget() < (os.cpu_count() or 1) else 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdnas_deploy.data import DataSource
+from kdnas_deploy.data.sources import DataSource
 from kdnas_deploy.search.halving import plan_rungs, rung_rows
 from kdnas_deploy.search.settings import SearchSettings, resolve
 
@@ -16,7 +16,7 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
     import time
 
     from kdnas_deploy.distill.api import distill_student
-    from kdnas_deploy.prepare import prepare, proxy_split
+    from kdnas_deploy.data.prepare import prepare, proxy_split
     from kdnas_deploy.distill.objective import DistillConfig
     from kdnas_deploy.distill.teacher_cache import TeacherCache
     from kdnas_deploy.distill.trainer import TrainConfig, TrainProgress

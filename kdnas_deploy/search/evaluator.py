@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdnas_deploy.distill.api import distill_student, starting_point
-from kdnas_deploy.prepare import Prepared, ProxySplit, proxy_split
+from kdnas_deploy.data.prepare import Prepared, ProxySplit, proxy_split
 from kdnas_deploy.distill import DEFAULT_INIT
 from kdnas_deploy.distill.objective import DistillConfig
 from kdnas_deploy.distill.student import Init
@@ -21,7 +21,7 @@ from kdnas_deploy.distill.teacher_cache import TeacherCache
 from kdnas_deploy.distill.evaluation import evaluate_model
 from kdnas_deploy.distill.trainer import TrainConfig, resolve_device
 from kdnas_deploy.space import StudentArch
-from kdnas_deploy.tasks import Task
+from kdnas_deploy.data.tasks import Task
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.util.errors import KdnasError, first_line
 from kdnas_deploy.space import StudentArch
 
 Evaluate = Callable[[StudentArch], tuple[float, Mapping[str, Any]]]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.latency.timing import fastest, interleaved_rounds, paired_ratio
 from kdnas_deploy.search.episodes import best_candidate
 from kdnas_deploy.search.journal import Candidate

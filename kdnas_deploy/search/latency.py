@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.hardware import HardwareProfile
 from kdnas_deploy.latency.predictor import LatencyModel, machine_for
 from kdnas_deploy.latency.profiler import DEFAULT_CALIBRATION

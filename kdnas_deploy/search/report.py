@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.model_folder import write_json_atomic, write_text_atomic
 from kdnas_deploy.search.episodes import best_candidate, prediction_quality
 from kdnas_deploy.search.finals import assurance, reference_text

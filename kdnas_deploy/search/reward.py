@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 
 #: MnasNet's soft-constraint exponent (Tan et al., 2019).
 MNASNET_W = -0.07

@@ -14,8 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from kdnas_deploy.data import DataSource
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.data.sources import DataSource
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.model_folder import read_info, write_json_atomic
 from kdnas_deploy.search.executors import Executor
 from kdnas_deploy.search.episodes import SearchProgress, run_episodes
@@ -45,7 +45,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     another. `exporter` ships each final student (`kdnas_deploy.pipeline.run_pipeline` passes export's): search
     itself knows nothing of export."""
     from kdnas_deploy.distill.api import distill
-    from kdnas_deploy.prepare import prepare
+    from kdnas_deploy.data.prepare import prepare
     from kdnas_deploy.distill.trainer import TrainConfig
     from kdnas_deploy.latency.table import LatencyTable
     from kdnas_deploy.model_folder import load_classifier
@@ -68,6 +68,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
                          for name, m in oracle.models.items()},
             "space": space.to_dict(),
         }
+        before: dict[str, Any] = {}
         if resume:
             before = json.loads((out / RUN_FILE).read_text())
             same_teacher = is_recorded_teacher(before.get("teacher_config_hash"), teacher_config, before["settings"]["teacher"])
@@ -86,6 +87,12 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         source = DataSource.from_dict(settings.data)
         teacher = load_classifier(settings.teacher)
         prepared = prepare(settings.teacher, source, settings.max_length)
+        # The data's content, not its path: a run resumed with its data moved (--data-dir) goes on only if the rows
+        # are the ones it started on.
+        if resume and before.get("data_fingerprint") not in (None, prepared.data.fingerprint):
+            raise KdnasError(f"{out}: the data is not what this run started on (its content changed); start a new run")
+        record["data_fingerprint"] = prepared.data.fingerprint
+        write_json_atomic(out / RUN_FILE, record)
         evaluate = ProxyEvaluator.from_prepared(teacher, prepared, settings.proxy, settings.held_out,
                                                 init=settings.init,  # type: ignore[arg-type]
                                                 train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
@@ -112,10 +119,17 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
                            settings.halving_top, settings.halving_rungs)
         recipe = f"init-{settings.init}/epochs{settings.proxy_epochs}/seed{settings.seed}/len{settings.max_length}"
 
+        rung_evaluators: dict[tuple[int, int], ProxyEvaluator] = {}
+
         def evaluate_for(rung: Any) -> Any:
-            return ProxyEvaluator.from_prepared(teacher, prepared, rung.proxy, rung.held_out,
-                                                init=settings.init,  # type: ignore[arg-type]
-                                                train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
+            # One evaluator per rung's rows, shared by every budget: its ranked teacher and teacher cache (minutes
+            # at 4x the proxy's rows) are built once, not once per budget.
+            key = (rung.proxy, rung.held_out)
+            if key not in rung_evaluators:
+                rung_evaluators[key] = ProxyEvaluator.from_prepared(
+                    teacher, prepared, rung.proxy, rung.held_out, init=settings.init,  # type: ignore[arg-type]
+                    train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
+            return rung_evaluators[key]
 
         by_arch = {str(c.arch): c for c in candidates}
         with Journal(out / JOURNAL_FILE) as journal:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kdnas_deploy.data import DataSource
+from kdnas_deploy.data.sources import DataSource
 from kdnas_deploy.distill import DEFAULT_INIT, INITS
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.model_folder import model_ref
 from kdnas_deploy.search.finals import CONFIRM_ROUNDS, LATENCY_MARGIN, parse_budget
 from kdnas_deploy.search.halving import HALVING_RUNGS, HALVING_TOP
@@ -131,7 +131,7 @@ def settings_from(flags: dict[str, Any], data: DataSource, config: Path | None =
     """Settings from a `--config` TOML overlaid with `flags`, the settings the user gave on the command line (the CLI
     passes only those, whatever their value); with no data options anywhere, the data recorded in the teacher's
     kdnas.json."""
-    from kdnas_deploy.prepare import source_from_teacher
+    from kdnas_deploy.data.prepare import source_from_teacher
 
     values = {**(read_config(config) if config else {}), **flags}
     source = f"--config {config}" if config else "search settings"
@@ -147,7 +147,7 @@ def settings_from(flags: dict[str, Any], data: DataSource, config: Path | None =
 
 def read_config(path: Path) -> dict[str, Any]:
     """A `--config` TOML: top-level keys are SearchSettings fields; `[data]` holds the data options."""
-    from kdnas_deploy.files import read_toml
+    from kdnas_deploy.util.files import read_toml
 
     raw = read_toml(path, "--config")
     fields = set(SearchSettings.__dataclass_fields__)
@@ -170,7 +170,7 @@ def load_settings(run_dir: Path) -> SearchSettings:
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise KdnasError(f"{run_dir} is not a search run directory (no {RUN_FILE}); start one with kdnas-deploy search")
-    from kdnas_deploy.files import read_text_file
+    from kdnas_deploy.util.files import read_text_file
 
     try:
         saved = json.loads(read_text_file(path, "run file"))["settings"]

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.search.gp import GaussianProcess
 from kdnas_deploy.search.reward import RewardConfig, reward, within_target
 from kdnas_deploy.space import SearchSpace, StudentArch

@@ -7,7 +7,7 @@ from pathlib import Path
 
 #: The one setting that points tests and benchmarks at GLUE-format task folders.
 GLUE_DIR_ENV = "KDNAS_GLUE_DIR"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]  # kdnas_deploy/util/paths.py -> the checkout
 
 
 def glue_dir() -> Path:

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from kdnas_deploy.errors import KdnasError, first_line
+from kdnas_deploy.util.errors import KdnasError, first_line
 
 #: Text files this tool reads (TOML settings, JSON cards) are small; a larger one is a mistake, not a setting.
 MAX_SETTINGS_BYTES = 16 * 1024 * 1024

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError
 
 #: Where the GLUE datasets live on the hub.
 HUB_GLUE = "nyu-mll/glue"

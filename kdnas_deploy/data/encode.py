@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdnas_deploy.batching import MODEL_INPUTS, pad_rows
-from kdnas_deploy.data import TaskData
-from kdnas_deploy.paths import cache_dir
+from kdnas_deploy.data.batching import MODEL_INPUTS, pad_rows
+from kdnas_deploy.data.sources import TaskData
+from kdnas_deploy.util.paths import cache_dir
 
 #: Bump when the encoded columns change, so old cache entries are not read.
 ENCODING_VERSION = 1

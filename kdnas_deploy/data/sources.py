@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from kdnas_deploy.errors import KdnasError, first_line
-from kdnas_deploy.files import is_unicode
-from kdnas_deploy.tasks import HUB_GLUE, Task, custom_task, get_task, task_for_folder
+from kdnas_deploy.util.errors import KdnasError, first_line
+from kdnas_deploy.util.files import is_unicode
+from kdnas_deploy.data.tasks import HUB_GLUE, Task, custom_task, get_task, task_for_folder
 
 #: File formats read for a user's own data, by suffix.
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from kdnas_deploy.data import DataSource, TaskData, load_task_data, stratified_split
-from kdnas_deploy.encode import EncodedData, encode
-from kdnas_deploy.errors import KdnasError
+from kdnas_deploy.data.sources import DataSource, TaskData, load_task_data, stratified_split
+from kdnas_deploy.data.encode import EncodedData, encode
+from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.model_folder import load_tokenizer, read_info
-from kdnas_deploy.tasks import Task
+from kdnas_deploy.data.tasks import Task
 
 #: Held-out rows a proxy run is scored on, unless told otherwise (fewer when the training set is small).
 DEFAULT_HELD_OUT = 1000
