@@ -47,3 +47,12 @@ def test_scoring_rows_with_an_artifact_needs_no_torch():
             "assert str(b['labels'].dtype) == 'int64'\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+
+
+def test_loading_the_artifact_modules_loads_no_training_or_search_code():
+    code = ("import sys\n"
+            "import kdnas_deploy.artifact.export, kdnas_deploy.artifact.serve, kdnas_deploy.artifact.predict\n"
+            "loaded = [m for m in sys.modules if m.startswith(('kdnas_deploy.distill.', 'kdnas_deploy.search'))]\n"
+            "assert not loaded, loaded\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
