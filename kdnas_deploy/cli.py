@@ -680,12 +680,24 @@ def serve(
 @app.command()
 def version() -> None:
     """Print the versions of kdnas-deploy and the runtime it measures with."""
-    import onnxruntime
-    import torch
-    import transformers
+    import importlib.metadata as md
 
-    print(f"kdnas-deploy {__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
+    import onnxruntime
+
+    def installed(dist: str) -> str:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    print(f"kdnas-deploy {__version__}, torch {installed('torch')}, transformers {installed('transformers')}, "
           f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})")
+
+
+#: Packages only training, search and export need; a serve-only install (the base package with the `cpu` or `gpu`
+#: extra) lacks them. A command that reaches for one says which extra to install instead of failing half-way.
+TRAIN_PACKAGES = ("torch", "transformers", "datasets", "onnx", "onnxscript", "optimum", "scipy", "pandas", "pyarrow",
+                  "matplotlib", "safetensors", "huggingface_hub")
 
 
 def _error(message: str, status: int) -> None:
@@ -712,19 +724,28 @@ def main() -> None:
         _error("aborted", 1)
     except KeyboardInterrupt:
         _interrupted()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAIN_PACKAGES:
+            _internal(exc)
+        _error(f"this command needs the training packages ({exc.name} is not installed): "
+               "pip install 'kdnas-deploy[train]'", 2)
     except MemoryError:
         _error("out of memory: try a smaller architecture, batch size or --max-length", 2)
     except OSError as exc:  # the machine's answer about a path (disk full, permission), named without a traceback
         where = f"{exc.filename}: " if exc.filename else ""
         _error(f"{where}{exc.strerror or first_line(exc)}", 2)
     except Exception as exc:  # noqa: BLE001 - a bug of ours, still one line; the traceback is one switch away
-        if os.environ.get("KDNAS_DEBUG"):
-            raise
-        _error(f"internal error ({type(exc).__name__}: {first_line(exc)}); set KDNAS_DEBUG=1 for the traceback and "
-               "please report it", 1)
+        _internal(exc)
     if code == 130:  # typer turns Ctrl-C into this exit status
         _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal(exc: BaseException) -> None:
+    if os.environ.get("KDNAS_DEBUG"):
+        raise exc
+    _error(f"internal error ({type(exc).__name__}: {first_line(exc)}); set KDNAS_DEBUG=1 for the traceback and "
+           "please report it", 1)
 
 
 def _interrupted() -> None:

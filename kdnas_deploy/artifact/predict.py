@@ -34,12 +34,13 @@ def read_rows(path: Path, pair: bool) -> list[Row]:
                 raise KdnasError(f"--input {path}, line {n}: expected an object with a {TEXT!r} field")
             records.append(obj)
     elif suffix in (".csv", ".tsv"):
-        from kdnas_deploy.data.sources import read_table
+        from kdnas_deploy.data.sources import delimited_rows
 
         try:
-            records = read_table(path).to_dict("records")
+            names, table = delimited_rows(path, suffix[1:])
         except KdnasError as exc:
             raise KdnasError(f"--input {exc}") from None
+        records = [dict(zip(names or [], row)) for row in table]
     else:
         raise KdnasError(f"--input {path}: use a .jsonl, .csv or .tsv file")
     rows: list[Row] = []

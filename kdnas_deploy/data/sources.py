@@ -114,14 +114,13 @@ def read_table(path: Path, header: bool = True) -> Any:
     return frame
 
 
-def _read_delimited(path: Path, fmt: str, header: bool) -> Any:
-    """A tsv/csv file whose every row has the header's number of fields.
+def delimited_rows(path: Path, fmt: str, header: bool = True) -> tuple[list[str] | None, list[list[str]]]:
+    """The header's names (None without one) and the rows of a tsv/csv file whose every row has as many fields as
+    the first; the standard library only, so an artifact's `predict` reads files without pandas.
 
     Read with the csv module rather than pandas, which takes a first data row with an extra field as an index
     column (shifting every text and label one column over) and pads short rows with empty cells, silently."""
     import csv
-
-    import pandas as pd
 
     # GLUE tsv files hold bare quotes inside text: quoting off (csv.QUOTE_NONE) or rows merge.
     dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"delimiter": ","}
@@ -142,12 +141,19 @@ def _read_delimited(path: Path, fmt: str, header: bool) -> Any:
             what = "the header has" if header else "the first row has"
             raise KdnasError(f"{path}: line {n} has {len(row)} fields, {what} {width}; a ragged file cannot be read "
                              "safely (a tab or comma inside a text?)")
-    if header:
-        names = [c.strip() for c in rows[0]]
-        if len(set(names)) != len(names):
-            raise KdnasError(f"{path}: the header names a column twice ({', '.join(names)})")
-        return pd.DataFrame(rows[1:], columns=names, dtype=str)
-    return pd.DataFrame(rows, dtype=str)
+    if not header:
+        return None, rows
+    names = [c.strip() for c in rows[0]]
+    if len(set(names)) != len(names):
+        raise KdnasError(f"{path}: the header names a column twice ({', '.join(names)})")
+    return names, rows[1:]
+
+
+def _read_delimited(path: Path, fmt: str, header: bool) -> Any:
+    import pandas as pd
+
+    names, rows = delimited_rows(path, fmt, header)
+    return pd.DataFrame(rows, columns=names, dtype=str) if names is not None else pd.DataFrame(rows, dtype=str)
 
 
 def _column(frame: Any, column: str | int, path: Path) -> list[Any]:
