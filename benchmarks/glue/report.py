@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,18 +11,12 @@ from typing import Any
 from benchmarks.glue.common import Bench, Task, plan_commits
 from benchmarks.glue.finals import arms, compare_record, latency_pairs, result_path, unit_name
 from kdnas_deploy.model_folder import write_json_atomic
+from kdnas_deploy.util.stats import mean_t_interval
 
 
 def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
-    from scipy.stats import t
-
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(t.ppf(1 - (1 - confidence) / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
+    """The mean and its two-sided `confidence` t-interval."""
+    return mean_t_interval(values, 1 - (1 - confidence) / 2)
 
 
 def task_results(bench: Bench, task: Task) -> dict[str, Any]:

@@ -93,19 +93,25 @@ def check_card(card: dict[str, Any], folder: Path) -> RuntimeCard:
     return checked
 
 
+def load_folder(folder: Path) -> tuple[dict[str, Any], RuntimeCard, Path, Any]:
+    """An artifact folder's card (raw and checked), its graph file and the hardware profile it was built for."""
+    from kdnas_deploy.hardware import parse_profile
+
+    card = read_card(folder)
+    checked = check_card(card, folder)
+    model_file = checked.model_path(folder)
+    if not model_file.is_file():
+        raise KdnasError(f"{folder}: the card names {checked.file}, which is missing")
+    return card, checked, model_file, parse_profile(card["profile"]["definition"], str(folder / CARD_FILE))
+
+
 def artifact_graph(path: str | Path) -> tuple[Path, Any | None]:
     """The ONNX file a path means and the hardware profile it was built for: an artifact folder's graph and its
     card's profile, or a bare .onnx file and None (the caller names the profile)."""
-    from kdnas_deploy.hardware import parse_profile
-
     path = Path(path)
     if path.is_dir():
-        card = read_card(path)
-        checked = check_card(card, path)
-        model_file = checked.model_path(path)
-        if not model_file.is_file():
-            raise KdnasError(f"{path}: the card names {checked.file}, which is missing")
-        return model_file, parse_profile(card["profile"]["definition"], str(path / CARD_FILE))
+        _card, _checked, model_file, profile = load_folder(path)
+        return model_file, profile
     if not path.is_file():
         raise KdnasError(f"{path}: no such artifact folder or ONNX file")
     if path.suffix != ".onnx":
@@ -154,17 +160,11 @@ class Artifact:
     """Loads an exported folder; `predict` takes texts or text pairs and returns labels and scores."""
 
     def __init__(self, folder: str | Path, *, threads: int | None = None, spinning: bool | None = None):
-        from kdnas_deploy.hardware import parse_profile
         from kdnas_deploy.artifact.text_encoder import load_text_encoder
         from kdnas_deploy.latency.timing import make_session
 
         self.folder = Path(folder)
-        self.card = read_card(self.folder)
-        checked = check_card(self.card, self.folder)
-        model_file = checked.model_path(self.folder)
-        if not model_file.is_file():
-            raise KdnasError(f"{self.folder}: the card names {checked.file}, which is missing")
-        profile = parse_profile(self.card["profile"]["definition"], str(self.folder / CARD_FILE))
+        self.card, checked, model_file, profile = load_folder(self.folder)
         runtime: dict[str, Any] = {}
         if threads is not None:
             runtime["intra_op_threads"] = threads

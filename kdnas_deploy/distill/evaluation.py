@@ -10,18 +10,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdnas_deploy.data.batching import MODEL_INPUTS, length_order
-from kdnas_deploy.data.encode import collate
+from kdnas_deploy.data.batching import MODEL_INPUTS, sorted_row_batches
 from kdnas_deploy.data.tasks import Task, compute_metrics
 
 
 def sorted_batches(dataset: Any, batch_size: int, pad_token_id: int = 0) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
-    """(row indices, padded batch) in length order, so batches carry little padding; used for PyTorch and ONNX
-    Runtime inference alike."""
-    order = length_order(dataset)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        yield idx, collate([dataset[int(i)] for i in idx], pad_token_id)
+    """(row indices, padded batch of tensors) in length order, so batches carry little padding: the numpy batches
+    ONNX Runtime scores (`batching.sorted_row_batches`), as torch tensors."""
+    for idx, batch in sorted_row_batches(dataset, batch_size, pad_token_id):
+        yield idx, {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
 @torch.no_grad()

@@ -42,16 +42,10 @@ def ratio_bounds(ratios: Sequence[float], confidence: float = CONFIDENCE) -> tup
     fewer than two sessions): a t-interval on the log ratios, so 0.97 and 1/0.97 are equally far from 1."""
     if not ratios or any(not (r > 0 and math.isfinite(r)) for r in ratios):
         raise ValueError(f"session ratios must be positive numbers, got {list(ratios)}")
-    logs = [math.log(r) for r in ratios]
-    n = len(logs)
-    mean = sum(logs) / n
-    if n < 2:
-        return math.exp(mean), None, None
-    from scipy.stats import t
+    from kdnas_deploy.util.stats import mean_t_interval
 
-    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
-    half = float(t.ppf(confidence, n - 1)) * sd / math.sqrt(n)
-    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+    mean, lower, upper = mean_t_interval([math.log(r) for r in ratios], confidence)
+    return math.exp(mean), None if lower is None else math.exp(lower), None if upper is None else math.exp(upper)
 
 
 @dataclass
@@ -188,14 +182,17 @@ def graph_vocab_size(path: Path) -> int:
 
 
 def time_session(a_path: Path, b_path: Path, profile: Any, rounds: int, seed: int = 0,
-                 on_round: Callable[[int], None] | None = None) -> tuple[list[float], list[float]]:
-    """`rounds` interleaved rounds, each timing A and B once in fresh sessions (order alternating per round)."""
+                 on_round: Callable[[int], None] | None = None,
+                 vocab: tuple[int, int] | None = None) -> tuple[list[float], list[float]]:
+    """`rounds` interleaved rounds, each timing A and B once in fresh sessions (order alternating per round).
+    `vocab`: the graphs' vocabulary sizes, read from them (`graph_vocab_size`) when not given."""
     from kdnas_deploy.latency.timing import interleaved_rounds, time_graph
 
-    vocab = {"a": graph_vocab_size(a_path), "b": graph_vocab_size(b_path)}
+    a_vocab, b_vocab = vocab or (graph_vocab_size(a_path), graph_vocab_size(b_path))
+    vocab_of = {"a": a_vocab, "b": b_vocab}
     samples = interleaved_rounds(["a", "b"], lambda k, r: time_graph(a_path if k == "a" else b_path, profile,
                                                                       seed=seed + r, sessions=1,
-                                                                      vocab_size=vocab[k]).median_ms,
+                                                                      vocab_size=vocab_of[k]).median_ms,
                                  rounds, on_round)
     return samples["a"], samples["b"]
 
@@ -232,7 +229,10 @@ def compare_graphs(a_path: str | Path, b_path: str | Path, profile: Any, *, sess
         changed = ", ".join(k for k in key if comparison.key.get(k) != key[k])
         raise KdnasError(f"{record_path}: recorded for other graphs or settings ({changed} changed); "
                          "give another --record to start a new comparison")
-    time_one = timer or (lambda a, b, p, n, seed: time_session(a, b, p, n, seed))
+    if timer is None:
+        vocab = (graph_vocab_size(a_path), graph_vocab_size(b_path))  # once, not per session
+        timer = lambda a, b, p, n, seed: time_session(a, b, p, n, seed, vocab=vocab)  # noqa: E731
+    time_one = timer
     while len(comparison.sessions) < sessions:
         if comparison.sessions:
             wait = comparison.sessions[-1].started + every_s - clock()
