@@ -67,6 +67,11 @@ class ModelSection(_Strict):
     #: int8 only: per-channel weight scales and the reduced 7-bit range some older CPUs need.
     per_channel: bool = False
     reduce_range: bool = False
+    #: int8 only: activation scales computed per batch at run time (dynamic: a text's answer can depend on its
+    #: batch-mates) or fixed from training rows when the artifact is built (static: it cannot).
+    activations: Literal["dynamic", "static"] = "dynamic"
+    #: static int8: training rows whose activation ranges set the scales (a seeded sample).
+    calibration_rows: int = Field(256, ge=1, le=100_000)
 
 
 class ShapeSection(_Strict):
@@ -103,7 +108,9 @@ class HardwareProfile(_Strict):
         if self.model.precision is Precision.fp16 and not gpu:
             raise ValueError(f"precision fp16 needs a GPU provider ({', '.join(GPU_PROVIDERS)})")
         if self.model.precision is Precision.int8 and gpu:
-            raise ValueError("precision int8 (dynamic quantization) runs on CPU providers only")
+            raise ValueError("precision int8 runs on CPU providers only")
+        if self.model.activations == "static" and self.model.precision is not Precision.int8:
+            raise ValueError("model.activations = 'static' is for precision int8 only")
         return self
 
     # -- derived ----------------------------------------------------------------------------------

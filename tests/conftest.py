@@ -169,6 +169,17 @@ def int8_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
+def static_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Static int8: its answers do not depend on how requests are batched, so two servers' answers compare exactly."""
+    from kdnas_deploy.artifact.export import export_artifact
+
+    out = tmp_path_factory.mktemp("artifacts") / "int8-static"
+    export_artifact(student_dir, load_profile("cpu-int8-static"), out,
+                    table=tmp_path_factory.mktemp("table") / "latency.sqlite", measure=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def fp32_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kdnas_deploy.artifact.export import export_artifact
 

@@ -9,7 +9,14 @@
    fp32 at batch 1, sequence 128, for students of hidden size 256 and more, measured interleaved, rounds
    repeated, medians with their spread. Target: int8 at least 2x faster.
 
+3. Static against dynamic int8 (`--int8 MODEL_DIR...`, model folders with kdnas.json): each model built for
+   `cpu-int8` (dynamic activation scales) and `cpu-int8-static` (calibrated scales) by the export's own function,
+   then per graph: the dev score (length-sorted batches of 64, as the card scores it), the share of dev predictions
+   that change when the same rows are served in shuffled batches of 7 instead, the file size, and the latency
+   ratio static/dynamic by `kdnas-deploy compare`'s paired sessions (geometric mean, one-sided 95% bound).
+
     python tools/bench_serve.py --artifact ship/sst2-int8 --out bench-out/serve
+    python tools/bench_serve.py --int8 runs/teacher runs/students/L4-H256-A8-I1024 --out bench-out/int8
 """
 
 from __future__ import annotations
@@ -211,9 +218,90 @@ def bench_vs_pytorch(rounds: int, seq: int = 128) -> dict:
     return results
 
 
+def _shuffled_logits(session, dev, batch_size: int, pad: int, seed: int = 1) -> np.ndarray:
+    """Logits of `dev` in row order, served in shuffled batches: other batch-mates and more padding than sorted."""
+    from kdnas_deploy.artifact.runtime import feeds_for
+    from kdnas_deploy.data.batching import pad_rows
+
+    out = None
+    order = np.random.default_rng(seed).permutation(len(dev))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        logits = session.run(["logits"], feeds_for(session, pad_rows([dev[int(i)] for i in idx], pad)))[0]
+        if out is None:
+            out = np.zeros((len(dev), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    return out
+
+
+def bench_int8(models: list[Path], sessions: int, rounds: int, work: Path) -> dict:
+    """Dynamic and static int8 of the same models: dev score, prediction changes between batchings, size, latency."""
+    from kdnas_deploy.artifact.export import CALIBRATION_SEED
+    from kdnas_deploy.artifact.runtime import onnx_logits
+    from kdnas_deploy.data.prepare import prepare, source_from_teacher
+    from kdnas_deploy.data.sources import DataSource
+    from kdnas_deploy.data.tasks import compute_metrics
+    from kdnas_deploy.distill.evaluation import evaluate_model
+    from kdnas_deploy.hardware import load_profile
+    from kdnas_deploy.latency.compare import compare_graphs
+    from kdnas_deploy.latency.graph import build_profile_graph
+    from kdnas_deploy.latency.quantization import row_batches
+    from kdnas_deploy.latency.timing import make_session
+    from kdnas_deploy.model_folder import load_classifier, read_info
+    from kdnas_deploy.space import StudentArch
+
+    profiles = {"dynamic": load_profile("cpu-int8"), "static": load_profile("cpu-int8-static")}
+    results = {}
+    for folder in models:
+        model = load_classifier(str(folder), attn_implementation="eager")
+        info = read_info(folder)
+        prepared = prepare(str(folder), source_from_teacher(str(folder), DataSource()), info.max_length if info else 128)
+        dev, pad, task = prepared.encoded.dev, prepared.encoded.pad_token_id, prepared.task
+        labels = np.asarray(dev["labels"])
+        arch = str(StudentArch.from_config(model.config))
+        row = {"task": task.name, "dev_rows": len(dev),
+               "pytorch_score": 100 * evaluate_model(model, dev, task, 64, pad)["score"]}
+        graphs = {}
+        for kind, prof in profiles.items():
+            calibration = (row_batches(prepared.encoded.train, prof.model.calibration_rows, seed=CALIBRATION_SEED)
+                           if kind == "static" else None)
+            graph = build_profile_graph(model, prof, work / arch / kind, calibration=calibration)
+            graphs[kind] = graph.path
+            session = make_session(graph.path, prof)
+            sorted_logits = onnx_logits(session, dev, 64, pad)
+            shuffled = _shuffled_logits(session, dev, 7, pad)
+            row[kind] = {"score": 100 * compute_metrics(task, sorted_logits, labels)["score"],
+                         "score_shuffled7": 100 * compute_metrics(task, shuffled, labels)["score"],
+                         "changed_share": float((sorted_logits.argmax(-1) != shuffled.argmax(-1)).mean()),
+                         "size_mb": graph.path.stat().st_size / 1e6}
+            print(f"{arch} {kind}: dev {row[kind]['score']:.2f} (shuffled batches of 7: {row[kind]['score_shuffled7']:.2f}), "
+                  f"{row[kind]['changed_share']:.2%} of predictions change, {row[kind]['size_mb']:.2f} MB", flush=True)
+        comparison = compare_graphs(graphs["static"], graphs["dynamic"], profiles["dynamic"], sessions=sessions,
+                                    rounds=rounds, labels=("static", "dynamic"))
+        centre, low, high = comparison.bounds()
+        row["latency_ratio"] = {"static_over_dynamic": centre, "upper95": high, "sessions": comparison.ratios}
+        print(f"{arch}: static/dynamic latency {centre:.3f} (one-sided 95% bound {high:.3f}, sessions "
+              + ", ".join(f"{r:.3f}" for r in comparison.ratios) + ")", flush=True)
+        results[f"{arch} ({task.name})"] = row
+    return results
+
+
+def int8_table(results: dict) -> list[str]:
+    lines = ["| model | PyTorch dev | dynamic dev | static dev | predictions changed by batching (dynamic / static) | "
+             "size MB (dynamic / static) | latency static / dynamic (95% bound) |", "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        d, s, lat = r["dynamic"], r["static"], r["latency_ratio"]
+        lines.append(f"| {name} | {r['pytorch_score']:.2f} | {d['score']:.2f} | {s['score']:.2f} | "
+                     f"{d['changed_share']:.2%} / {s['changed_share']:.2%} | {d['size_mb']:.2f} / {s['size_mb']:.2f} | "
+                     f"{lat['static_over_dynamic']:.3f} ({lat['upper95']:.3f}) |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifact", type=Path, required=True, help="an exported artifact folder")
+    parser.add_argument("--artifact", type=Path, help="an exported artifact folder (the serving and PyTorch parts)")
+    parser.add_argument("--int8", type=Path, nargs="+", default=[], help="model folders: static against dynamic int8")
+    parser.add_argument("--int8-sessions", type=int, default=4, help="paired latency sessions per model")
     parser.add_argument("--out", type=Path, default=Path("bench-out/serve"))
     parser.add_argument("--requests", type=int, nargs=3, default=[200, 600, 1200], help="requests at concurrency 1, 8, 32")
     parser.add_argument("--max-batch", type=int, default=32)
@@ -223,6 +311,19 @@ def main() -> None:
     parser.add_argument("--server-args", default="", help="extra serve flags, e.g. '--threads 1 --spinning'")
     parser.add_argument("--no-pytorch", action="store_true", help="serving part only")
     args = parser.parse_args()
+    if args.int8:
+        tic = time.time()
+        if args.int8_sessions < 2:
+            parser.error("--int8-sessions: at least 2 (a bound needs two sessions)")
+        results = bench_int8(args.int8, args.int8_sessions, 10, args.out / "graphs")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_int8.json").write_text(json.dumps({"cpus": os.cpu_count(), "models": results,
+                                                               "wall_s": round(time.time() - tic, 1)}, indent=2) + "\n")
+        lines = int8_table(results)
+        (args.out / "bench_int8.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    if args.artifact is None:
+        return
     tic = time.time()
     card = json.loads((args.artifact / "kdnas_card.json").read_text())
     serving = bench_server(args.artifact, dict(zip(CONCURRENCY, args.requests)), args.max_batch, args.max_wait_ms,

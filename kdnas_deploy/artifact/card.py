@@ -63,6 +63,14 @@ def render_card(card: dict[str, Any]) -> str:
         lines.append(f"| measured at export (the fastest of {measured['sessions']} sessions) | {measured['median_ms']:.3f} | "
                      f"{measured['p10_ms']:.3f} | {measured['p90_ms']:.3f} |")
     fp = card["fingerprint"]
+    quant = card.get("quantization")
+    if quant:
+        cal = quant.get("calibration")
+        lines += ["", f"Quantization: weights {quant['weights']}" + (", reduced range" if quant["reduce_range"] else "") + "; "
+                  + (f"activations static, scales from the {cal['method']} ranges of {cal['rows']} {cal['split']} rows "
+                     f"(seed {cal['seed']}): an answer does not depend on the batch it is served in."
+                     if cal else "activations dynamic, scaled per batch at run time: an answer can change slightly "
+                     "with the texts it is batched with.")]
     lines += [
         "",
         f"Fusion: {fusion['fused_attention']} fused attention nodes for {fusion['layers']} layers"

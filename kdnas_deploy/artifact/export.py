@@ -41,6 +41,8 @@ PARITY_CASES = ((1, "shortest"), (1, "longest"), (4, "mixed"), (16, "longest"))
 DEFAULT_MAX_DROP = 1.0
 #: Rows per batch when the card's dev scores are computed (length-sorted, so little padding).
 SCORE_BATCH = 64
+#: Which training rows calibrate a static int8 graph: fixed, so an export is repeatable.
+CALIBRATION_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,14 @@ def export_artifact(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         say(f"exporting {arch} for {profile.name} ({profile.precision.value})")
-        graph = build_profile_graph(model, profile, work, keep_fp32=True)
+        calibration = None
+        if profile.model.activations == "static":
+            from kdnas_deploy.latency.quantization import row_batches
+
+            say(f"calibrating int8 activation scales on {min(profile.model.calibration_rows, len(prepared.encoded.train))} "
+                "training rows")
+            calibration = row_batches(prepared.encoded.train, profile.model.calibration_rows, seed=CALIBRATION_SEED)
+        graph = build_profile_graph(model, profile, work, keep_fp32=True, calibration=calibration)
         say("checking the fp32 graph against PyTorch")
         parity = check_parity(model, work / FP32_FILE, dev, pad)
         if parity["max_abs_diff"] > PARITY_TOLERANCE:
@@ -135,6 +144,7 @@ def export_artifact(
             "parity": parity,
             "fusion": {"fused_attention": graph.fused_attention, "layers": graph.layers, "fused": graph.fused,
                        "operators": graph.fusion_stats},
+            "quantization": _quantization(profile, len(prepared.encoded.train)),
             "profile": {"name": profile.name, "precision": profile.precision.value, "content_hash": profile.content_hash(),
                         "definition": profile.model_dump(mode="json")},
             "latency": latency,
@@ -219,6 +229,20 @@ def _latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size
         if not model.elsewhere:
             result["predicted_over_measured"] = round(predicted.ms / t.median_ms, 4) if t.median_ms > 0 else None
     return result
+
+
+def _quantization(profile: HardwareProfile, train_rows: int) -> dict[str, Any] | None:
+    """What a reader needs to reproduce the int8 graph (None for fp32 and fp16)."""
+    m = profile.model
+    if profile.precision.value != "int8":
+        return None
+    out: dict[str, Any] = {"weights": "int8, symmetric, " + ("per channel" if m.per_channel else "per tensor"),
+                           "reduce_range": m.reduce_range, "activations": m.activations,
+                           "quantizer": "onnxruntime.quantization.quantize_dynamic"}
+    if m.activations == "static":
+        out["calibration"] = {"method": "minmax", "split": "train", "rows": min(m.calibration_rows, train_rows),
+                              "seed": CALIBRATION_SEED, "ranges": "onnxruntime.quantization.calibrate (MinMax)"}
+    return out
 
 
 def _search_run_of(model_dir: Path) -> str | None:

@@ -7,8 +7,9 @@ Why these choices:
 - TorchScript exporter (`dynamo=False`) of an eager-attention model: ONNX Runtime's transformer
   optimizer recognises its attention subgraph and fuses it into one `Attention` node per layer; the
   dynamo exporter's and sdpa graphs stay unfused and run markedly slower.
-- int8 is dynamic quantization of the *fused* graph; symbolic shape inference must run first or the
-  quantizer cannot type the fused nodes' outputs.
+- int8 is quantization of the *fused* graph (`latency.quantization`): dynamic, or static with activation
+  scales calibrated on rows the caller gives (the task's training rows for an artifact; random token ids for
+  the latency table's random-weight stand-ins, whose speed does not depend on the scales).
 - fp16 keeps fp32 inputs/outputs (`keep_io_types`) so callers feed the same tensors on every profile.
 """
 
@@ -19,7 +20,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.hardware import HardwareProfile, Precision
@@ -164,21 +165,6 @@ def _optimize(raw: Path, out: Path, profile: HardwareProfile, arch: StudentArch)
     return stats.get("Attention", 0) + stats.get("MultiHeadAttention", 0), stats
 
 
-def _quantize(fp32: Path, out: Path, profile: HardwareProfile) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    inferred = out.with_suffix(".shapes.onnx")
-    quant_pre_process(str(fp32), str(inferred), skip_optimization=True, auto_merge=True)
-    try:
-        quantize_dynamic(
-            inferred, out, weight_type=QuantType.QInt8,
-            per_channel=profile.model.per_channel, reduce_range=profile.model.reduce_range,
-        )
-    finally:
-        inferred.unlink(missing_ok=True)
-
-
 def _to_fp16(fp32: Path, out: Path) -> None:
     from onnxruntime.transformers.onnx_model import OnnxModel
     import onnx
@@ -189,13 +175,16 @@ def _to_fp16(fp32: Path, out: Path) -> None:
 
 
 def build_profile_graph(
-    model: Any, profile: HardwareProfile, out_dir: str | os.PathLike[str], *, keep_fp32: bool = False
+    model: Any, profile: HardwareProfile, out_dir: str | os.PathLike[str], *, keep_fp32: bool = False,
+    calibration: Iterable[Mapping[str, Any]] | None = None,
 ) -> ProfileGraph:
     """Export `model` (a BERT-family classifier) and turn it into the graph `profile` runs.
 
     The fusion check is made on the fp32 graph, before precision changes: one fused attention
     node per encoder layer. An unfused graph is still returned (it runs, only slower) and logged.
     `keep_fp32` keeps the optimized fp32 graph beside an int8/fp16 one (the export checks parity on it).
+    `calibration` (batches of model inputs) sets a static int8 profile's activation scales; without it, random
+    token ids do, which is right for timing and wrong for answers.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +201,12 @@ def build_profile_graph(
         log.warning("graph for %s is not fully fused: %d attention nodes for %d layers", arch, attention, arch.layers)
     final = out_dir / FILE_FOR_PRECISION[profile.precision]
     if profile.precision is Precision.int8:
-        _quantize(fp32, final, profile)
+        from kdnas_deploy.latency.quantization import quantize_int8, synthetic_batches
+
+        if calibration is None and profile.model.activations == "static":
+            calibration = synthetic_batches(model.config.vocab_size,
+                                            min(profile.shape.seq_len, model.config.max_position_embeddings))
+        quantize_int8(fp32, final, profile, calibration)
     elif profile.precision is Precision.fp16:
         _to_fp16(fp32, final)
     if final != fp32 and not keep_fp32:
