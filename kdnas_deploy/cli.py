@@ -665,15 +665,26 @@ def serve(
     max_chars: Annotated[int, typer.Option("--max-chars", min=1, help="Characters per text (more: 413).")] = 4000,
     max_connections: Annotated[int, typer.Option("--max-connections", min=1, help="Open connections at most; requests beyond them get 503.")] = 256,
     header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds a client has to send a request's headers, and again its body (x3), before 408.")] = 10.0,
-    threads: Annotated[Optional[int], typer.Option(min=0, help="ONNX Runtime threads (default: the profile's).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=0, help="ONNX Runtime threads (default: the profile's; with --engine ray, the cores shared out between replicas).")] = None,
     spinning: Annotated[Optional[bool], typer.Option("--spinning/--no-spinning", help="Override the profile's ONNX Runtime spin-waiting.")] = None,
+    engine: Annotated[str, typer.Option(help="uvicorn: one process; ray: Ray Serve replicas batched by @serve.batch (pip install 'kdnas-deploy[ray]').")] = "uvicorn",
+    replicas: Annotated[int, typer.Option(min=1, help="Replicas with --engine ray.")] = 2,
 ) -> None:
     """Serve an artifact over HTTP: POST /v1/predict, GET /health, GET /v1/metadata, docs at /docs."""
     from kdnas_deploy.artifact.serve import ServeConfig, serve as run_server
 
+    if engine not in ("uvicorn", "ray"):
+        raise KdnasError(f"--engine must be uvicorn or ray, got {engine!r}")
     config = ServeConfig(max_batch, max_wait_ms, max_texts, max_chars, max_connections=max_connections,
                          header_timeout_s=header_timeout, body_timeout_s=3 * header_timeout)
-    console.print(f"serving {escape(str(artifact))} on http://{host}:{port} (docs at /docs); Ctrl-C or SIGTERM stops it")
+    where = f"on http://{host}:{port} (docs at /docs); Ctrl-C or SIGTERM stops it"
+    if engine == "ray":
+        from kdnas_deploy.artifact.ray_serve import serve_ray
+
+        console.print(f"serving {escape(str(artifact))} with Ray Serve, {replicas} replica(s), {where}")
+        serve_ray(str(artifact), host, port, replicas, config, threads)
+        return
+    console.print(f"serving {escape(str(artifact))} {where}")
     run_server(str(artifact), host, port, config, threads, spinning=spinning)
 
 
@@ -698,6 +709,9 @@ def version() -> None:
 #: extra) lacks them. A command that reaches for one says which extra to install instead of failing half-way.
 TRAIN_PACKAGES = ("torch", "transformers", "datasets", "onnx", "onnxscript", "optimum", "scipy", "pandas", "pyarrow",
                   "matplotlib", "safetensors", "huggingface_hub")
+
+#: What `serve --engine ray` and `search --executor ray` import: the `ray` extra.
+RAY_PACKAGES = ("ray", "grpc", "aiorwlock")
 
 
 def _error(message: str, status: int) -> None:
@@ -725,7 +739,10 @@ def main() -> None:
     except KeyboardInterrupt:
         _interrupted()
     except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in TRAIN_PACKAGES:
+        top = (exc.name or "").split(".")[0]
+        if top in RAY_PACKAGES:
+            _error(f"this needs Ray Serve ({exc.name} is not installed): pip install 'kdnas-deploy[ray]'", 2)
+        if top not in TRAIN_PACKAGES:
             _internal(exc)
         _error(f"this command needs the training packages ({exc.name} is not installed): "
                "pip install 'kdnas-deploy[train]'", 2)

@@ -18,7 +18,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
@@ -222,21 +222,36 @@ class BodyTooLarge(HTTPException):
         super().__init__(status_code=413, detail=f"request body over {limit} bytes")
 
 
-def create_app(artifact: Artifact, config: ServeConfig | None = None) -> Any:
+class Batcher(Protocol):
+    """What the app needs of whatever groups requests into session runs: this module's `MicroBatcher`, or Ray Serve's
+    `@serve.batch` (`artifact.ray_serve`)."""
+
+    batches: int
+    rows: int
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def submit(self, rows: list[Row]) -> list[Any]: ...
+
+
+def create_app(artifact: Artifact, config: ServeConfig | None = None, batcher: Batcher | None = None) -> Any:
+    """The HTTP API over `artifact`: the same routes, limits and error bodies whichever `batcher` runs the model."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     config = config or ServeConfig()
-    batcher = MicroBatcher(artifact, config)
+    runner: Batcher = batcher or MicroBatcher(artifact, config)
     started = time.time()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
-        batcher.start()
+        runner.start()
         yield
-        await batcher.stop()
+        await runner.stop()
 
     card = public_card(artifact.card)
     app = FastAPI(title=f"kdnas-deploy: {artifact.name}", version=str(card.get("format", 1)), lifespan=lifespan,
@@ -260,7 +275,8 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None) -> Any:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": artifact.name, "uptime_s": round(time.time() - started, 1),
-                "batches": batcher.batches, "rows": batcher.rows}
+                "batches": runner.batches, "rows": runner.rows,
+                **({"replica": runner.replica} if getattr(runner, "replica", "") else {})}
 
     @app.get("/v1/metadata")
     async def metadata() -> dict[str, Any]:
@@ -285,7 +301,7 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None) -> Any:
         except KdnasError as exc:
             return error(422, f"inputs: {exc}")
         try:
-            preds = await batcher.submit(list(rows))
+            preds = await runner.submit(list(rows))
         except Exception:  # noqa: BLE001 - failed alone (see MicroBatcher): this request's own, and no detail leaks
             log.exception("prediction failed")
             return error(500, "prediction failed for this request")

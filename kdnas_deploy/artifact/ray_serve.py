@@ -1,0 +1,142 @@
+"""Scale-out serving: the artifact's HTTP API as a Ray Serve deployment, replicated, batched by `@serve.batch`.
+
+Each replica builds the same FastAPI app as `serve` (`create_app`: routes, request and response schema, limits and
+error bodies), with Ray's batching in place of the single-process micro-batcher. Ray's proxy owns the
+connections, so its HTTP settings (keep-alive, request timeout) stand in for `serve`'s uvicorn guards.
+
+From the command line:
+
+    kdnas-deploy serve ARTIFACT --engine ray --replicas 2 --port 8000
+
+or as a Ray Serve application, on a running cluster or in a config file (`import_path` + `args`):
+
+    serve run kdnas_deploy.artifact.ray_serve:build artifact=ARTIFACT replicas=2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from kdnas_deploy.artifact.runtime import Artifact, Row
+from kdnas_deploy.artifact.serve import ServeConfig, create_app
+from kdnas_deploy.util.errors import KdnasError
+
+
+class RayBatcher:
+    """`Batcher` for a Ray replica: requests meet in `@serve.batch`, sized in rows (not requests) up to
+    `max_batch`, waiting at most `max_wait_ms`. As with `MicroBatcher`, a batch that fails runs again one request at a
+    time, so only a request that fails by itself gets an error."""
+
+    def __init__(self, artifact: Artifact, config: ServeConfig, replica: str = ""):
+        from ray import serve
+
+        self.artifact, self.config, self.replica = artifact, config, replica
+        self.batches = 0
+        self.rows = 0
+        self._batched = serve.batch(max_batch_size=config.max_batch, batch_wait_timeout_s=config.max_wait_ms / 1000,
+                                    batch_size_fn=lambda jobs: sum(len(j) for j in jobs))(self._run_batch)
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def submit(self, rows: list[Row]) -> list[Any]:
+        if len(rows) > self.config.max_batch:  # larger than any batch: runs alone, in max_batch slices
+            return await self._predict(rows)
+        result = await self._batched(rows)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _run_batch(self, jobs: list[list[Row]]) -> list[Any]:
+        try:
+            preds = await self._predict([r for j in jobs for r in j])
+        except Exception:  # noqa: BLE001 - one request's failure must not reach its batch-mates' answers
+            out: list[Any] = []
+            for j in jobs:
+                try:
+                    out.append(await self._predict(j))
+                except Exception as exc:  # noqa: BLE001 - handed to that request alone
+                    out.append(exc)
+            return out
+        answers, at = [], 0
+        for j in jobs:
+            answers.append(preds[at:at + len(j)])
+            at += len(j)
+        return answers
+
+    async def _predict(self, rows: list[Row]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        preds: list[Any] = []
+        for start in range(0, len(rows), self.config.max_batch):
+            preds += await loop.run_in_executor(None, self.artifact.predict, rows[start:start + self.config.max_batch])
+        self.batches += 1
+        self.rows += len(rows)
+        return preds
+
+
+def replica_threads(replicas: int, threads: int | None = None) -> int:
+    """ONNX Runtime threads per replica: the machine's cores shared out, so replicas do not fight over them."""
+    return threads or max(1, (os.cpu_count() or 1) // replicas)
+
+
+def deployment(artifact_dir: str, replicas: int = 2, config: ServeConfig | None = None, threads: int | None = None) -> Any:
+    """The Ray Serve application: `replicas` copies of the artifact's API."""
+    from ray import serve
+
+    if replicas < 1:
+        raise KdnasError(f"--replicas must be at least 1, got {replicas}")
+    Artifact(artifact_dir)  # a broken folder is one line here, not a replica that fails to start over and over
+    config = config or ServeConfig()
+    per_replica = replica_threads(replicas, threads)
+
+    def build_app() -> Any:  # runs in each replica
+        replica = serve.get_replica_context().replica_id.unique_id
+        artifact = Artifact(artifact_dir, threads=per_replica)
+        return create_app(artifact, config, RayBatcher(artifact, config, replica))
+
+    cpus = min(float(per_replica), (os.cpu_count() or 1) / replicas)
+
+    @serve.deployment(name="kdnas-deploy", num_replicas=replicas, ray_actor_options={"num_cpus": cpus},
+                      max_ongoing_requests=max(2 * config.max_batch, 8))
+    @serve.ingress(build_app)
+    class ArtifactAPI:
+        pass
+
+    return ArtifactAPI.bind()
+
+
+def build(args: dict[str, str]) -> Any:
+    """Ray Serve's application builder: `serve run kdnas_deploy.artifact.ray_serve:build artifact=DIR replicas=2`
+    (also `max_batch`, `max_wait_ms`, `threads`), or the same `args` under `import_path` in a Serve config file."""
+    known = {"artifact", "replicas", "max_batch", "max_wait_ms", "threads"}
+    unknown = sorted(set(args) - known)
+    if unknown or "artifact" not in args:
+        raise KdnasError(f"arguments: artifact=DIR is required; known are {', '.join(sorted(known))}"
+                         + (f" (not {', '.join(unknown)})" if unknown else ""))
+    try:
+        config = ServeConfig(max_batch=int(args.get("max_batch", 32)), max_wait_ms=float(args.get("max_wait_ms", 5.0)))
+        return deployment(str(args["artifact"]), int(args.get("replicas", 2)), config,
+                          int(args["threads"]) if "threads" in args else None)
+    except ValueError as exc:
+        raise KdnasError(f"arguments: {exc}") from None
+
+
+def serve_ray(artifact_dir: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 2,
+              config: ServeConfig | None = None, threads: int | None = None) -> None:
+    """Starts Ray on this machine (or joins the cluster RAY_ADDRESS names), deploys, and serves until interrupted."""
+    import ray
+    from ray import serve
+
+    app = deployment(artifact_dir, replicas, config, threads)
+    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(app, name="kdnas-deploy", route_prefix="/", blocking=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
