@@ -148,6 +148,20 @@ def test_a_finalist_is_judged_round_by_round_against_its_reference() -> None:
     assert ms_budget.confirmed and ms_budget.sessions[0]["ratios"] == {"L4-H384-A12-I1152": pytest.approx(0.95)}
 
 
+def test_a_candidate_that_is_its_budgets_reference_is_ruled_out_not_a_crash() -> None:
+    """A random search can propose the hand-crafted shape itself. Then it is timed as a candidate in one session and
+    as the reference in every later one, where it has no ratio of its own (a KeyError stopped an MNLI search there)."""
+    ref = "L3-H384-A12-I1536"  # CANDIDATES' second best, and now the budget's reference
+    timer = FakeTimer({"L4-H384-A12-I1152": [9.6, 9.65], ref: 10.0, "L4-H256-A4-I1024": 9.0,
+                       "L2-H384-A12-I1536": 5.5})
+    (choice,) = choose_finals(CANDIDATES, [Budget(10.0, ref)], "cpu", timer, top=2)
+    assert str(choice.candidate.arch) == "L4-H384-A12-I1152" and choice.confirmed
+    assert choice.sessions[0]["ratios"][ref] == 1.0 and ref not in choice.sessions[1]["ratios"]
+    from kdnas_deploy.search.finals import session_ratios
+
+    assert session_ratios(choice.sessions, ref) == [1.0]  # as a candidate only: it equals its limit, so a miss
+
+
 def test_reports_written_before_sessions_kept_ratios_read_their_fastest_rounds() -> None:
     from kdnas_deploy.search.finals import session_ratios
 

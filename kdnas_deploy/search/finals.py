@@ -170,10 +170,12 @@ def ranked_within(candidates: Sequence[Candidate], budget: Budget, profile: str,
 
 
 def session_ratios(sessions: Sequence[Mapping[str, Any]], arch: str) -> list[float]:
-    """`arch`'s ratio to its session's limit, for every session that timed it, in order. Reports written before
-    sessions kept their ratios (2026-12-03) have only the fastest rounds: their ratio is the fastest over the limit."""
+    """`arch`'s ratio to its session's limit, for every session that timed it as a candidate, in order (a budget's
+    reference is timed in every session, but is a candidate only where the search proposed that very shape).
+    Reports written before sessions kept their ratios have only the fastest rounds: their ratio is the fastest
+    over the limit."""
     return [s["ratios"][arch] if "ratios" in s else s["measured_ms"][arch] / s["limit_ms"]
-            for s in sessions if arch in s["measured_ms"]]
+            for s in sessions if arch in s.get("ratios", s["measured_ms"])]
 
 
 def limit_ratio(budget: Budget, rounds: Mapping[str, Sequence[float]], arch: str) -> float:
