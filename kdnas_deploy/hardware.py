@@ -135,6 +135,11 @@ class HardwareProfile(_Strict):
     def content_hash(self) -> str:
         """Hash of what changes a timing, except the input shape (which keys table entries itself)."""
         payload = self.model_dump(mode="json", exclude={"name", "description", "shape"})
+        if self.model.activations == "dynamic":
+            # Fields added after tables were filled, with no effect on a dynamic (or fp32, fp16) graph: left out, so
+            # every table row timed before them still belongs to its profile.
+            for key in ("activations", "calibration_rows"):
+                payload["model"].pop(key)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def providers(self) -> list[Any]:

@@ -90,3 +90,10 @@ def test_calibration_needs_rows(tmp_path: Path) -> None:
     with pytest.raises(KdnasError, match="calibration saw no rows"):
         build_profile_graph(random_model(StudentArch.parse("L1-H64-A2-I128"), vocab_size=500),
                             load_profile("cpu-int8-static"), tmp_path, calibration=[])
+
+
+def test_profiles_timed_before_static_int8_keep_their_table_rows() -> None:
+    """A latency table keys rows by the profile's content hash: the fields static int8 added must leave every
+    dynamic profile's hash as it was, or each user's table would be re-timed from scratch."""
+    assert {n: load_profile(n).content_hash() for n in ("cpu", "cpu-int8", "cuda")} == {
+        "cpu": "4507bd41601c6b67", "cpu-int8": "0c9dead907523368", "cuda": "36e3377fdd768807"}
