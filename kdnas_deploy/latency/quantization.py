@@ -81,9 +81,49 @@ def fix_activation_scales(graph: Path, fp32: Path, calibration: Iterable[Feeds])
         nodes.append(helper.make_node("QuantizeLinear", [node.input[0], y_scale, y_zero_point], [y],
                                       name=f"{node.name}_static"))
     del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    model.graph.node.extend(_integer_matmuls_to_float(nodes, {i.name for i in model.graph.initializer}))
     onnx.save(model, str(graph))
     return len(dynamic)
+
+
+def _integer_matmuls_to_float(nodes: list[Any], initializers: set[str]) -> list[Any]:
+    """Each `MatMulInteger -> Cast -> Mul(Mul(a_scale, b_scale))` chain as one `MatMulIntegerToFloat`.
+
+    ONNX Runtime makes this fusion itself on a dynamic graph (then folds in the quantization as
+    `DynamicQuantizeMatMul`), but once the scales are constants its constant folding turns the scale product into
+    one initializer first, the pattern no longer matches, and the three unfused ops cost 3-9% of the latency."""
+    from onnx import helper
+
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    drop: set[int] = set()
+    fused: dict[int, Any] = {}
+    for n in nodes:
+        if n.op_type != "MatMulInteger" or len(n.input) != 4:
+            continue
+        cast = consumers.get(n.output[0], [])
+        if len(cast) != 1 or cast[0].op_type != "Cast":
+            continue
+        mul = consumers.get(cast[0].output[0], [])
+        if len(mul) != 1 or mul[0].op_type != "Mul":
+            continue
+        scales = producer.get(next((i for i in mul[0].input if i != cast[0].output[0]), ""))
+        if (scales is None or scales.op_type != "Mul" or not set(scales.input) <= initializers
+                or len(consumers.get(scales.output[0], [])) != 1):
+            continue
+        a, b, a_zero, b_zero = n.input
+        quantize = producer.get(a)
+        if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.input[1] not in scales.input:
+            continue
+        a_scale = quantize.input[1]
+        b_scale = next((i for i in scales.input if i != a_scale), a_scale)
+        fused[id(n)] = helper.make_node("MatMulIntegerToFloat", [a, b, a_scale, b_scale, a_zero, b_zero],
+                                        [mul[0].output[0]], name=f"{n.name}_to_float", domain="com.microsoft")
+        drop |= {id(cast[0]), id(mul[0]), id(scales)}
+    return [fused.get(id(n), n) for n in nodes if id(n) not in drop]
 
 
 def calibrated_ranges(fp32: Path, calibration: Iterable[Feeds]) -> dict[str, tuple[float, float]]:
