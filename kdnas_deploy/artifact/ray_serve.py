@@ -129,10 +129,16 @@ def build(args: dict[str, str]) -> Any:
 def serve_ray(artifact_dir: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 2,
               config: ServeConfig | None = None, threads: int | None = None) -> None:
     """Starts Ray on this machine (or joins the cluster RAY_ADDRESS names), deploys, and serves until interrupted."""
+    import signal
+    import sys
+
     import ray
     from ray import serve
 
     app = deployment(artifact_dir, replicas, config, threads)
+    # SIGTERM from a supervisor ends like Ctrl-C: through the `finally` below, which stops the replicas and the
+    # local Ray processes instead of leaving them to notice their parent is gone.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
         serve.start(http_options={"host": host, "port": port})
