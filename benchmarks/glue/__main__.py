@@ -21,6 +21,9 @@ again, except seed-0 students whose artifacts the latency sessions still need.
     python -m benchmarks.glue [--work bench-out/glue] [--tasks mnli,sst2] [--until STAGE]
 
 Nothing else should run on the machine: the searches and the latency sessions time graphs.
+
+The MNLI run started before `cpu-int8` became static int8 and goes on at the commit it started from
+(`common.PINNED_COMMIT`), where `cpu-int8` is dynamic int8; a later checkout stops with one line saying so.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.glue.common import RECORD, REPO, STAGES, Bench, Task, load_plan, restore  # noqa: E402
+from benchmarks.glue.common import RECORD, REPO, STAGES, Bench, Task, check_profiles, load_plan, restore  # noqa: E402
 from benchmarks.glue.finals import finals_stage  # noqa: E402
 from benchmarks.glue.pool import pool_stage, replay_stage  # noqa: E402
 from benchmarks.glue.report import details, report_stage, scoreboard, write_page  # noqa: E402
@@ -59,6 +62,7 @@ def main() -> None:
     for task in tasks:
         task.out.mkdir(parents=True, exist_ok=True)
         restore(task)
+        check_profiles(bench, task)
         teacher_stage(bench, task)
         if last >= STAGES.index("search"):
             for strategy in ("kdnas", "random"):

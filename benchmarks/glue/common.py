@@ -104,6 +104,33 @@ def restore(task: Task) -> None:
             shutil.copyfile(path, target)
 
 
+def check_profiles(bench: Bench, task: Task) -> None:
+    """The plan names profiles; what a name means can change between versions (`cpu-int8` became static int8 after
+    this run's searches timed dynamic int8). A run goes on only with the definitions its searches used: stop with
+    one line naming the commit to run from otherwise."""
+    import json
+
+    from kdnas_deploy.hardware import load_profile
+
+    names = {bench.plan["search"]["hw"], bench.plan["rules"]["latency"]["profile"]}
+    for strategy in ("kdnas", "random"):
+        run = task.out / f"search-{strategy}" / "run.json"
+        if not run.is_file():
+            continue
+        recorded = json.loads(run.read_text(encoding="utf-8")).get("profiles", {})
+        for name in names:
+            if name in recorded and recorded[name]["content_hash"] != load_profile(name).content_hash():
+                sys.exit(f"{task.name}: profile {name} is not the definition this run's searches timed (hash "
+                         f"{recorded[name]['content_hash']}, this checkout {load_profile(name).content_hash()}): "
+                         f"go on from the commit the run started at ({PINNED_COMMIT}: git worktree add ../bench-tree "
+                         f"{PINNED_COMMIT})")
+
+
+#: The commit this run of the plan runs at: its `cpu-int8` is dynamic int8 (hash 0c9dead907523368), the profile
+#: later checkouts call `cpu-int8-dynamic`.
+PINNED_COMMIT = "7468ab4"
+
+
 # ---------------------------------------------------------------- teacher and searches
 
 def backbone() -> str:

@@ -1,8 +1,8 @@
 """An exported artifact at run time: tokenizer + ONNX Runtime session configured by the profile it was built for.
 
 `Artifact` is what `predict` and `serve` use, with the session settings the export's own accuracy check uses
-(`make_session` for the profile). The check scores length-sorted batches (`onnx_logits`); an int8 graph's
-dynamic quantization scales per batch, so rows batched otherwise can score slightly differently.
+(`make_session` for the profile). The check scores length-sorted batches (`onnx_logits`); a dynamic int8 graph
+scales activations per batch, so rows batched otherwise can score slightly differently (a static one cannot).
 """
 
 from __future__ import annotations
