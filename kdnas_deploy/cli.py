@@ -55,7 +55,7 @@ def _progress() -> Any:
     return make_progress(console)
 
 
-HwOpt = Annotated[list[str], typer.Option("--hw", help="Hardware profile: shipped name (cpu, cpu-int8, cpu-int8-dynamic, cuda) or a .toml path. Repeatable.")]
+HwOpt = Annotated[list[str], typer.Option("--hw", help="Hardware profile: shipped name (cpu, cpu-int8, cpu-int8-static, cuda) or a .toml path. Repeatable.")]
 TableOpt = Annotated[Optional[Path], typer.Option("--table", help="Latency table (SQLite). Default: the user cache dir.")]
 
 
@@ -524,7 +524,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A search run directory.
 @app.command()
 def export(
     model_dir: Annotated[Path, typer.Argument(help="Model folder (student, teacher or any BERT classifier folder).")],
-    hw: Annotated[str, typer.Option("--hw", help="Hardware profile the artifact is for: cpu, cpu-int8, cpu-int8-dynamic, cuda or a .toml path.")] = "cpu-int8",
+    hw: Annotated[str, typer.Option("--hw", help="Hardware profile the artifact is for: cpu, cpu-int8, cpu-int8-static, cuda or a .toml path.")] = "cpu-int8",
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Artifact folder (default: MODEL_DIR-onnx-HW beside the model).")] = None,
     task: TaskOpt = None, data_dir: DataDirOpt = None, train_file: TrainFileOpt = None, dev_file: DevFileOpt = None,
     text_columns: TextColsOpt = None, label_column: LabelColOpt = None,

@@ -200,7 +200,7 @@ def parse_profile(data: dict[str, Any], source: str) -> HardwareProfile:
 
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
-    """`cpu`, `cpu-int8`, `cpu-int8-dynamic`, `cuda` (shipped) or the path of a TOML file."""
+    """`cpu`, `cpu-int8`, `cpu-int8-static`, `cuda` (shipped) or the path of a TOML file."""
     text = str(name_or_path)
     path = Path(text)
     if not (text.endswith(".toml") or path.exists()):

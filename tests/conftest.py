@@ -160,7 +160,6 @@ def student_dir(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path_factory: pyte
 
 @pytest.fixture(scope="session")
 def int8_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What ships for CPU: static int8, whose answers do not depend on how requests are batched."""
     from kdnas_deploy.artifact.export import export_artifact
 
     out = tmp_path_factory.mktemp("artifacts") / "int8"
@@ -170,12 +169,12 @@ def int8_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
-def dynamic_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Dynamic int8 (`cpu-int8-dynamic`): activation scales per batch, what `cpu-int8` is measured against."""
+def static_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Static int8 (`cpu-int8-static`): its answers do not depend on how requests are batched."""
     from kdnas_deploy.artifact.export import export_artifact
 
-    out = tmp_path_factory.mktemp("artifacts") / "int8-dynamic"
-    export_artifact(student_dir, load_profile("cpu-int8-dynamic"), out,
+    out = tmp_path_factory.mktemp("artifacts") / "int8-static"
+    export_artifact(student_dir, load_profile("cpu-int8-static"), out,
                     table=tmp_path_factory.mktemp("table") / "latency.sqlite", measure=False)
     return out
 

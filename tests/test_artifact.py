@@ -64,7 +64,7 @@ def test_a_random_weight_graph_of_the_artifacts_config_has_its_signature(int8_ar
         assert graph_signature(standin.path) == graph_signature(folder / read_card(folder)["file"]), profile
 
 
-@pytest.mark.parametrize("profile", ["cpu", "cpu-int8", "cpu-int8-dynamic", "cuda"])
+@pytest.mark.parametrize("profile", ["cpu", "cpu-int8", "cpu-int8-static", "cuda"])
 def test_artifact_size_is_known_before_building(profile: str, tmp_path: Path) -> None:
     """`--max-mb` filters candidates by this estimate: it must match the graph the profile really ships."""
     from kdnas_deploy.latency.graph import artifact_megabytes, build_profile_graph, random_model

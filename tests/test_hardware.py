@@ -76,7 +76,7 @@ def test_int8_on_gpu_provider_is_rejected():
 
 
 def test_profile_files_errors(tmp_path):
-    with pytest.raises(KdnasError, match="unknown hardware profile 'tpu'.*cpu, cpu-int8, cpu-int8-dynamic, cuda"):
+    with pytest.raises(KdnasError, match="unknown hardware profile 'tpu'.*cpu, cpu-int8, cpu-int8-static, cuda"):
         load_profile("tpu")
     with pytest.raises(KdnasError, match="no such file"):
         load_profile(tmp_path / "missing.toml")

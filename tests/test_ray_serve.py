@@ -59,12 +59,12 @@ def _answers(url: str, good: list[dict]) -> tuple[list[tuple[int, dict]], list[t
     return [(r.status_code, r.json()) for r in good_answers], [(r.status_code, r.json()) for r in bad]
 
 
-def test_ray_replicas_answer_as_serve_does(int8_artifact: Path, sst2_slice: Path) -> None:
+def test_ray_replicas_answer_as_serve_does(static_artifact: Path, sst2_slice: Path) -> None:
     texts = [line.split("\t")[0] for line in (sst2_slice / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:61]]
     good = [{"inputs": texts[i:i + 1 + i % 5]} for i in range(20)]  # 1 to 5 texts each
     assert len(good) == 20 and len(MALFORMED[:18]) + 2 == 20
-    single_url, single = _start(int8_artifact)
-    ray_url, ray = _start(int8_artifact, "--engine", "ray", "--replicas", "2")
+    single_url, single = _start(static_artifact)
+    ray_url, ray = _start(static_artifact, "--engine", "ray", "--replicas", "2")
     try:
         assert _replicas_seen(single_url, single, 1, 90) == {""}  # one process: no replica id
         replicas = _replicas_seen(ray_url, ray, 2, 240)

@@ -10,7 +10,7 @@
    repeated, medians with their spread. Target: int8 at least 2x faster.
 
 3. Static against dynamic int8 (`--int8 MODEL_DIR...`, model folders with kdnas.json): each model built for
-   `cpu-int8-dynamic` (activation scales per batch) and `cpu-int8` (static: calibrated scales) by the export's own function,
+   `cpu-int8` (dynamic: activation scales per batch) and `cpu-int8-static` (calibrated scales) by the export's own function,
    then per graph: the dev score (length-sorted batches of 64, as the card scores it), the share of dev predictions
    that change when the same rows are served in shuffled batches of 7 instead, the file size, and the latency
    ratio static/dynamic by `kdnas-deploy compare`'s paired sessions (geometric mean, one-sided 95% bound).
@@ -250,7 +250,7 @@ def bench_int8(models: list[Path], sessions: int, rounds: int, work: Path) -> di
     from kdnas_deploy.model_folder import load_classifier, read_info
     from kdnas_deploy.space import StudentArch
 
-    profiles = {"dynamic": load_profile("cpu-int8-dynamic"), "static": load_profile("cpu-int8")}
+    profiles = {"dynamic": load_profile("cpu-int8"), "static": load_profile("cpu-int8-static")}
     results = {}
     for folder in models:
         model = load_classifier(str(folder), attn_implementation="eager")

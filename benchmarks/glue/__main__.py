@@ -22,8 +22,8 @@ again, except seed-0 students whose artifacts the latency sessions still need.
 
 Nothing else should run on the machine: the searches and the latency sessions time graphs.
 
-The MNLI run started before `cpu-int8` became static int8 and goes on at the commit it started from
-(`common.PINNED_COMMIT`), where `cpu-int8` is dynamic int8; a later checkout stops with one line saying so.
+A checkout whose profile definitions differ from those the run's searches timed stops with one line naming the
+commit to go on from (`common.PINNED_COMMIT`).
 """
 
 from __future__ import annotations

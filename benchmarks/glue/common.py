@@ -105,9 +105,9 @@ def restore(task: Task) -> None:
 
 
 def check_profiles(bench: Bench, task: Task) -> None:
-    """The plan names profiles; what a name means can change between versions (`cpu-int8` became static int8 after
-    this run's searches timed dynamic int8). A run goes on only with the definitions its searches used: stop with
-    one line naming the commit to run from otherwise."""
+    """The plan names profiles, and what a name means can change between versions (a profile file edited). A run
+    goes on only with the definitions its searches used: otherwise it stops with one line naming the commit to run
+    from."""
     import json
 
     from kdnas_deploy.hardware import load_profile
@@ -126,8 +126,8 @@ def check_profiles(bench: Bench, task: Task) -> None:
                          f"{PINNED_COMMIT})")
 
 
-#: The commit this run of the plan runs at: its `cpu-int8` is dynamic int8 (hash 0c9dead907523368), the profile
-#: later checkouts call `cpu-int8-dynamic`.
+#: The commit the MNLI run of the plan went on from after its random search stopped (`cpu-int8`: dynamic int8,
+#: hash 0c9dead907523368).
 PINNED_COMMIT = "7468ab4"
 
 

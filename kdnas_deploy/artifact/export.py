@@ -240,6 +240,7 @@ def _quantization(profile: HardwareProfile, train_rows: int) -> dict[str, Any] |
                            "reduce_range": m.reduce_range, "activations": m.activations,
                            "quantizer": "onnxruntime.quantization.quantize_dynamic"}
     if m.activations == "static":
+        out["quantizer"] += ", activation scales fixed by kdnas_deploy.latency.quantization"
         out["calibration"] = {"method": "minmax", "split": "train", "rows": min(m.calibration_rows, train_rows),
                               "seed": CALIBRATION_SEED, "ranges": "onnxruntime.quantization.calibrate (MinMax)"}
     return out
