@@ -16,23 +16,17 @@ from kdnas_deploy.util.errors import KdnasError
 def _logits_by_batching(folder: Path) -> dict[str, np.ndarray]:
     """The artifact's dev logits, row order, under three batchings: one row at a time, length-sorted batches of 64
     (little padding, neighbours of equal length), and shuffled batches of 7 (other batch-mates, more padding)."""
-    from kdnas_deploy.artifact.runtime import feeds_for, load_folder, onnx_logits
-    from kdnas_deploy.data.batching import pad_rows
+    from kdnas_deploy.artifact.runtime import load_folder, onnx_logits
     from kdnas_deploy.data.prepare import prepare
     from kdnas_deploy.data.sources import DataSource
     from kdnas_deploy.latency.timing import make_session
 
-    card, _, path, _ = load_folder(folder)
+    card, _, path, profile = load_folder(folder)
     prepared = prepare(str(folder), DataSource.from_dict(card["data"]), card["max_length"])
     dev, pad = prepared.encoded.dev, prepared.encoded.pad_token_id
-    session = make_session(path, load_profile(card["profile"]["definition"]["name"]))
-    shuffled = np.zeros((len(dev), 2), dtype=np.float32)
-    order = np.random.default_rng(1).permutation(len(dev))
-    for start in range(0, len(order), 7):
-        idx = order[start:start + 7]
-        shuffled[idx] = session.run(["logits"], feeds_for(session, pad_rows([dev[int(i)] for i in idx], pad)))[0]
+    session = make_session(path, profile)
     return {"single": onnx_logits(session, dev, 1, pad), "sorted64": onnx_logits(session, dev, 64, pad),
-            "shuffled7": shuffled}
+            "shuffled7": onnx_logits(session, dev, 7, pad, order=np.random.default_rng(1).permutation(len(dev)))}
 
 
 def test_static_int8_answers_do_not_depend_on_the_batching(static_artifact: Path, int8_artifact: Path) -> None:

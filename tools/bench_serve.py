@@ -218,22 +218,6 @@ def bench_vs_pytorch(rounds: int, seq: int = 128) -> dict:
     return results
 
 
-def _shuffled_logits(session, dev, batch_size: int, pad: int, seed: int = 1) -> np.ndarray:
-    """Logits of `dev` in row order, served in shuffled batches: other batch-mates and more padding than sorted."""
-    from kdnas_deploy.artifact.runtime import feeds_for
-    from kdnas_deploy.data.batching import pad_rows
-
-    out = None
-    order = np.random.default_rng(seed).permutation(len(dev))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        logits = session.run(["logits"], feeds_for(session, pad_rows([dev[int(i)] for i in idx], pad)))[0]
-        if out is None:
-            out = np.zeros((len(dev), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits
-    return out
-
-
 def bench_int8(models: list[Path], sessions: int, rounds: int, work: Path) -> dict:
     """Dynamic and static int8 of the same models: dev score, prediction changes between batchings, size, latency."""
     from kdnas_deploy.artifact.export import CALIBRATION_SEED
@@ -269,7 +253,7 @@ def bench_int8(models: list[Path], sessions: int, rounds: int, work: Path) -> di
             graphs[kind] = graph.path
             session = make_session(graph.path, prof)
             sorted_logits = onnx_logits(session, dev, 64, pad)
-            shuffled = _shuffled_logits(session, dev, 7, pad)
+            shuffled = onnx_logits(session, dev, 7, pad, order=np.random.default_rng(1).permutation(len(dev)))
             row[kind] = {"score": 100 * compute_metrics(task, sorted_logits, labels)["score"],
                          "score_shuffled7": 100 * compute_metrics(task, shuffled, labels)["score"],
                          "changed_share": float((sorted_logits.argmax(-1) != shuffled.argmax(-1)).mean()),

@@ -28,7 +28,7 @@ from kdnas_deploy.data.sources import DataSource
 from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.util.files import writable_dir
 from kdnas_deploy.fingerprint import machine_fingerprint
-from kdnas_deploy.hardware import HardwareProfile
+from kdnas_deploy.hardware import HardwareProfile, Precision
 from kdnas_deploy.model_folder import read_info, versions, write_json_atomic, write_text_atomic
 from kdnas_deploy.space import StudentArch
 
@@ -95,13 +95,12 @@ def export_artifact(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         say(f"exporting {arch} for {profile.name} ({profile.precision.value})")
-        calibration = None
+        calibration, calibration_rows = None, min(profile.model.calibration_rows, len(prepared.encoded.train))
         if profile.model.activations == "static":
             from kdnas_deploy.latency.quantization import row_batches
 
-            say(f"calibrating int8 activation scales on {min(profile.model.calibration_rows, len(prepared.encoded.train))} "
-                "training rows")
-            calibration = row_batches(prepared.encoded.train, profile.model.calibration_rows, seed=CALIBRATION_SEED)
+            say(f"calibrating int8 activation scales on {calibration_rows} training rows")
+            calibration = row_batches(prepared.encoded.train, calibration_rows, seed=CALIBRATION_SEED)
         graph = build_profile_graph(model, profile, work, keep_fp32=True, calibration=calibration)
         say("checking the fp32 graph against PyTorch")
         parity = check_parity(model, work / FP32_FILE, dev, pad)
@@ -144,7 +143,7 @@ def export_artifact(
             "parity": parity,
             "fusion": {"fused_attention": graph.fused_attention, "layers": graph.layers, "fused": graph.fused,
                        "operators": graph.fusion_stats},
-            "quantization": _quantization(profile, len(prepared.encoded.train)),
+            "quantization": _quantization(profile, calibration_rows),
             "profile": {"name": profile.name, "precision": profile.precision.value, "content_hash": profile.content_hash(),
                         "definition": profile.model_dump(mode="json")},
             "latency": latency,
@@ -231,17 +230,17 @@ def _latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size
     return result
 
 
-def _quantization(profile: HardwareProfile, train_rows: int) -> dict[str, Any] | None:
+def _quantization(profile: HardwareProfile, calibration_rows: int) -> dict[str, Any] | None:
     """What a reader needs to reproduce the int8 graph (None for fp32 and fp16)."""
     m = profile.model
-    if profile.precision.value != "int8":
+    if profile.precision is not Precision.int8:
         return None
     out: dict[str, Any] = {"weights": "int8, symmetric, " + ("per channel" if m.per_channel else "per tensor"),
                            "reduce_range": m.reduce_range, "activations": m.activations,
                            "quantizer": "onnxruntime.quantization.quantize_dynamic"}
     if m.activations == "static":
         out["quantizer"] += ", activation scales fixed by kdnas_deploy.latency.quantization"
-        out["calibration"] = {"method": "minmax", "split": "train", "rows": min(m.calibration_rows, train_rows),
+        out["calibration"] = {"method": "minmax", "split": "train", "rows": calibration_rows,
                               "seed": CALIBRATION_SEED, "ranges": "onnxruntime.quantization.calibrate (MinMax)"}
     return out
 

@@ -15,28 +15,25 @@ or as a Ray Serve application, on a running cluster or in a config file (`import
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
 from kdnas_deploy.artifact.runtime import Artifact, Row
-from kdnas_deploy.artifact.serve import ServeConfig, create_app
+from kdnas_deploy.artifact.serve import RowRunner, ServeConfig, create_app
 from kdnas_deploy.util.errors import KdnasError
 
 
-class RayBatcher:
+class RayBatcher(RowRunner):
     """`Batcher` for a Ray replica: requests meet in `@serve.batch`, sized in rows (not requests) up to
-    `max_batch`, waiting at most `max_wait_ms`. As with `MicroBatcher`, a batch that fails runs again one request at a
-    time, so only a request that fails by itself gets an error."""
+    `max_batch`, waiting at most `max_wait_ms`; `RowRunner` runs them, as it does for `MicroBatcher`."""
 
     def __init__(self, artifact: Artifact, config: ServeConfig, replica: str = ""):
         from ray import serve
 
-        self.artifact, self.config, self.replica = artifact, config, replica
-        self.batches = 0
-        self.rows = 0
+        super().__init__(artifact, config)
+        self.replica = replica
         self._batched = serve.batch(max_batch_size=config.max_batch, batch_wait_timeout_s=config.max_wait_ms / 1000,
-                                    batch_size_fn=lambda jobs: sum(len(j) for j in jobs))(self._run_batch)
+                                    batch_size_fn=lambda jobs: sum(len(j) for j in jobs))(self._answer)
 
     def start(self) -> None:
         pass
@@ -51,32 +48,6 @@ class RayBatcher:
         if isinstance(result, Exception):
             raise result
         return result
-
-    async def _run_batch(self, jobs: list[list[Row]]) -> list[Any]:
-        try:
-            preds = await self._predict([r for j in jobs for r in j])
-        except Exception:  # noqa: BLE001 - one request's failure must not reach its batch-mates' answers
-            out: list[Any] = []
-            for j in jobs:
-                try:
-                    out.append(await self._predict(j))
-                except Exception as exc:  # noqa: BLE001 - handed to that request alone
-                    out.append(exc)
-            return out
-        answers, at = [], 0
-        for j in jobs:
-            answers.append(preds[at:at + len(j)])
-            at += len(j)
-        return answers
-
-    async def _predict(self, rows: list[Row]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        preds: list[Any] = []
-        for start in range(0, len(rows), self.config.max_batch):
-            preds += await loop.run_in_executor(None, self.artifact.predict, rows[start:start + self.config.max_batch])
-        self.batches += 1
-        self.rows += len(rows)
-        return preds
 
 
 def replica_threads(replicas: int, threads: int | None = None) -> int:

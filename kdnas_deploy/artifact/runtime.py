@@ -137,12 +137,14 @@ def feeds_for(session: Any, batch: dict[str, Any]) -> dict[str, np.ndarray]:
     return {i.name: np.asarray(batch[i.name], dtype=np.int64) for i in session.get_inputs()}
 
 
-def onnx_logits(session: Any, dataset: Any, batch_size: int = 64, pad_token_id: int = 0) -> np.ndarray:
-    """Logits of an encoded dataset through an ONNX Runtime session, in row order."""
+def onnx_logits(session: Any, dataset: Any, batch_size: int = 64, pad_token_id: int = 0,
+                order: np.ndarray | None = None) -> np.ndarray:
+    """Logits of an encoded dataset through an ONNX Runtime session, in row order; the rows are batched in length
+    order, or in the `order` given (a permutation of row indices: other batch-mates, more padding)."""
     from kdnas_deploy.data.batching import sorted_row_batches
 
     out: np.ndarray | None = None
-    for idx, batch in sorted_row_batches(dataset, batch_size, pad_token_id):
+    for idx, batch in sorted_row_batches(dataset, batch_size, pad_token_id, order):
         logits = session.run(["logits"], feeds_for(session, batch))[0]
         if out is None:
             out = np.zeros((len(dataset), logits.shape[1]), dtype=np.float32)

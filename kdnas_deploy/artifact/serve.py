@@ -80,14 +80,56 @@ class _Job:
     future: asyncio.Future[Any]
 
 
-class MicroBatcher:
+class RowRunner:
+    """Runs requests' rows through the artifact for a batcher: all of a batch's rows in one pass (in `max_batch`
+    slices, in a worker thread, so the event loop keeps accepting requests), each request answered with its slice.
+    If the pass fails, each request runs again alone, so only a request that fails by itself gets an error and no
+    other request's answer depends on it. Counts what it ran for /health."""
+
+    #: Which replica this is, where there are several (Ray Serve); empty for one process.
+    replica: str = ""
+
     def __init__(self, artifact: Artifact, config: ServeConfig):
         self.artifact, self.config = artifact, config
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
         self.batches = 0
         self.rows = 0
         self.last_batch = 0
+
+    async def _predict(self, rows: list[Row]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        # Large requests go through in max_batch slices; small ones share one padded batch.
+        preds: list[Any] = []
+        for start in range(0, len(rows), self.config.max_batch):
+            preds += await loop.run_in_executor(None, self.artifact.predict, rows[start:start + self.config.max_batch])
+        self.batches += 1
+        self.rows += len(rows)
+        self.last_batch = len(rows)
+        return preds
+
+    async def _answer(self, jobs: list[list[Row]]) -> list[Any]:
+        """Each job's predictions, or the exception that job raised when run alone."""
+        try:
+            preds = await self._predict([r for j in jobs for r in j])
+        except Exception:  # noqa: BLE001 - one request's failure must not reach its batch-mates' answers
+            answers: list[Any] = []
+            for j in jobs:
+                try:
+                    answers.append(await self._predict(j))
+                except Exception as exc:  # noqa: BLE001 - handed to that request alone
+                    answers.append(exc)
+            return answers
+        at, answers = 0, []
+        for j in jobs:
+            answers.append(preds[at:at + len(j)])
+            at += len(j)
+        return answers
+
+
+class MicroBatcher(RowRunner):
+    def __init__(self, artifact: Artifact, config: ServeConfig):
+        super().__init__(artifact, config)
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -141,32 +183,13 @@ class MicroBatcher:
                     break
                 jobs.append(job)
                 size += len(job.rows)
-            try:
-                await self._run(jobs)
-            except Exception:  # noqa: BLE001 - one request's failure must not reach its batch-mates' answers
-                for j in jobs:  # so each runs again alone: only a request that fails by itself gets the error
-                    try:
-                        await self._run([j])
-                    except Exception as exc:  # noqa: BLE001
-                        if not j.future.done():
-                            j.future.set_exception(exc)
-
-    async def _run(self, jobs: list[_Job]) -> None:
-        loop = asyncio.get_running_loop()
-        rows = [r for j in jobs for r in j.rows]
-        # Large requests go through in max_batch slices; small ones share one padded batch.
-        preds = []
-        for start in range(0, len(rows), self.config.max_batch):
-            chunk = rows[start:start + self.config.max_batch]
-            preds += await loop.run_in_executor(None, self.artifact.predict, chunk)
-        self.batches += 1
-        self.rows += len(rows)
-        self.last_batch = len(rows)
-        at = 0
-        for j in jobs:
-            if not j.future.done():
-                j.future.set_result(preds[at:at + len(j.rows)])
-            at += len(j.rows)
+            for job, answer in zip(jobs, await self._answer([j.rows for j in jobs])):
+                if job.future.done():
+                    continue
+                if isinstance(answer, Exception):
+                    job.future.set_exception(answer)
+                else:
+                    job.future.set_result(answer)
 
 
 class BodyLimit:
@@ -228,6 +251,7 @@ class Batcher(Protocol):
 
     batches: int
     rows: int
+    replica: str
 
     def start(self) -> None: ...
 
@@ -276,7 +300,7 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None, batcher: B
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": artifact.name, "uptime_s": round(time.time() - started, 1),
                 "batches": runner.batches, "rows": runner.rows,
-                **({"replica": runner.replica} if getattr(runner, "replica", "") else {})}
+                **({"replica": runner.replica} if runner.replica else {})}
 
     @app.get("/v1/metadata")
     async def metadata() -> dict[str, Any]:

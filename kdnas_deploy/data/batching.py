@@ -27,9 +27,11 @@ def pad_rows(rows: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[str,
     return batch
 
 
-def sorted_row_batches(dataset: Any, batch_size: int, pad_token_id: int = 0) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """(row indices, padded numpy batch) in length order."""
-    order = np.argsort(np.array([len(ids) for ids in dataset["input_ids"]]), kind="stable")  # equal lengths keep order
+def sorted_row_batches(dataset: Any, batch_size: int, pad_token_id: int = 0,
+                       order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(row indices, padded numpy batch) in length order, or in the `order` given (row indices)."""
+    if order is None:
+        order = np.argsort(np.array([len(ids) for ids in dataset["input_ids"]]), kind="stable")  # equal lengths keep order
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         yield idx, pad_rows([dataset[int(i)] for i in idx], pad_token_id)

@@ -24,6 +24,9 @@ from kdnas_deploy.hardware import HardwareProfile
 from kdnas_deploy.util.errors import KdnasError
 
 Feeds = Mapping[str, np.ndarray]
+#: The fp32 ops whose float inputs the dynamic quantizer quantizes at run time in a BERT graph: only their tensors are
+#: calibrated (the rest of the graph's would be recorded for nothing).
+QUANTIZED_OPS = ("MatMul", "Attention", "Gemm")
 
 
 def quantize_int8(fp32: Path, out: Path, profile: HardwareProfile, calibration: Iterable[Feeds] | None = None) -> None:
@@ -127,7 +130,8 @@ def _integer_matmuls_to_float(nodes: list[Any], initializers: set[str]) -> list[
 
 
 def calibrated_ranges(fp32: Path, calibration: Iterable[Feeds]) -> dict[str, tuple[float, float]]:
-    """(min, max) of every float tensor of `fp32` over the calibration batches, by ONNX Runtime's min-max calibrator."""
+    """(min, max) of the float tensors around `QUANTIZED_OPS` in `fp32` over the calibration batches, by ONNX
+    Runtime's min-max calibrator."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator
 
@@ -146,7 +150,7 @@ def calibrated_ranges(fp32: Path, calibration: Iterable[Feeds]) -> dict[str, tup
     if first is None:
         raise KdnasError("calibration saw no rows: give at least one training row")
     with tempfile.TemporaryDirectory(prefix="kdnas-calibrate-") as tmp:
-        calibrator = create_calibrator(str(fp32), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+        calibrator = create_calibrator(str(fp32), list(QUANTIZED_OPS), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": False})
         reader = Reader(itertools.chain([first], batches), {i.name for i in calibrator.infer_session.get_inputs()})
         calibrator.collect_data(reader)
