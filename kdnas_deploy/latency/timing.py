@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -68,6 +70,8 @@ def make_session(path: str | Path, profile: HardwareProfile) -> Any:
     import onnxruntime as ort
 
     profile.check_runnable()
+    if profile.uses_gpu:
+        _preload_gpu_libraries()
     try:
         sess = ort.InferenceSession(str(path), session_options(profile), providers=profile.providers())
     except Exception as exc:  # ORT raises its own exception types per failure
@@ -78,6 +82,20 @@ def make_session(path: str | Path, profile: HardwareProfile) -> Any:
             f"for profile {profile.name!r}"
         )
     return sess
+
+
+@functools.cache
+def _preload_gpu_libraries() -> None:
+    """Loads CUDA and cuDNN from the nvidia-* wheels (`onnxruntime-gpu[cuda,cudnn]`) before the first GPU session.
+
+    Without it the CUDA provider finds them only when torch was imported first or LD_LIBRARY_PATH names them, and
+    ORT falls back to the CPU. ORT prints its warnings, so they go to stderr: stdout may be a --json answer.
+    """
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21
+        with contextlib.redirect_stdout(sys.stderr):
+            ort.preload_dlls()
 
 
 def dummy_feeds(
