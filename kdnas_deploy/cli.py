@@ -565,6 +565,9 @@ def _print_card(card: dict[str, Any], folder: Path) -> None:
               + (f" (machine {lat['predicted_machine']})" if lat.get("predicted_machine") else "")
               + (f", measured {measured['median_ms']:.2f} ms (p10 {measured['p10_ms']:.2f}, p90 {measured['p90_ms']:.2f})" if measured else ""),
               highlight=False)
+    if measured and not measured.get("settled", True):
+        out.print(f"  the measurement did not settle (spread {measured['spread']:.0%}): time it against another artifact "
+                  "with `kdnas-deploy compare`, whose paired sessions cancel the machine's drift", highlight=False)
 
 
 @app.command()

@@ -298,3 +298,20 @@ def test_an_exports_missing_table_rows_are_timed_as_profile_times_them(tmp_path:
         kinds = {e.kind for e in t.entries(model.fingerprint, 1, profile.shape.seq_len)}
         assert kinds == {"base", "stem", "block", "probe"}
         assert all(e.timing.sessions >= 2 for e in t.entries(model.fingerprint, 1, profile.shape.seq_len, kind="block"))
+
+
+@pytest.mark.parametrize("max_spread, settled", [(1e-9, False), (1e9, True)])
+def test_a_measurement_that_did_not_settle_is_flagged_on_the_card(int8_artifact: Path, tmp_path: Path, max_spread: float,
+                                                                  settled: bool) -> None:
+    # Seen on an H200: one export timed a 0.3 ms student at p10 0.31 / p90 0.62 ms; its median read as the teacher's.
+    from kdnas_deploy.artifact.card import render_card
+    from kdnas_deploy.artifact.export import _latency
+
+    path = tmp_path / "profile.toml"
+    path.write_text((Path(__file__).parent / "data" / "fast-cpu.toml").read_text() + f"max_spread = {max_spread}\n")
+    card = json.loads((int8_artifact / "kdnas_card.json").read_text())
+    vocab = json.loads((int8_artifact / "config.json").read_text())["vocab_size"]
+    lat = _latency(StudentArch.parse(card["arch"]), load_profile(path), int8_artifact / card["file"], vocab,
+                   tmp_path / "t.sqlite", measure=True, say=lambda _m: None)
+    assert lat["measured"]["settled"] is settled and (lat["measured"]["spread"] > max_spread) is not settled
+    assert ("did not settle" in render_card({**card, "latency": lat})) is not settled

@@ -62,6 +62,9 @@ def render_card(card: dict[str, Any]) -> str:
     if measured:
         lines.append(f"| measured at export (the fastest of {measured['sessions']} sessions) | {measured['median_ms']:.3f} | "
                      f"{measured['p10_ms']:.3f} | {measured['p90_ms']:.3f} |")
+        if not measured.get("settled", True):
+            lines += ["", f"The measurement at export did not settle (p10 to p90 spread {measured['spread']:.0%}): read its "
+                      "median as a rough figure; `kdnas-deploy compare` gives a paired ratio against another artifact."]
     fp = card["fingerprint"]
     quant = card.get("quantization")
     if quant:

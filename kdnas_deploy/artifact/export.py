@@ -223,7 +223,10 @@ def _latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size
         say(f"timing the artifact ({profile.timing.sessions} sessions)")
         t = time_graph(path, profile, vocab_size=vocab_size)
         result["measured"] = {"median_ms": round(t.median_ms, 4), "p10_ms": round(t.p10_ms, 4), "p90_ms": round(t.p90_ms, 4),
-                              "spread": round(t.spread, 4), "sessions": t.sessions, "session_range": round(t.session_range, 4)}
+                              "spread": round(t.spread, 4), "sessions": t.sessions, "session_range": round(t.session_range, 4),
+                              # A GPU at batch 1 runs for a fraction of a millisecond, and host jitter can leave a session
+                              # bimodal: the median then says little, and the card says so.
+                              "settled": t.spread <= profile.timing.max_spread}
         # Two machines' milliseconds are not a prediction and its error: the ratio only means something on one.
         if not model.elsewhere:
             result["predicted_over_measured"] = round(predicted.ms / t.median_ms, 4) if t.median_ms > 0 else None
