@@ -745,8 +745,11 @@ def main() -> None:
         top = (exc.name or "").split(".")[0]
         if top in RAY_PACKAGES:
             _error(f"this needs Ray Serve ({exc.name} is not installed): pip install 'kdnas-deploy[ray]'", 2)
-        if top not in TRAIN_PACKAGES:
+        if top == "kdnas_deploy":
             _internal(exc)
+        if top not in TRAIN_PACKAGES:  # a base dependency: pip was told --no-deps, or a package was removed since
+            _error(f"{exc.name} is not installed, and kdnas-deploy needs it: the environment is incomplete; "
+                   "reinstall with pip install 'kdnas-deploy[cpu]' (or '[gpu]')", 2)
         _error(f"this command needs the training packages ({exc.name} is not installed): "
                "pip install 'kdnas-deploy[train]'", 2)
     except MemoryError:

@@ -16,19 +16,26 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_ONLY = ["torch", "transformers", "datasets", "optimum", "pandas", "pyarrow", "matplotlib", "scipy", "onnx",
               "safetensors", "huggingface_hub"]
-#: Runs the CLI with the training packages made unimportable, as on an install without the `train` extra.
-BLOCKED_CLI = (
-    "import sys\n"
-    f"BLOCKED = {set(TRAIN_ONLY)!r}\n"
-    "class Blocker:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name.split('.')[0] in BLOCKED:\n"
-    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-    "sys.meta_path.insert(0, Blocker())\n"
-    "sys.argv = ['kdnas-deploy'] + sys.argv[1:]\n"
-    "from kdnas_deploy.cli import main\n"
-    "main()\n"
-)
+
+
+def blocker_cli(blocked_packages: set[str]) -> str:
+    """Python code running the CLI with these packages made unimportable, as on an install that lacks them."""
+    return (
+        "import sys\n"
+        f"BLOCKED = {blocked_packages!r}\n"
+        "class Blocker:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+        "sys.argv = ['kdnas-deploy'] + sys.argv[1:]\n"
+        "from kdnas_deploy.cli import main\n"
+        "main()\n"
+    )
+
+
+#: The CLI without the training packages, as on an install without the `train` extra.
+BLOCKED_CLI = blocker_cli(set(TRAIN_ONLY))
 
 
 def blocked(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -100,6 +107,17 @@ def test_a_training_command_without_the_training_packages_names_the_extra(tiny_t
         assert run.returncode == 2, (args, run.stderr)
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and "pip install 'kdnas-deploy[train]'" in lines[0] and "Traceback" not in run.stderr
+
+
+def test_a_missing_base_dependency_is_named_with_the_reinstall_not_reported_as_a_bug(int8_artifact: Path) -> None:
+    # uvicorn[standard]'s HTTP parser; found missing on a GPU machine where packages were installed with --no-deps
+    run = subprocess.run([sys.executable, "-c", blocker_cli({"httptools"}), "serve", str(int8_artifact), "--port", "0"],
+                         capture_output=True, text=True, timeout=120)
+    out = run.stdout + run.stderr
+    assert run.returncode == 2, out
+    error = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "httptools is not installed" in error[0] and "kdnas-deploy[cpu]" in error[0], out
+    assert "internal error" not in out and "Traceback" not in out
 
 
 @pytest.mark.slow
