@@ -145,6 +145,10 @@ class HardwareProfile(_Strict):
     def providers(self) -> list[Any]:
         """The provider list for an InferenceSession, with the profile's options."""
         opts = {k: str(v) for k, v in self.runtime.provider_options.items()}
+        if opts.get("device_id") == "0":
+            # ORT's default device. Named, it makes ORT >= 1.26 look for a plugin EP device of that id first and log a
+            # warning for every session when none is registered (seen on an H200 with onnxruntime-gpu 1.31).
+            del opts["device_id"]
         chosen: list[Any] = [(self.runtime.provider, opts)] if opts else [self.runtime.provider]
         if self.runtime.provider != "CPUExecutionProvider":
             chosen.append("CPUExecutionProvider")

@@ -75,6 +75,14 @@ def test_int8_on_gpu_provider_is_rejected():
         parse_profile(data, "bad.toml")
 
 
+def test_gpu_provider_options_leave_out_the_default_device_only():
+    cuda = load_profile("cuda")
+    assert cuda.runtime.provider_options["device_id"] == 0  # still part of the profile and its hash
+    assert cuda.providers() == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "DEFAULT"}), "CPUExecutionProvider"]
+    second = cuda.model_copy(update={"runtime": cuda.runtime.model_copy(update={"provider_options": {"device_id": 1}})})
+    assert second.providers() == [("CUDAExecutionProvider", {"device_id": "1"}), "CPUExecutionProvider"]
+
+
 def test_profile_files_errors(tmp_path):
     with pytest.raises(KdnasError, match="unknown hardware profile 'tpu'.*cpu, cpu-int8, cpu-int8-static, cuda"):
         load_profile("tpu")
