@@ -49,7 +49,7 @@ step compare kd compare "$work/student-art" "$work/teacher-art" --hw "$hw" --ses
     --min-hours 0 --record "$out/compare.json"
 
 serve_once() {  # one pair request through the HTTP server, answer kept in serve.json
-    kd serve "$work/student-art" --host 127.0.0.1 --port 8765 >> "$out/all.log" 2>&1 &
+    "$py" -m kdnas_deploy.cli serve "$work/student-art" --host 127.0.0.1 --port 8765 >> "$out/all.log" 2>&1 &  # not kd: $! must be the server
     server=$!
     "$py" - "$out/serve.json" <<'PY'
 import json, sys, time, urllib.request
