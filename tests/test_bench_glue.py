@@ -76,6 +76,37 @@ def test_score_rule_pairs_seeds_and_needs_the_latency_verdict(tmp_path):
     assert "+1.90 points" in board and "| met |" in board and "before any result" in board
 
 
+def test_speed_at_97_waits_for_every_seed_and_the_teachers_sessions(tmp_path):
+    from kdnas_deploy.latency.compare import Comparison, Session
+
+    bench, task = _task(tmp_path, {("L3-H384-A12-I1536", 1.0): "L3-H384-A12-I1536", ("L4-H312-A12-I1200", 1.0): "L4-H312-A12-I1200"}, {})
+    results = task.out / "results"
+    results.mkdir()
+    (results / "teacher.json").write_text(json.dumps({"dev": 0.64}))
+    for arch in ("L3-H384-A12-I1536", "L4-H312-A12-I1200"):
+        (results / f"{arch}-s0.json").write_text(json.dumps({"dev": 0.63}))
+
+    def sessions(n):
+        for arch in ("L3-H384-A12-I1536", "L4-H312-A12-I1200"):
+            rec = Comparison("a", "b", "cpu-int8", {}, [Session(i * 1800.0, [1.0], [2.0], 0.36 + 0.001 * (i % 2)) for i in range(n)])
+            path = finals.compare_record(task, f"{arch}__vs__teacher")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(rec.to_dict()))
+
+    def speed_row():
+        board = report.scoreboard(bench, {"mnli": report.task_results(bench, task)})
+        return next(line for line in board.splitlines() if line.startswith("|") and "speed-at-97/1" in line)
+
+    sessions(2)  # one seed of five, two sessions: 98% kept at 2.7x so far, no verdict
+    assert "so far 2.7" in speed_row() and speed_row().endswith("| pending |")
+    for s in range(1, 5):
+        for arch in ("L3-H384-A12-I1536", "L4-H312-A12-I1200"):
+            (results / f"{arch}-s{s}.json").write_text(json.dumps({"dev": 0.63}))
+    assert speed_row().endswith("| pending |")  # every seed, but the teacher pairs lack the rule's sessions
+    sessions(6)
+    assert "| 2.7" in speed_row() and speed_row().endswith("| met |")
+
+
 def test_t_interval_and_page_block(tmp_path):
     mean, lo, hi = report.t_interval([2.75, 1.95, 1.15])
     assert mean == pytest.approx(1.95) and lo == pytest.approx(-0.037, abs=0.01) and hi == pytest.approx(3.937, abs=0.01)
