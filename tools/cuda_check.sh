@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The cuda profile end to end on a machine with an NVIDIA GPU and onnxruntime-gpu: the CUDA tests, a student
 # distilled on the GPU, the teacher and the student exported as fp16 artifacts (fusion, parity and the dev-score
-# check run as in any export), their latency ratio by `compare`, and one request through `serve`.
+# check run as in any export), their latency ratio by `compare`, one pair through `predict` and one request
+# through `serve`.
 # CI has no GPU, so this is run by hand where one is lent; what it measured goes to benchmarks/records.
 #
 #   tools/cuda_check.sh TEACHER_DIR TASK DATA_DIR OUT [STUDENT_ARCH]
@@ -47,6 +48,8 @@ done
 
 step compare kd compare "$work/student-art" "$work/teacher-art" --hw "$hw" --sessions "$sessions" --every 0 \
     --min-hours 0 --record "$out/compare.json"
+
+step predict kd predict "$work/student-art" "A man is playing a guitar." --pair "A person plays music." --json
 
 serve_once() {  # one pair request through the HTTP server, answer kept in serve.json
     "$py" -m kdnas_deploy.cli serve "$work/student-art" --host 127.0.0.1 --port 8765 >> "$out/all.log" 2>&1 &  # not kd: $! must be the server
