@@ -160,6 +160,7 @@ def student_dir(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path_factory: pyte
 
 @pytest.fixture(scope="session")
 def int8_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What ships for CPU (`cpu-int8`): dynamic int8, activation scales computed per batch."""
     from kdnas_deploy.artifact.export import export_artifact
 
     out = tmp_path_factory.mktemp("artifacts") / "int8"

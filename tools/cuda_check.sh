@@ -73,5 +73,4 @@ print(json.dumps(answer))
 PY
 }
 step serve serve_once
-kill $server 2>/dev/null
 ! grep -q ' rc=[1-9]' "$out/steps.txt"

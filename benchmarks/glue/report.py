@@ -87,11 +87,10 @@ def task_results(bench: Bench, task: Task) -> dict[str, Any]:
     res["speed"] = speed
     # The verdict waits for every seed of every arm (the seed mean decides who keeps 97%) and every pair against the
     # teacher to have the latency rule's sessions: a verdict on part of the data could flip.
-    timed = {a.arch for a in everyone if 0 in a.seeds}
     res["speed_complete"] = (res["teacher_dev"] is not None
                              and all(len(r["dev"]) == len(a.seeds) for r, a in zip(res["arms"], everyone))
-                             and all(comparisons.get(f"{arch}__vs__teacher", {}).get("verdict") in ("within", "not shown")
-                                     for arch in timed))
+                             and all(comparisons.get(pair, {}).get("verdict") in ("within", "not shown")
+                                     for pair in latency_pairs(bench, task) if pair.endswith("__vs__teacher")))
     qualifying = [s for s in speed if s["kept"] >= rules["speed"]["keep"]]
     res["speed_at_97"] = max(qualifying, key=lambda s: s["speedup"]) if qualifying else None
     if (task.out / "replay.json").is_file():
@@ -126,10 +125,11 @@ def scoreboard(bench: Bench, results: dict[str, Any]) -> str:
         s97 = r.get("speed_at_97")
         if r.get("speed"):
             value = f"{s97['speedup']:.2f}x (`{s97['arch']}`, {100 * s97['kept']:.1f}% kept)" if s97 else "no student keeps 97%"
-            verdict = ("met" if s97 and s97["speedup"] >= plan["rules"]["speed"]["target_speedup"] else "missed")
+            verdict = "met" if s97 and s97["speedup"] >= plan["rules"]["speed"]["target_speedup"] else "missed"
+            if not r.get("speed_complete"):
+                value, verdict = f"so far {value}", "pending"
             rows.append((f"{name.upper()}: speedup over the teacher at >= 97% of its score, >= 2.5x", "speed-at-97/1",
-                         value if r.get("speed_complete") else f"so far {value}",
-                         verdict if r.get("speed_complete") else "pending"))
+                         value, verdict))
     lines = ["| target | rule | measured | verdict |", "|---|---|---|---|"]
     lines += [f"| {t} | {rule} | {v} | {verdict} |" for t, rule, v, verdict in rows] or ["| (no results yet) | | | pending |"]
     return "\n".join([f"Plan: `benchmarks/glue/plan.toml` (version {plan['version']}, "
