@@ -259,6 +259,92 @@ def _report(info: Any, out_dir: Path, as_json: bool) -> None:
               f"({t['examples_per_second']:.0f} examples/s)", highlight=False)
 
 
+table_app = typer.Typer(help="See what a latency table holds, merge another machine's timings into it, export them.",
+                        no_args_is_help=True)
+app.add_typer(table_app, name="table")
+
+
+@table_app.command("list")
+def table_list(
+    table: TableOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the machines as JSON on stdout.")] = False,
+) -> None:
+    """The machines a latency table holds timings of: fingerprint, profile, CPU or GPU, rows by kind, shapes."""
+    from dataclasses import asdict
+
+    from kdnas_deploy.latency.table import KINDS, LatencyTable, default_table_path
+    from kdnas_deploy.latency.transfer import describe, this_host
+
+    path = table or default_table_path()
+    if not path.exists():
+        raise KdnasError(f"no latency table at {path} yet: `kdnas-deploy profile` fills one")
+    with LatencyTable(path, readonly=True) as tbl:
+        machines = tbl.machines()
+    here = this_host(machines)
+    if as_json:
+        print(json.dumps([{**asdict(m), "this_host": m.id in here} for m in machines], indent=2))
+        return
+    grid = Table(caption="timings: all (" + ", ".join(KINDS) + ")", caption_justify="left")
+    grid.add_column("machine", no_wrap=True)  # the id a user copies into --machine: never wrapped or cut
+    for title in ("profile, device", "timings", "batch x seq", "last timed"):
+        grid.add_column(title, overflow="fold")
+    for m in machines:
+        grid.add_row(m.id + ("\n(this host)" if m.id in here else ""), escape(describe(m)),
+                     f"{m.count}\n(" + "/".join(str(m.rows.get(k, 0)) for k in KINDS) + ")",
+                     ", ".join(f"{b}x{n}" for b, n in m.shapes),
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(m.last_timed)) if m.last_timed else "")
+    out.print(f"{escape(str(path))}: {len(machines)} machine(s), {sum(m.count for m in machines)} timings",
+              highlight=False)
+    out.print(grid)
+
+
+@table_app.command("merge")
+def table_merge(
+    sources: Annotated[list[Path], typer.Argument(help="Latency tables (SQLite) or JSON exports to add from.")],
+    table: TableOpt = None,
+    machine: Annotated[list[str], typer.Option("--machine", help="Merge only this machine's timings. Repeatable.")] = [],
+) -> None:
+    """Add another machine's timings (a table profiled on a deployment target, or its export) to a latency table.
+    Rows the table already has are kept; merging twice adds nothing."""
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.latency.transfer import merge
+
+    path = table or default_table_path()
+    with LatencyTable(path) as tbl:
+        merged = merge(tbl, sources, machine)
+    for m in merged:
+        out.print(f"{escape(m.source)}: machine {m.machine} ({escape(m.info.get('profile', '?'))} on "
+                  f"{escape(str(m.info.get('gpu') or m.info.get('cpu', '?')))}): {m.added} of {m.offered} timings "
+                  f"added", highlight=False)
+    if not merged:
+        out.print("the sources hold no timings", highlight=False)
+    out.print(f"search with `--table {escape(str(path))} --machine ID` to read a merged machine's timings",
+              highlight=False)
+
+
+@table_app.command("export")
+def table_export(
+    out_file: Annotated[Path, typer.Option("--out", help="JSON file to write.")],
+    table: TableOpt = None,
+    machine: Annotated[list[str], typer.Option("--machine", help="Export only this machine's timings (default: every machine's). Repeatable.")] = [],
+) -> None:
+    """Write machines' timings as one JSON file, for `table merge` on another host (text: diffable, mailable)."""
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.latency.transfer import export
+    from kdnas_deploy.model_folder import write_json_atomic
+    from kdnas_deploy.util.files import writable_file
+
+    path = table or default_table_path()
+    if not path.exists():
+        raise KdnasError(f"no latency table at {path} yet: `kdnas-deploy profile` fills one")
+    target = writable_file(out_file, "--out")
+    with LatencyTable(path, readonly=True) as tbl:
+        document = export(tbl, machine)
+    write_json_atomic(target, document)
+    n = sum(len(e["timings"]) for e in document["exports"])
+    out.print(f"{target}: {n} timings of {len(document['exports'])} machine(s)", highlight=False)
+
+
 @app.command()
 def teacher(
     backbone: Annotated[str, typer.Option("--backbone", help="Pretrained BERT-family model: hub id or folder.")],

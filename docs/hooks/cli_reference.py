@@ -40,10 +40,17 @@ def reference() -> str:
 
     from kdnas_deploy.cli import app
 
-    group = typer.main.get_command(app)
     lines: list[str] = []
-    for name in sorted(group.commands):
-        lines += _command_markdown(name, group.commands[name])
+
+    def walk(prefix: str, group: Any) -> None:
+        for name in sorted(group.commands):
+            command = group.commands[name]
+            if hasattr(command, "commands"):  # a command group (`table`): its own commands, named in full
+                walk(f"{prefix}{name} ", command)
+            else:
+                lines.extend(_command_markdown(prefix + name, command))
+
+    walk("", typer.main.get_command(app))
     return "\n".join(lines)
 
 

@@ -15,7 +15,9 @@ fingerprint are never read for this machine.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -93,9 +95,95 @@ class Entry:
         return self.fused_attention == self.arch.layers
 
 
+@dataclass
+class MachineRows:
+    """One machine fingerprint of a table: its description and how many timings it has, by kind and by (batch,
+    sequence length)."""
+
+    id: str
+    info: dict[str, Any]
+    created: float
+    rows: dict[str, int]
+    shapes: list[tuple[int, int]]
+    last_timed: float | None
+
+    @property
+    def count(self) -> int:
+        return sum(self.rows.values())
+
+
 def _parse_arch(text: str) -> StudentArch:
     layers, hidden, heads, ffn = (int(part[1:]) for part in text.split("-"))
     return StudentArch(layers, hidden, heads, ffn)
+
+
+#: The timings table's columns, in schema order: what an export must carry, no more and no fewer.
+TIMING_COLUMNS = ("fingerprint", "kind", "arch", "batch", "seq_len", "median_ms", "p10_ms", "p90_ms", "spread",
+                  "samples", "rounds", "noisy", "sessions", "session_range", "fused_attention", "layers", "build_s",
+                  "created")
+_INT_COLUMNS = {"batch": 1, "seq_len": 1, "samples": 0, "rounds": 0, "noisy": 0, "sessions": 0, "fused_attention": 0,
+                "layers": 0}
+_FINGERPRINT_RE = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _value_problem(column: str, value: Any) -> str | None:
+    """Why `value` cannot stand in `column` of an imported row, or None."""
+    if column == "fingerprint":
+        return None  # checked against the export's own id
+    if column == "kind":
+        return None if value in KINDS else f"is not one of {', '.join(KINDS)}"
+    if column == "arch":
+        if not isinstance(value, str) or not _ARCH_TEXT.fullmatch(value):
+            return "is not an architecture (L4-H256-A4-I1024)"
+        try:
+            _parse_arch(value)
+        except KdnasError as exc:
+            return f"is not a valid architecture ({exc})"
+        return None
+    if column in _INT_COLUMNS:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= _INT_COLUMNS[column]
+        return None if ok else f"is not an integer >= {_INT_COLUMNS[column]}"
+    if not _number(value) or value < 0 or (column == "median_ms" and value == 0):
+        return "is not a finite non-negative number" if column != "median_ms" else "is not a positive number"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_ARCH_TEXT = re.compile(r"L\d{1,3}-H\d{1,5}-A\d{1,3}-I\d{1,6}")
+
+
+def check_export(rows: Any) -> None:
+    """Raises a one-line error unless `rows` is a well-formed `export_rows` document: it may come from a file
+    someone else wrote, so every column name and value is checked before anything is written. A column name is
+    never put into SQL unchecked, and a string where a latency belongs would fail a search hours later."""
+    if not isinstance(rows, dict) or rows.get("app") != APP_ID or rows.get("schema_version") != SCHEMA_VERSION:
+        raise KdnasError("not an export of a kdnas-deploy latency table of this schema version")
+    fp, columns, timings = rows.get("fingerprint"), rows.get("columns"), rows.get("timings")
+    if not (isinstance(fp, dict) and isinstance(fp.get("id"), str) and _FINGERPRINT_RE.fullmatch(fp["id"])
+            and isinstance(fp.get("info"), dict) and _number(fp.get("created"))):
+        raise KdnasError("latency table export: its fingerprint is not an id, an info object and a time")
+    if not isinstance(columns, list) or sorted(map(str, columns)) != sorted(TIMING_COLUMNS) \
+            or len(set(columns)) != len(columns):
+        raise KdnasError(f"latency table export: its columns are not {', '.join(TIMING_COLUMNS)}")
+    if not isinstance(timings, list):
+        raise KdnasError("latency table export: its timings are not a list of rows")
+    for i, row in enumerate(timings):
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise KdnasError(f"latency table export: row {i} does not hold {len(columns)} values")
+        if row[columns.index("fingerprint")] != fp["id"]:
+            raise KdnasError("latency table export mixes fingerprints")
+        for column, value in zip(columns, row):
+            problem = _value_problem(column, value)
+            if problem:
+                raise KdnasError(f"latency table export: row {i}: {column} {_short(value)} {problem}")
 
 
 class LatencyTable:
@@ -301,20 +389,31 @@ class LatencyTable:
 
     def import_rows(self, rows: dict[str, Any]) -> int:
         """Adds rows written by `export_rows`; a row this table already has is kept as it is (its own measurement
-        wins). Returns how many rows were added."""
-        if rows.get("app") != APP_ID or int(rows.get("schema_version", 0)) != SCHEMA_VERSION:
-            raise KdnasError("not an export of a kdnas-deploy latency table of this schema version")
-        columns, fp = rows["columns"], rows["fingerprint"]
-        at = columns.index("fingerprint")
-        if any(row[at] != fp["id"] for row in rows["timings"]):
-            raise KdnasError("latency table export mixes fingerprints")
+        wins). Returns how many rows were added; `check_export` vets them first."""
+        check_export(rows)
+        fp, columns, timings = rows["fingerprint"], rows["columns"], rows["timings"]
         before = self.count()
         with self._write() as db:
             db.execute("INSERT OR IGNORE INTO fingerprints VALUES (?, ?, ?)",
                        (fp["id"], json.dumps(fp["info"], sort_keys=True), fp["created"]))
             db.executemany(f"INSERT OR IGNORE INTO timings ({', '.join(columns)}) VALUES "
-                           f"({', '.join('?' * len(columns))})", rows["timings"])
+                           f"({', '.join('?' * len(columns))})", timings)
         return self.count() - before
+
+    def machines(self) -> list[MachineRows]:
+        """What the table holds, per machine fingerprint: its description and its rows by kind and shape."""
+        found: dict[str, MachineRows] = {}
+        for fid, info, created in self._db.execute("SELECT id, info, created FROM fingerprints ORDER BY created, id"):
+            found[fid] = MachineRows(fid, json.loads(info), created, {}, [], None)
+        for fid, kind, n, last in self._db.execute(
+                "SELECT fingerprint, kind, COUNT(*), MAX(created) FROM timings GROUP BY fingerprint, kind"):
+            m = found.setdefault(fid, MachineRows(fid, {}, 0.0, {}, [], None))
+            m.rows[kind] = n
+            m.last_timed = max(last, m.last_timed or last)
+        for fid, batch, seq_len in self._db.execute(
+                "SELECT DISTINCT fingerprint, batch, seq_len FROM timings ORDER BY batch, seq_len"):
+            found[fid].shapes.append((batch, seq_len))
+        return list(found.values())
 
     def integrity_ok(self) -> bool:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
