@@ -44,7 +44,6 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     run (default: one after another in this process); it is not a setting of the run, so a resumed run may use
     another. `exporter` ships each final student (`kdnas_deploy.pipeline.run_pipeline` passes export's): search
     itself knows nothing of export."""
-    from kdnas_deploy.distill.api import distill
     from kdnas_deploy.data.prepare import prepare
     from kdnas_deploy.distill.trainer import TrainConfig
     from kdnas_deploy.latency.table import LatencyTable
@@ -55,33 +54,19 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     if (out / RUN_FILE).exists() and not resume:
         raise KdnasError(f"{out} already holds a search run: use --resume to continue it, or another --out")
     r = resolve(settings)
-    teacher_config, teacher_arch, space, profiles = r.teacher_config, r.teacher_arch, r.space, r.profiles
-    for p in profiles:
+    for p in r.profiles:
         p.check_runnable()
+    first = r.profiles[0].name
     with LatencyTable(r.table_path) as table:
-        oracle = LatencyOracle(table, profiles, settings.machines or ())
+        oracle = LatencyOracle(table, r.profiles, settings.machines or ())
         elsewhere = oracle.elsewhere()
-        record = {
-            "settings": asdict(settings),
-            "teacher_config_hash": teacher_config_hash(teacher_config),
-            "profiles": {name: {"content_hash": m.profile.content_hash(), "fingerprint": m.fingerprint}
-                         for name, m in oracle.models.items()},
-            "space": space.to_dict(),
-        }
-        before: dict[str, Any] = {}
-        if resume:
-            before = json.loads((out / RUN_FILE).read_text())
-            same_teacher = is_recorded_teacher(before.get("teacher_config_hash"), teacher_config, before["settings"]["teacher"])
-            if not same_teacher or before.get("profiles") != record["profiles"]:
-                raise KdnasError(f"{out}: the teacher, profiles or machine changed since this run started; start a new "
-                                 "run (or, to read the first machine's timings, resume with its table and --machine)")
-        write_json_atomic(out / RUN_FILE, record)
-        references = budget_references(settings.budgets or [])
-        oracle.fill(space, extra=[teacher_arch, *references], calibration=settings.calibration, seed=settings.seed,
-                    progress=latency_progress, on_step=latency_steps)
-        teacher_ms = oracle(teacher_arch)
+        record = _start_record(settings, r, oracle, out, resume)
+        oracle.fill(r.space, extra=[r.teacher_arch, *budget_references(settings.budgets or [])],
+                    calibration=settings.calibration, seed=settings.seed, progress=latency_progress,
+                    on_step=latency_steps)
+        teacher_ms = oracle(r.teacher_arch)
         if settings.target_ms is not None:
-            config = RewardConfig({p.name: settings.target_ms for p in profiles}, form=settings.reward)
+            config = RewardConfig({p.name: settings.target_ms for p in r.profiles}, form=settings.reward)
         else:
             config = RewardConfig.from_speedup(teacher_ms, settings.speedup or DEFAULT_SPEEDUP, form=settings.reward)
         source = DataSource.from_dict(settings.data)
@@ -89,7 +74,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         prepared = prepare(settings.teacher, source, settings.max_length)
         # The data's content, not its path: a run resumed with its data moved (--data-dir) goes on only if the rows
         # are the ones it started on.
-        if resume and before.get("data_fingerprint") not in (None, prepared.data.fingerprint):
+        if record.get("data_fingerprint") not in (None, prepared.data.fingerprint):
             raise KdnasError(f"{out}: the data is not what this run started on (its content changed); start a new run")
         record["data_fingerprint"] = prepared.data.fingerprint
         write_json_atomic(out / RUN_FILE, record)
@@ -97,11 +82,10 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
                                                 init=settings.init,  # type: ignore[arg-type]
                                                 train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
         teacher_metrics = evaluate.teacher_metrics()
-        first = profiles[0].name
         budgets = resolve_budgets(settings.budgets, lambda a: oracle(a)[first]) if settings.budgets else None
         bands = budget_bands([b.ms for b in budgets], first) if budgets else ()
-        strategy = make_strategy(settings.strategy, space, config, oracle, settings.seed,
-                                 deployment_limits(settings, teacher_config, profiles), bands)
+        strategy = make_strategy(settings.strategy, r.space, config, oracle,
+                                 settings.seed, deployment_limits(settings, r.teacher_config, r.profiles), bands)
         with Journal(out / JOURNAL_FILE) as journal:
             candidates = run_episodes(strategy, journal, evaluate, oracle, config, settings.episodes, settings.top_k,
                                       progress, executor)
@@ -112,59 +96,108 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
             confirm_status(f"picked by the table: {first}'s latencies are machine {elsewhere[first]}'s, "
                            "and re-timing the finalists here would time this one")
     halving = bool(budgets) and settings.halving_top > 1 and settings.halving_rungs > 0
-    choices = chosen_finals(out, candidates, budgets, profiles[0], rounds, confirm_status, settings.latency_margin,
+    choices = chosen_finals(out, candidates, budgets, r.profiles[0], rounds, confirm_status, settings.latency_margin,
                             keep=settings.halving_top if halving else 1)
     if halving:
-        rungs = plan_rungs(settings.proxy, len(evaluate.split.held_out_rows), len(prepared.encoded.train),
-                           settings.halving_top, settings.halving_rungs)
-        recipe = f"init-{settings.init}/epochs{settings.proxy_epochs}/seed{settings.seed}/len{settings.max_length}"
-
-        rung_evaluators: dict[tuple[int, int], ProxyEvaluator] = {}
-
-        def evaluate_for(rung: Any) -> Any:
-            # One evaluator per rung's rows, shared by every budget: its ranked teacher and teacher cache (minutes
-            # at 4x the proxy's rows) are built once, not once per budget.
-            key = (rung.proxy, rung.held_out)
-            if key not in rung_evaluators:
-                rung_evaluators[key] = ProxyEvaluator.from_prepared(
-                    teacher, prepared, rung.proxy, rung.held_out, init=settings.init,  # type: ignore[arg-type]
-                    train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
-            return rung_evaluators[key]
-
-        by_arch = {str(c.arch): c for c in candidates}
-        with Journal(out / JOURNAL_FILE) as journal:
-            for choice in choices:
-                if len(choice.fits) < 2:
-                    continue
-                result = successive_halving([by_arch[a].arch for a in choice.fits], rungs, evaluate_for, journal,
-                                            recipe, executor, status=confirm_status)
-                choice.halving = result.to_dict()
-                if result.winner is not None:
-                    choice.candidate = by_arch[result.winner]
-    finals: list[dict[str, Any]] = []
-    if settings.final:
-        for choice in choices:
-            chosen = choice.candidate
-            entry: dict[str, Any] = {**choice.to_dict(), "budget_ms": choice.budget.ms if budgets else None}
-            if chosen is not None:
-                folder = out / "students" / str(chosen.arch)
-                info = read_info(folder)  # a resumed run, or a second budget with the same winner, keeps it
-                if info is None:
-                    info = distill(settings.teacher, source, chosen.arch, folder, max_length=settings.max_length,
-                                   init=settings.init,  # type: ignore[arg-type]
-                                   train_config=TrainConfig(epochs=settings.final_epochs, seed=settings.seed),
-                                   progress=final_progress)
-                entry.update(folder=str(folder), latency_ms=chosen.latency, proxy_score=chosen.score, dev=info.metrics["dev"])
-                if settings.export and exporter is not None:
-                    entry["artifacts"] = exporter(folder, profiles, out, r.table_path, elsewhere)
-            finals.append(entry)
-    report = build_report(settings, candidates, teacher_arch, teacher_ms, teacher_metrics["score"], config, finals)
+        _halve(settings, out, choices, candidates, teacher, prepared, len(evaluate.split.held_out_rows), executor,
+               confirm_status)
+    finals = _final_students(settings, out, choices, source, bool(budgets), r.profiles, r.table_path,
+                             elsewhere, final_progress, exporter)
+    report = build_report(settings, candidates, r.teacher_arch, teacher_ms, teacher_metrics["score"], config, finals)
     if budgets:
         report["choices"] = [c.to_dict() for c in choices]
     if elsewhere:
         report["latency_machines"] = elsewhere
     write_report(out, report)
     return report
+
+
+def _start_record(settings: SearchSettings, r: Any, oracle: Any, out: Path, resume: bool) -> dict[str, Any]:
+    """Writes `run.json` (every setting, the teacher's config hash, each profile's hash and machine, the space) and
+    returns it. A resumed run goes on only with the teacher and machines it started with; its data fingerprint is
+    carried over for the caller to check once the data is read."""
+    record: dict[str, Any] = {
+        "settings": asdict(settings),
+        "teacher_config_hash": teacher_config_hash(r.teacher_config),
+        "profiles": {name: {"content_hash": m.profile.content_hash(), "fingerprint": m.fingerprint}
+                     for name, m in oracle.models.items()},
+        "space": r.space.to_dict(),
+    }
+    if resume:
+        before = json.loads((out / RUN_FILE).read_text())
+        same_teacher = is_recorded_teacher(before.get("teacher_config_hash"), r.teacher_config,
+                                           before["settings"]["teacher"])
+        if not same_teacher or before.get("profiles") != record["profiles"]:
+            raise KdnasError(f"{out}: the teacher, profiles or machine changed since this run started; start a new "
+                             "run (or, to read the first machine's timings, resume with its table and --machine)")
+        if before.get("data_fingerprint") is not None:
+            record["data_fingerprint"] = before["data_fingerprint"]
+    write_json_atomic(out / RUN_FILE, record)
+    return record
+
+
+def _halve(settings: SearchSettings, out: Path, choices: list[Choice], candidates: list[Candidate], teacher: Any,
+           prepared: Any, held_out_rows: int, executor: Executor | None,
+           status: Callable[[str], None] | None) -> None:
+    """Successive halving inside each budget's confirmed fits: the winner replaces the proxy's pick in `choices`."""
+    from kdnas_deploy.distill.trainer import TrainConfig
+    from kdnas_deploy.search.evaluator import ProxyEvaluator
+
+    rungs = plan_rungs(settings.proxy, held_out_rows, len(prepared.encoded.train), settings.halving_top,
+                       settings.halving_rungs)
+    recipe = f"init-{settings.init}/epochs{settings.proxy_epochs}/seed{settings.seed}/len{settings.max_length}"
+    rung_evaluators: dict[tuple[int, int], ProxyEvaluator] = {}
+
+    def evaluate_for(rung: Any) -> Any:
+        # One evaluator per rung's rows, shared by every budget: its ranked teacher and teacher cache (minutes
+        # at 4x the proxy's rows) are built once, not once per budget.
+        key = (rung.proxy, rung.held_out)
+        if key not in rung_evaluators:
+            rung_evaluators[key] = ProxyEvaluator.from_prepared(
+                teacher, prepared, rung.proxy, rung.held_out, init=settings.init,  # type: ignore[arg-type]
+                train_config=TrainConfig(epochs=settings.proxy_epochs, seed=settings.seed))
+        return rung_evaluators[key]
+
+    by_arch = {str(c.arch): c for c in candidates}
+    with Journal(out / JOURNAL_FILE) as journal:
+        for choice in choices:
+            if len(choice.fits) < 2:
+                continue
+            result = successive_halving([by_arch[a].arch for a in choice.fits], rungs, evaluate_for, journal,
+                                        recipe, executor, status=status)
+            choice.halving = result.to_dict()
+            if result.winner is not None:
+                choice.candidate = by_arch[result.winner]
+
+
+def _final_students(settings: SearchSettings, out: Path, choices: list[Choice], source: DataSource, budgeted: bool,
+                    profiles: list[Any], table_path: Path, elsewhere: dict[str, str], progress: Any,
+                    exporter: Exporter | None) -> list[dict[str, Any]]:
+    """Each choice distilled on the full training set into `students/<arch>/` (kept across resumes, and shared by
+    budgets with the same winner), then shipped by `exporter`."""
+    from kdnas_deploy.distill.api import distill
+    from kdnas_deploy.distill.trainer import TrainConfig
+
+    finals: list[dict[str, Any]] = []
+    if not settings.final:
+        return finals
+    for choice in choices:
+        chosen = choice.candidate
+        entry: dict[str, Any] = {**choice.to_dict(), "budget_ms": choice.budget.ms if budgeted else None}
+        if chosen is not None:
+            folder = out / "students" / str(chosen.arch)
+            info = read_info(folder)
+            if info is None:
+                info = distill(settings.teacher, source, chosen.arch, folder, max_length=settings.max_length,
+                               init=settings.init,  # type: ignore[arg-type]
+                               train_config=TrainConfig(epochs=settings.final_epochs, seed=settings.seed),
+                               progress=progress)
+            entry.update(folder=str(folder), latency_ms=chosen.latency, proxy_score=chosen.score,
+                         dev=info.metrics["dev"])
+            if settings.export and exporter is not None:
+                entry["artifacts"] = exporter(folder, profiles, out, table_path, elsewhere)
+        finals.append(entry)
+    return finals
 
 
 def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] | None, profile: Any, rounds: int,
