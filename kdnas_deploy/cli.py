@@ -759,7 +759,8 @@ def serve(
     engine: Annotated[str, typer.Option(help="uvicorn: one process; ray: Ray Serve replicas batched by @serve.batch (pip install 'kdnas-deploy[ray]').")] = "uvicorn",
     replicas: Annotated[int, typer.Option(min=1, help="Replicas with --engine ray.")] = 2,
 ) -> None:
-    """Serve an artifact over HTTP: POST /v1/predict, GET /health, GET /v1/metadata, docs at /docs."""
+    """Serve an artifact over HTTP: POST /v1/predict, GET /health, GET /v1/metadata, GET /metrics (Prometheus), docs
+    at /docs."""
     from kdnas_deploy.artifact.serve import ServeConfig, serve as run_server
 
     if engine not in ("uvicorn", "ray"):

@@ -71,6 +71,8 @@ def test_ray_replicas_answer_as_serve_does(static_artifact: Path, sst2_slice: Pa
         assert len(replicas) == 2, f"replicas that answered: {replicas}"
         expected_good, expected_bad = _answers(single_url, good)
         got_good, got_bad = _answers(ray_url, good)
+        # One process serves /metrics; a Ray replica would count only its share, so Ray's own metrics stand in.
+        metrics = (httpx.get(single_url + "/metrics", timeout=30), httpx.get(ray_url + "/metrics", timeout=30))
     finally:
         for proc in (single, ray):
             proc.terminate()
@@ -88,3 +90,4 @@ def test_ray_replicas_answer_as_serve_does(static_artifact: Path, sst2_slice: Pa
     assert [s for s, _ in got_bad] == [s for s, _ in expected_bad]
     assert all(s >= 400 for s, _ in got_bad)
     assert got_bad == expected_bad  # the same error bodies, word for word
+    assert [r.status_code for r in metrics] == [200, 404]

@@ -72,6 +72,44 @@ def test_answers_equal_direct_onnx_runtime(server, fp32_artifact: Path) -> None:
     assert "/v1/predict" in httpx.get(url + "/openapi.json").json()["paths"]
 
 
+def _scrape(client) -> dict[tuple[str, tuple], float]:
+    """The server's /metrics, read by prometheus_client's own parser: {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def test_metrics_count_answers_by_status_time_them_and_size_batches(server, fp32_artifact: Path) -> None:
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=30) as client:
+        before = _scrape(client)
+        for texts in (["one"], ["two"], ["three", "four", "five"]):
+            assert client.post("/v1/predict", json={"inputs": texts}).status_code == 200
+        assert client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+        assert client.post("/v1/predict", json={"inputs": ["ok"] * (MAX_TEXTS + 1)}).status_code == 413
+        assert client.post("/v1/predict", json={"inputs": ["y" * 200_000]}).status_code == 413  # refused unread
+        after = _scrape(client)
+        assert "/metrics" not in client.get("/openapi.json").json()["paths"]
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("kdnas_requests_total", status="200") == 3
+    assert delta("kdnas_requests_total", status="422") == 1
+    assert delta("kdnas_requests_total", status="413") == 2
+    assert delta("kdnas_request_seconds_count") == 4  # the handler's answers: not those refused before it
+    assert delta("kdnas_batch_rows_sum") == 5  # every row of every answered request went through one pass
+    assert delta("kdnas_batch_seconds_sum") > 0
+    assert after[("kdnas_queue_requests", ())] == 0
+    card = json.loads((fp32_artifact / "kdnas_card.json").read_text())
+    info = [labels for (name, labels), value in after.items() if name == "kdnas_model_info" and value == 1]
+    assert len(info) == 1 and dict(info[0])["arch"] == card["arch"] and dict(info[0])["precision"] == "fp32"
+
+
 MALFORMED = [
     ("not json", b"{not json", {"content-type": "application/json"}, 422),
     ("empty body", b"", {"content-type": "application/json"}, 422),

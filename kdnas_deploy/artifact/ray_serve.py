@@ -3,6 +3,8 @@
 Each replica builds the same FastAPI app as `serve` (`create_app`: routes, request and response schema, limits and
 error bodies), with Ray's batching in place of the single-process micro-batcher. Ray's proxy owns the
 connections, so its HTTP settings (keep-alive, request timeout) stand in for `serve`'s uvicorn guards.
+There is no `/metrics` route: a replica would count only the requests routed to it, and a scrape would reach one
+replica at random. Ray Serve's own metrics (`ray_serve_*` on each node's metrics export port) cover the deployment.
 
 From the command line:
 
@@ -68,7 +70,7 @@ def deployment(artifact_dir: str, replicas: int = 2, config: ServeConfig | None 
     def build_app() -> Any:  # runs in each replica
         replica = serve.get_replica_context().replica_id.unique_id
         artifact = Artifact(artifact_dir, threads=per_replica)
-        return create_app(artifact, config, RayBatcher(artifact, config, replica))
+        return create_app(artifact, config, RayBatcher(artifact, config, replica), metrics=False)  # Ray has its own
 
     cpus = min(float(per_replica), (os.cpu_count() or 1) / replicas)
 

@@ -18,7 +18,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, Protocol, Union
+from typing import Any, Callable, Protocol, Union
 
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
@@ -94,13 +94,18 @@ class RowRunner:
         self.batches = 0
         self.rows = 0
         self.last_batch = 0
+        #: Told each pass's rows and seconds (/metrics).
+        self.on_batch: Callable[[int, float], None] | None = None
 
     async def _predict(self, rows: list[Row]) -> list[Any]:
         loop = asyncio.get_running_loop()
         # Large requests go through in max_batch slices; small ones share one padded batch.
         preds: list[Any] = []
+        began = time.perf_counter()
         for start in range(0, len(rows), self.config.max_batch):
             preds += await loop.run_in_executor(None, self.artifact.predict, rows[start:start + self.config.max_batch])
+        if self.on_batch is not None:
+            self.on_batch(len(rows), time.perf_counter() - began)
         self.batches += 1
         self.rows += len(rows)
         self.last_batch = len(rows)
@@ -197,8 +202,8 @@ class BodyLimit:
     without one (chunked), so no more than `limit` bytes are ever read. Plain ASGI rather than
     `@app.middleware("http")`, whose per-request task and stream wrapping cost measurable CPU (tools/bench_serve.py)."""
 
-    def __init__(self, app: Any, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, on_refused: Callable[[str], None] | None = None):
+        self.app, self.limit, self.on_refused = app, limit, on_refused
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -237,6 +242,8 @@ class BodyLimit:
     async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
         from fastapi.responses import JSONResponse
 
+        if self.on_refused is not None:
+            self.on_refused(scope.get("path", ""))
         await JSONResponse(status_code=413, content={"error": f"request body over {self.limit} bytes"})(scope, receive, send)
 
 
@@ -260,8 +267,13 @@ class Batcher(Protocol):
     async def submit(self, rows: list[Row]) -> list[Any]: ...
 
 
-def create_app(artifact: Artifact, config: ServeConfig | None = None, batcher: Batcher | None = None) -> Any:
-    """The HTTP API over `artifact`: the same routes, limits and error bodies whichever `batcher` runs the model."""
+def create_app(artifact: Artifact, config: ServeConfig | None = None, batcher: Batcher | None = None,
+               metrics: bool = True) -> Any:
+    """The HTTP API over `artifact`: the same routes, limits and error bodies whichever `batcher` runs the model.
+    `metrics` adds `GET /metrics` (Prometheus text format, `artifact.metrics`); Ray Serve replicas leave it out, as
+    each would count only its own share of the traffic."""
+    from kdnas_deploy.artifact.metrics import ServeMetrics
+
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
@@ -270,6 +282,18 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None, batcher: B
     config = config or ServeConfig()
     runner: Batcher = batcher or MicroBatcher(artifact, config)
     started = time.time()
+    meter: ServeMetrics | None = None
+    if metrics:
+        queue = getattr(runner, "queue", None)
+        model = {"model": artifact.name, "profile": artifact.profile.name, "arch": str(artifact.card.get("arch", "")),
+                 "precision": artifact.profile.model.precision.value}
+        meter = ServeMetrics(model, queued=queue.qsize if isinstance(queue, asyncio.Queue) else None)
+        if isinstance(runner, RowRunner):
+            runner.on_batch = meter.batch
+
+    def refused(path: str, status: int) -> None:  # answered before the handler ran: counted, not timed
+        if meter is not None and path == "/v1/predict":
+            meter.answered(status)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -285,16 +309,18 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None, batcher: B
         return JSONResponse(status_code=status, content={"error": message})
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        refused(request.url.path, exc.status_code)
         return error(exc.status_code, str(exc.detail))  # 400 unparsable body, 404, 405: the same JSON shape
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        refused(request.url.path, 422)
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return error(422, f"{where or 'body'}: {first.get('msg', 'invalid request')}")
 
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes, on_refused=lambda path: refused(path, 413))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -307,8 +333,21 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None, batcher: B
         return {**card, "serving": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
                                     "max_texts": config.max_texts, "max_chars": config.max_chars}}
 
+    if meter is not None:
+        @app.get("/metrics", include_in_schema=False)
+        async def scrape() -> Response:
+            body, content_type = meter.exposition()
+            return Response(body, media_type=content_type)
+
     @app.post("/v1/predict", response_model=PredictResponse, responses={413: {}, 422: {}})
     async def predict(request: PredictRequest) -> Any:
+        began = time.perf_counter()
+        response = await answer(request)
+        if meter is not None:
+            meter.answered(response.status_code, time.perf_counter() - began)
+        return response
+
+    async def answer(request: PredictRequest) -> Response:
         rows = request.inputs
         if not rows:
             return error(422, "inputs: give at least one text")
