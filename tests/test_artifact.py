@@ -46,6 +46,12 @@ def test_int8_artifact_folder_and_card(int8_artifact: Path, student_dir: Path) -
     readme = (int8_artifact / "README.md").read_text()
     assert STUDENT in readme and "cpu-int8" in readme and "ORTModelForSequenceClassification" in readme
     assert "`--init ranked`" in readme and "most important heads" in readme
+    # The serving install names the ONNX Runtime build the latency was measured with.
+    assert f"pip install 'kdnas-deploy[cpu]' 'onnxruntime=={card['versions']['onnxruntime']}'" in readme
+    from kdnas_deploy.artifact.card import render_card
+
+    cuda = {**card, "profile": {**card["profile"], "definition": {"runtime": {"provider": "CUDAExecutionProvider"}}}}
+    assert "pip install 'kdnas-deploy[gpu]' 'onnxruntime-gpu==" in render_card(cuda)
 
 
 def test_a_random_weight_graph_of_the_artifacts_config_has_its_signature(int8_artifact: Path, fp32_artifact: Path,

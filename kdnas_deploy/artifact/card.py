@@ -84,8 +84,9 @@ def render_card(card: dict[str, Any]) -> str:
         "## Use",
         "",
         "```bash",
+        _install_line(card),
         "kdnas-deploy predict THIS_FOLDER \"a sentence\"" + (" --pair \"a second sentence\"" if card["pair"] else ""),
-        "kdnas-deploy serve THIS_FOLDER --port 8000",
+        "kdnas-deploy serve THIS_FOLDER --port 8000   # POST /v1/predict; GET /metrics for Prometheus",
         "```",
         "",
         "```python",
@@ -101,3 +102,14 @@ def render_card(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _install_line(card: dict[str, Any]) -> str:
+    """The serving install (no torch or transformers) with the ONNX Runtime build and version the latency above was
+    measured with: another version may fuse or schedule the graph differently."""
+    runtime = card["profile"].get("definition", {}).get("runtime", {})
+    gpu = runtime.get("provider") == "CUDAExecutionProvider"
+    package = "onnxruntime-gpu" if gpu else "onnxruntime"
+    version = card.get("versions", {}).get("onnxruntime")
+    pin = f" '{package}=={version}'" if version else ""
+    return f"pip install 'kdnas-deploy[{'gpu' if gpu else 'cpu'}]'{pin}"
