@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from enum import Enum
 from typing import Annotated, Any, Optional
 
 import typer
@@ -53,6 +54,13 @@ def _quiet_libraries() -> None:
 def _progress() -> Any:
     """Bars on a terminal; plain lines at most every 30 s elsewhere (a log file, CI, a pipe)."""
     return make_progress(console)
+
+
+class Engine(str, Enum):
+    """What serves: one uvicorn process, or Ray Serve replicas."""
+
+    uvicorn = "uvicorn"
+    ray = "ray"
 
 
 HwOpt = Annotated[list[str], typer.Option("--hw", help="Hardware profile: shipped name (cpu, cpu-int8, cpu-int8-static, cuda) or a .toml path. Repeatable.")]
@@ -756,19 +764,17 @@ def serve(
     header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds a client has to send a request's headers, and again its body (x3), before 408.")] = 10.0,
     threads: Annotated[Optional[int], typer.Option(min=0, help="ONNX Runtime threads (default: the profile's; with --engine ray, the cores shared out between replicas).")] = None,
     spinning: Annotated[Optional[bool], typer.Option("--spinning/--no-spinning", help="Override the profile's ONNX Runtime spin-waiting.")] = None,
-    engine: Annotated[str, typer.Option(help="uvicorn: one process; ray: Ray Serve replicas batched by @serve.batch (pip install 'kdnas-deploy[ray]').")] = "uvicorn",
+    engine: Annotated[Engine, typer.Option(help="uvicorn: one process; ray: Ray Serve replicas batched by @serve.batch (pip install 'kdnas-deploy[ray]').")] = Engine.uvicorn,
     replicas: Annotated[int, typer.Option(min=1, help="Replicas with --engine ray.")] = 2,
 ) -> None:
     """Serve an artifact over HTTP: POST /v1/predict, GET /health, GET /v1/metadata, GET /metrics (Prometheus), docs
     at /docs."""
     from kdnas_deploy.artifact.serve import ServeConfig, serve as run_server
 
-    if engine not in ("uvicorn", "ray"):
-        raise KdnasError(f"--engine must be uvicorn or ray, got {engine!r}")
     config = ServeConfig(max_batch, max_wait_ms, max_texts, max_chars, max_connections=max_connections,
                          header_timeout_s=header_timeout, body_timeout_s=3 * header_timeout)
     where = f"on http://{host}:{port} (docs at /docs); Ctrl-C or SIGTERM stops it"
-    if engine == "ray":
+    if engine is Engine.ray:
         from kdnas_deploy.artifact.ray_serve import serve_ray
 
         console.print(f"serving {escape(str(artifact))} with Ray Serve, {replicas} replica(s), {where}")

@@ -204,6 +204,10 @@ def test_serve_refuses_bad_settings(fp32_artifact: Path, tmp_path: Path) -> None
     assert r.returncode == 2 and "not an exported artifact" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(cli("serve", str(fp32_artifact), "--max-batch", "0"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = subprocess.run(cli("serve", str(fp32_artifact), "--engine", "gunicorn"), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "'gunicorn' is not one of 'uvicorn', 'ray'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_micro_batcher_groups_waiting_requests(fp32_artifact: Path) -> None:

@@ -15,7 +15,7 @@ def _default(param: Any) -> str:
     value = param.default
     if value is None or value == () or value == [] or callable(value) or getattr(param, "is_flag", False) and value is False:
         return ""
-    return f"`{value}`"
+    return f"`{getattr(value, 'value', value)}`"  # an Enum choice shows as the word typed, not Engine.uvicorn
 
 
 def _command_markdown(name: str, command: Any) -> list[str]:
