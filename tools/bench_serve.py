@@ -17,6 +17,8 @@
 
     python tools/bench_serve.py --artifact ship/sst2-int8 --out bench-out/serve
     python tools/bench_serve.py --int8 runs/teacher runs/students/L4-H256-A8-I1024 --out bench-out/int8
+
+4. `--metrics-cost`: what `GET /metrics` adds, as microseconds of counting per answer and per pass (no server).
 """
 
 from __future__ import annotations
@@ -281,6 +283,31 @@ def int8_table(results: dict) -> list[str]:
     return lines
 
 
+def metrics_cost(calls: int = 100_000, trials: int = 5) -> dict[str, list[float]]:
+    """What `/metrics` adds: microseconds of counting per answer and per ONNX Runtime pass, milliseconds per scrape,
+    each over `calls` calls (scrapes: calls / 500), `trials` times. A bound to set beside a request's milliseconds,
+    not a serving measurement: no server, no HTTP."""
+    from kdnas_deploy.artifact.metrics import ServeMetrics
+
+    meter = ServeMetrics({"model": "m", "profile": "cpu-int8", "arch": "L4-H256-A4-I1024", "precision": "int8"},
+                         queued=lambda: 0)
+    out: dict[str, list[float]] = {"answer_us": [], "pass_us": [], "scrape_ms": []}
+    for _ in range(trials):
+        tic = time.perf_counter()
+        for _ in range(calls):
+            meter.answered(200, 0.003)
+        out["answer_us"].append((time.perf_counter() - tic) / calls * 1e6)
+        tic = time.perf_counter()
+        for _ in range(calls):
+            meter.batch(4, 0.003)
+        out["pass_us"].append((time.perf_counter() - tic) / calls * 1e6)
+        tic = time.perf_counter()
+        for _ in range(calls // 500):
+            meter.exposition()
+        out["scrape_ms"].append((time.perf_counter() - tic) / (calls // 500) * 1e3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", type=Path, help="an exported artifact folder (the serving and PyTorch parts)")
@@ -294,7 +321,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="server/baseline alternations per concurrency")
     parser.add_argument("--server-args", default="", help="extra serve flags, e.g. '--threads 1 --spinning'")
     parser.add_argument("--no-pytorch", action="store_true", help="serving part only")
+    parser.add_argument("--metrics-cost", action="store_true", help="what GET /metrics adds per answer and pass")
     args = parser.parse_args()
+    if args.metrics_cost:
+        cost = metrics_cost()
+        print(" | ".join(f"{k}: {min(v):.2f}-{max(v):.2f}" for k, v in cost.items()) + f" ({len(cost['answer_us'])} trials)")
     if args.int8:
         tic = time.time()
         if args.int8_sessions < 2:
