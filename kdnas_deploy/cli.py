@@ -7,8 +7,8 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer

@@ -270,14 +270,14 @@ class Batcher(Protocol):
 def create_app(artifact: Artifact, config: ServeConfig | None = None, batcher: Batcher | None = None,
                metrics: bool = True) -> Any:
     """The HTTP API over `artifact`: the same routes, limits and error bodies whichever `batcher` runs the model.
-    `metrics` adds `GET /metrics` (Prometheus text format, `artifact.metrics`); Ray Serve replicas leave it out, as
-    each would count only its own share of the traffic."""
-    from kdnas_deploy.artifact.metrics import ServeMetrics
-
+    `metrics` adds `GET /metrics` (Prometheus text format; what it counts: `kdnas_deploy.artifact.metrics`). Ray
+    Serve replicas leave it out, as each would count only its own share of the traffic."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from kdnas_deploy.artifact.metrics import ServeMetrics
 
     config = config or ServeConfig()
     runner: Batcher = batcher or MicroBatcher(artifact, config)

@@ -124,6 +124,7 @@ TIMING_COLUMNS = ("fingerprint", "kind", "arch", "batch", "seq_len", "median_ms"
 _INT_COLUMNS = {"batch": 1, "seq_len": 1, "samples": 0, "rounds": 0, "noisy": 0, "sessions": 0, "fused_attention": 0,
                 "layers": 0}
 _FINGERPRINT_RE = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+_ARCH_TEXT = re.compile(r"L\d{1,3}-H\d{1,5}-A\d{1,3}-I\d{1,6}")
 
 
 def _number(value: Any) -> bool:
@@ -155,9 +156,6 @@ def _value_problem(column: str, value: Any) -> str | None:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-_ARCH_TEXT = re.compile(r"L\d{1,3}-H\d{1,5}-A\d{1,3}-I\d{1,6}")
 
 
 def check_export(rows: Any) -> None:
