@@ -110,16 +110,28 @@ def sst2_slice(glue: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(sst2_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (if small) BERT backbone folder: a WordPiece tokenizer trained on the slice, a 2 x 64 random BERT."""
+    """A real (if small) BERT backbone folder: a WordPiece vocabulary of the slice's words, a 2 x 64 random BERT.
+
+    The vocabulary is built here, deterministically: special tokens, every character alone and as a `##` piece (so
+    any word of known characters tokenizes), then the most frequent words. The tokenizers library's WordPiece
+    trainer breaks ties between equally frequent merges in a per-process random order, so each test session got
+    another vocabulary, another teacher, and now and then a student that learnt only the majority class."""
+    from collections import Counter
+
     import torch
-    from tokenizers import BertWordPieceTokenizer
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     out = tmp_path_factory.mktemp("backbone")
     texts = [line.split("\t")[0] for line in (sst2_slice / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]]
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(texts, vocab_size=1500, min_frequency=1, show_progress=False)
-    wordpiece.save_model(str(out))
+    normalizer, pre = BertNormalizer(lowercase=True), BertPreTokenizer()
+    words = Counter(w for t in texts for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(t)))
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    frequent = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    vocab += frequent[:1500 - len(vocab)]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
     tokenizer.save_pretrained(out)
     torch.manual_seed(0)
