@@ -272,6 +272,16 @@ table_app = typer.Typer(help="See what a latency table holds, merge another mach
 app.add_typer(table_app, name="table")
 
 
+def _filled_table(table: Optional[Path]) -> Path:
+    """`--table` (default: the user cache dir's), which must exist: reading commands never create one."""
+    from kdnas_deploy.latency.table import default_table_path
+
+    path = table or default_table_path()
+    if not path.exists():
+        raise KdnasError(f"no latency table at {path} yet: `kdnas-deploy profile` fills one")
+    return path
+
+
 @table_app.command("list")
 def table_list(
     table: TableOpt = None,
@@ -280,12 +290,10 @@ def table_list(
     """The machines a latency table holds timings of: fingerprint, profile, CPU or GPU, rows by kind, shapes."""
     from dataclasses import asdict
 
-    from kdnas_deploy.latency.table import KINDS, LatencyTable, default_table_path
+    from kdnas_deploy.latency.table import KINDS, LatencyTable
     from kdnas_deploy.latency.transfer import describe, this_host
 
-    path = table or default_table_path()
-    if not path.exists():
-        raise KdnasError(f"no latency table at {path} yet: `kdnas-deploy profile` fills one")
+    path = _filled_table(table)
     with LatencyTable(path, readonly=True) as tbl:
         machines = tbl.machines()
     here = this_host(machines)
@@ -297,7 +305,7 @@ def table_list(
     for title in ("profile, device", "timings", "batch x seq", "last timed"):
         grid.add_column(title, overflow="fold")
     for m in machines:
-        grid.add_row(m.id + ("\n(this host)" if m.id in here else ""), escape(describe(m)),
+        grid.add_row(m.id + ("\n(this host)" if m.id in here else ""), escape(describe(m.info)),
                      f"{m.count}\n(" + "/".join(str(m.rows.get(k, 0)) for k in KINDS) + ")",
                      ", ".join(f"{b}x{n}" for b, n in m.shapes),
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(m.last_timed)) if m.last_timed else "")
@@ -315,15 +323,14 @@ def table_merge(
     """Add another machine's timings (a table profiled on a deployment target, or its export) to a latency table.
     Rows the table already has are kept; merging twice adds nothing."""
     from kdnas_deploy.latency.table import LatencyTable, default_table_path
-    from kdnas_deploy.latency.transfer import merge
+    from kdnas_deploy.latency.transfer import describe, merge
 
     path = table or default_table_path()
     with LatencyTable(path) as tbl:
         merged = merge(tbl, sources, machine)
     for m in merged:
-        out.print(f"{escape(m.source)}: machine {m.machine} ({escape(m.info.get('profile', '?'))} on "
-                  f"{escape(str(m.info.get('gpu') or m.info.get('cpu', '?')))}): {m.added} of {m.offered} timings "
-                  f"added", highlight=False)
+        out.print(f"{escape(m.source)}: machine {m.machine} ({escape(describe(m.info))}): {m.added} of {m.offered} "
+                  "timings added", highlight=False)
     if not merged:
         out.print("the sources hold no timings", highlight=False)
     out.print(f"search with `--table {escape(str(path))} --machine ID` to read a merged machine's timings",
@@ -337,14 +344,12 @@ def table_export(
     machine: Annotated[list[str], typer.Option("--machine", help="Export only this machine's timings (default: every machine's). Repeatable.")] = [],
 ) -> None:
     """Write machines' timings as one JSON file, for `table merge` on another host (text: diffable, mailable)."""
-    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.latency.table import LatencyTable
     from kdnas_deploy.latency.transfer import export
     from kdnas_deploy.model_folder import write_json_atomic
     from kdnas_deploy.util.files import writable_file
 
-    path = table or default_table_path()
-    if not path.exists():
-        raise KdnasError(f"no latency table at {path} yet: `kdnas-deploy profile` fills one")
+    path = _filled_table(table)
     target = writable_file(out_file, "--out")
     with LatencyTable(path, readonly=True) as tbl:
         document = export(tbl, machine)

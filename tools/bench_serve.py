@@ -34,6 +34,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -291,20 +292,18 @@ def metrics_cost(calls: int = 100_000, trials: int = 5) -> dict[str, list[float]
 
     meter = ServeMetrics({"model": "m", "profile": "cpu-int8", "arch": "L4-H256-A4-I1024", "precision": "int8"},
                          queued=lambda: 0)
+
+    def per_call(call: Callable[[], object], n: int, unit: float) -> float:
+        tic = time.perf_counter()
+        for _ in range(n):
+            call()
+        return (time.perf_counter() - tic) / n * unit
+
     out: dict[str, list[float]] = {"answer_us": [], "pass_us": [], "scrape_ms": []}
     for _ in range(trials):
-        tic = time.perf_counter()
-        for _ in range(calls):
-            meter.answered(200, 0.003)
-        out["answer_us"].append((time.perf_counter() - tic) / calls * 1e6)
-        tic = time.perf_counter()
-        for _ in range(calls):
-            meter.batch(4, 0.003)
-        out["pass_us"].append((time.perf_counter() - tic) / calls * 1e6)
-        tic = time.perf_counter()
-        for _ in range(calls // 500):
-            meter.exposition()
-        out["scrape_ms"].append((time.perf_counter() - tic) / (calls // 500) * 1e3)
+        out["answer_us"].append(per_call(lambda: meter.answered(200, 0.003), calls, 1e6))
+        out["pass_us"].append(per_call(lambda: meter.batch(4, 0.003), calls, 1e6))
+        out["scrape_ms"].append(per_call(meter.exposition, calls // 500, 1e3))
     return out
 
 

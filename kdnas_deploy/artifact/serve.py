@@ -284,10 +284,9 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None, batcher: B
     started = time.time()
     meter: ServeMetrics | None = None
     if metrics:
-        queue = getattr(runner, "queue", None)
         model = {"model": artifact.name, "profile": artifact.profile.name, "arch": str(artifact.card.get("arch", "")),
                  "precision": artifact.profile.model.precision.value}
-        meter = ServeMetrics(model, queued=queue.qsize if isinstance(queue, asyncio.Queue) else None)
+        meter = ServeMetrics(model, queued=runner.queue.qsize if isinstance(runner, MicroBatcher) else None)
         if isinstance(runner, RowRunner):
             runner.on_batch = meter.batch
 

@@ -35,6 +35,8 @@ from kdnas_deploy.latency.timing import Timing
 from kdnas_deploy.space import StudentArch
 
 APP_ID = "kdnas-deploy latency table"
+#: The first 16 bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
 SCHEMA_VERSION = 1
 KINDS = ("base", "stem", "block", "model", "probe")
 
@@ -225,7 +227,7 @@ class LatencyTable:
                 header = fh.read(16)
         except OSError as exc:
             raise KdnasError(f"--table {self.path}: cannot read ({exc.strerror})") from None
-        if header != b"SQLite format 3\x00":
+        if header != SQLITE_HEADER:
             raise KdnasError(f"{self.path} is not a kdnas-deploy latency table (not an SQLite file)")
         # immutable first: SQLite neither locks nor journals, and creates no -wal/-shm beside the file. A table another
         # process is writing may read inconsistently that way, so a failure is retried as an ordinary reader.

@@ -19,9 +19,7 @@ from typing import Any
 
 from kdnas_deploy.util.errors import KdnasError, first_line
 from kdnas_deploy.util.files import read_text_file
-from kdnas_deploy.latency.table import APP_ID, SCHEMA_VERSION, LatencyTable, MachineRows, check_export
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+from kdnas_deploy.latency.table import APP_ID, SCHEMA_VERSION, SQLITE_HEADER, LatencyTable, MachineRows, check_export
 
 
 @dataclass(frozen=True)
@@ -37,16 +35,16 @@ class Merged:
 
 def read_exports(source: Path, machines: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The per-machine exports (`LatencyTable.export_rows`'s form) held by `source`: a latency table file or a JSON
-    file written by `write_exports`. `machines` keeps only those fingerprints; an empty one keeps all."""
+    file written from `export`. `machines` keeps only those fingerprints; an empty one keeps all."""
     source = Path(source).expanduser()
     try:
         with source.open("rb") as fh:
-            header = fh.read(len(_SQLITE_MAGIC))
+            header = fh.read(len(SQLITE_HEADER))
     except IsADirectoryError:
         raise KdnasError(f"{source}: is a directory, not a latency table or an export") from None
     except OSError as exc:
         raise KdnasError(f"{source}: cannot read ({exc.strerror or first_line(exc)})") from None
-    if header == _SQLITE_MAGIC:
+    if header == SQLITE_HEADER:
         with LatencyTable(source, readonly=True) as table:
             ids = [m.id for m in table.machines() if m.count]
             exports = [table.export_rows(fid) for fid in ids if not machines or fid in machines]
@@ -106,9 +104,8 @@ def export(table: LatencyTable, machines: Sequence[str] = ()) -> dict[str, Any]:
     return {"app": APP_ID, "schema_version": SCHEMA_VERSION, "exports": [table.export_rows(fid) for fid in ids]}
 
 
-def describe(machine: MachineRows) -> str:
-    """A machine in a few words: profile, CPU or GPU, cores and ONNX Runtime version."""
-    info = machine.info
+def describe(info: dict[str, Any]) -> str:
+    """A machine's fingerprint info in a few words: profile, CPU or GPU, cores and ONNX Runtime version."""
     device = info.get("gpu") or info.get("cpu") or "unknown machine"
     cores = f" x{info['cpu_count']}" if info.get("cpu_count") else ""
     ort = f", onnxruntime {info['onnxruntime']}" if info.get("onnxruntime") else ""

@@ -25,7 +25,8 @@ from kdnas_deploy.search.halving import plan_rungs, successive_halving
 from kdnas_deploy.search.journal import JOURNAL_FILE, Candidate, Journal
 from kdnas_deploy.search.report import build_report, write_report
 from kdnas_deploy.search.reward import RewardConfig
-from kdnas_deploy.search.settings import DEFAULT_SPEEDUP, RUN_FILE, SearchSettings, deployment_limits, resolve
+from kdnas_deploy.search.settings import (DEFAULT_SPEEDUP, RUN_FILE, Resolved, SearchSettings, deployment_limits,
+                                          resolve)
 from kdnas_deploy.search.strategies import budget_bands, make_strategy
 from kdnas_deploy.teacher_config import is_recorded_teacher, teacher_config_hash
 
@@ -112,7 +113,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     return report
 
 
-def _start_record(settings: SearchSettings, r: Any, oracle: Any, out: Path, resume: bool) -> dict[str, Any]:
+def _start_record(settings: SearchSettings, r: Resolved, oracle: Any, out: Path, resume: bool) -> dict[str, Any]:
     """Writes `run.json` (every setting, the teacher's config hash, each profile's hash and machine, the space) and
     returns it. A resumed run goes on only with the teacher and machines it started with; its data fingerprint is
     carried over for the caller to check once the data is read."""
