@@ -8,12 +8,19 @@ cannot read the other's rows) are judged against one shared measurement:
   python tools/bench_table_references.py predict TABLE OUT.json    # with the code that wrote TABLE
   python tools/bench_table_references.py time OUT.json [--rounds 8]
   python tools/bench_table_references.py compare TIMED.json PRED.json [PRED.json ...]
+  python tools/bench_table_references.py records TABLE RECORD.json [...] [--teacher ARCH]
 
 `time` builds each architecture's cpu-int8 graph once and times it in interleaved rounds (one fresh session per
 architecture per round); the fastest round is the measurement, as in the table. `compare` prints each table's mean
 error, the error left after one common scale factor (a slow state of the whole machine shifts every shape alike
 and moves no band of a search whose budgets are architectures), the rank correlation and the order of the two
 hand-crafted students the table once swapped. Nothing else should run on the machine during `time`.
+
+`records` needs no timing: it reads `kdnas-deploy compare` records (every round of every session kept) of artifacts
+named by architecture (`L4-H312-A12-I1200-s0`; `teacher` is `--teacher`) and puts three ratios of A to B side by
+side: the table's prediction, the fastest round of A over the fastest round of B across all sessions (the table's
+own estimator, on the same rounds) and the geometric mean of the sessions' paired ratios (what `compare` and the
+finals decide on). The first two differ by the table's error; the last two by the estimator alone.
 """
 
 from __future__ import annotations
@@ -67,6 +74,42 @@ def compare(timed: dict[str, list[float]], predictions: dict[str, dict[str, floa
     return lines
 
 
+def record_arch(name: str, teacher: str) -> StudentArch:
+    """The architecture an artifact's name starts with (`L4-H312-A12-I1200-s0`); `teacher` for the teacher."""
+    return StudentArch.parse(teacher if name == "teacher" else name.rsplit("-s", 1)[0])
+
+
+def records(table: Path, paths: list[Path], teacher: str, profile_name: str) -> list[dict[str, object]]:
+    from kdnas_deploy.latency.compare import load_record
+    from kdnas_deploy.latency.predictor import LatencyModel
+    from kdnas_deploy.latency.table import LatencyTable
+
+    rows = []
+    with LatencyTable(table, readonly=True) as t:
+        model = LatencyModel(t, load_profile(profile_name), measure_missing=False)
+        for path in paths:
+            rec = load_record(path)
+            if rec is None or not rec.sessions:
+                continue
+            a, b = record_arch(rec.a, teacher), record_arch(rec.b, teacher)
+            fast_a = min(min(s.a_ms) for s in rec.sessions)
+            fast_b = min(min(s.b_ms) for s in rec.sessions)
+            rows.append({"a": rec.a, "b": rec.b, "sessions": len(rec.sessions),
+                         "table": model.predict(a).ms / model.predict(b).ms,
+                         "fastest": fast_a / fast_b, "paired": rec.bounds()[0]})
+    return rows
+
+
+def records_lines(rows: list[dict[str, object]]) -> list[str]:
+    lines = ["| A | B | sessions | table | fastest rounds | paired (geomean) | table / paired | fastest / paired |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t, f, p = (float(r[k]) for k in ("table", "fastest", "paired"))  # type: ignore[arg-type]
+        lines.append(f"| `{r['a']}` | `{r['b']}` | {r['sessions']} | {t:.3f} | {f:.3f} | {p:.3f} | "
+                     f"{100 * (t / p - 1):+.1f}% | {100 * (f / p - 1):+.1f}% |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu-int8")
@@ -80,8 +123,14 @@ def main() -> None:
     c = sub.add_parser("compare")
     c.add_argument("timed", type=Path)
     c.add_argument("predictions", type=Path, nargs="+")
+    r = sub.add_parser("records")
+    r.add_argument("table", type=Path)
+    r.add_argument("records", type=Path, nargs="+")
+    r.add_argument("--teacher", default=ARCHS[0], help="The architecture a record's 'teacher' stands for.")
     args = ap.parse_args()
-    if args.cmd == "predict":
+    if args.cmd == "records":
+        print("\n".join(records_lines(records(args.table, args.records, args.teacher, args.profile))))
+    elif args.cmd == "predict":
         args.out.write_text(json.dumps(predict(args.table, args.profile), indent=1))
     elif args.cmd == "time":
         args.out.write_text(json.dumps(time_whole(args.profile, args.rounds), indent=1))
