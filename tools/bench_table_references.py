@@ -9,6 +9,7 @@ cannot read the other's rows) are judged against one shared measurement:
   python tools/bench_table_references.py time OUT.json [--rounds 8]
   python tools/bench_table_references.py compare TIMED.json PRED.json [PRED.json ...]
   python tools/bench_table_references.py records TABLE RECORD.json [...] [--teacher ARCH]
+  python tools/bench_table_references.py rounds ROUNDS.json --reference ARCH [--probe ARCH]
 
 `time` builds each architecture's cpu-int8 graph once and times it in interleaved rounds (one fresh session per
 architecture per round); the fastest round is the measurement, as in the table. `compare` prints each table's mean
@@ -21,6 +22,10 @@ named by architecture (`L4-H312-A12-I1200-s0`; `teacher` is `--teacher`) and put
 side: the table's prediction, the fastest round of A over the fastest round of B across all sessions (the table's
 own estimator, on the same rounds) and the geometric mean of the sessions' paired ratios (what `compare` and the
 finals decide on). The first two differ by the table's error; the last two by the estimator alone.
+
+`rounds` asks the same of a file `tools/bench_finals_margin.py` wrote (several graphs in the same interleaved
+rounds): each graph's ratio to `--reference` by the fastest rounds and by a pairing with `--probe` (the median of
+graph / probe per session, over that of the reference), against the paired ratio.
 """
 
 from __future__ import annotations
@@ -110,6 +115,28 @@ def records_lines(rows: list[dict[str, object]]) -> list[str]:
     return lines
 
 
+def rounds_lines(path: Path, reference: str, probe: str) -> list[str]:
+    """Fastest-round and probe-paired ratios to `reference` against the paired ratio, from kept rounds."""
+    (_, sessions), = json.loads(path.read_text())["sessions_rounds_ms"].items()
+
+    def geomean(values: list[float]) -> float:
+        return float(np.exp(np.mean(np.log(values))))
+
+    def per_probe(s: dict[str, list[float]], arch: str) -> float:
+        return float(np.median(np.asarray(s[arch]) / np.asarray(s[probe])))
+
+    lines = [f"| ratio to `{reference}` | paired | fastest rounds / paired | paired with `{probe}` / paired |",
+             "|---|---|---|---|"]
+    for arch in sessions[0]:
+        if arch in (reference, probe):
+            continue
+        paired = geomean([float(np.median(np.asarray(s[arch]) / np.asarray(s[reference]))) for s in sessions])
+        fast = min(min(s[arch]) for s in sessions) / min(min(s[reference]) for s in sessions)
+        by_probe = geomean([per_probe(s, arch) / per_probe(s, reference) for s in sessions])
+        lines.append(f"| `{arch}` | {paired:.3f} | {100 * (fast / paired - 1):+.1f}% | {100 * (by_probe / paired - 1):+.1f}% |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu-int8")
@@ -127,8 +154,14 @@ def main() -> None:
     r.add_argument("table", type=Path)
     r.add_argument("records", type=Path, nargs="+")
     r.add_argument("--teacher", default=ARCHS[0], help="The architecture a record's 'teacher' stands for.")
+    w = sub.add_parser("rounds")
+    w.add_argument("file", type=Path)
+    w.add_argument("--reference", required=True)
+    w.add_argument("--probe", default="L2-H256-A4-I1024", help="The table's probe shape, if the file timed it.")
     args = ap.parse_args()
-    if args.cmd == "records":
+    if args.cmd == "rounds":
+        print("\n".join(rounds_lines(args.file, args.reference, args.probe)))
+    elif args.cmd == "records":
         print("\n".join(records_lines(records(args.table, args.records, args.teacher, args.profile))))
     elif args.cmd == "predict":
         args.out.write_text(json.dumps(predict(args.table, args.profile), indent=1))
