@@ -94,8 +94,10 @@ def test_speed_at_97_waits_for_every_seed_and_the_teachers_sessions(tmp_path):
             path.write_text(json.dumps(rec.to_dict()))
 
     def speed_row():
+        """The row's cells up to its verdict (the run column follows)."""
         board = report.scoreboard(bench, {"mnli": report.task_results(bench, task)})
-        return next(line for line in board.splitlines() if line.startswith("|") and "speed-at-97/1" in line)
+        row = next(line for line in board.splitlines() if line.startswith("|") and "speed-at-97/1" in line)
+        return row.rsplit(" | ", 1)[0] + " |"
 
     sessions(2)  # one seed of five, two sessions: 98% kept at 2.7x so far, no verdict
     assert "so far 2.7" in speed_row() and speed_row().endswith("| pending |")
@@ -131,3 +133,15 @@ def test_a_run_goes_on_only_with_the_profile_definitions_its_searches_timed(tmp_
         common.check_profiles(bench, task)
     (run / "run.json").write_text(json.dumps({"profiles": {"cpu-int8": {"content_hash": load_profile("cpu-int8").content_hash()}}}))
     common.check_profiles(bench, task)  # the same definition: goes on
+
+
+def test_a_task_still_searching_is_on_the_board_as_pending(tmp_path):
+    bench, task = _task(tmp_path, {("L3-H384-A12-I1536", 1.0): "L4-H384-A12-I384"}, {})
+    (task.out / "search-random.json").unlink()  # KD-NAS has picked, random search has not
+    (task.teacher).mkdir()
+    (task.teacher / "kdnas.json").write_text("{}")
+    res = report.task_results(bench, task)
+    assert res["stage"] == "searching" and "arms" not in res
+    board = report.scoreboard(bench, {"mnli": res})
+    row = next(line for line in board.splitlines() if line.startswith("| MNLI"))
+    assert "| searching | pending |" in row and "`benchmarks/glue/record/mnli/`" in row

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.glue.common import Bench, Task, plan_commits
+from benchmarks.glue.common import PINNED_COMMIT, Bench, Task, plan_commits
 from benchmarks.glue.finals import arms, compare_record, latency_pairs, result_path, unit_name
 from kdnas_deploy.model_folder import write_json_atomic
 from kdnas_deploy.util.stats import mean_t_interval
@@ -26,8 +26,11 @@ def task_results(bench: Bench, task: Task) -> dict[str, Any]:
     res: dict[str, Any] = {"task": task.name, "primary": task.cfg.get("primary", False)}
     teacher = result_path(task, "teacher")
     res["teacher_dev"] = json.loads(teacher.read_text())["dev"] if teacher.is_file() else None
-    if not (task.out / "search-kdnas.json").is_file():
+    if not all((task.out / f"search-{s}.json").is_file() for s in ("kdnas", "random")):
+        # The arms are the searches' picks: nothing to score until both have picked.
+        res["stage"] = "searching" if (task.teacher / "kdnas.json").is_file() else "training the teacher"
         return res
+    res["stage"] = "finals"
     scores = {p.stem: json.loads(p.read_text()) for p in (task.out / "results").glob("*.json")} if (task.out / "results").is_dir() else {}
     everyone = arms(bench, task)
     res["arms"] = [{"role": a.role, "budget": a.budget, "label": a.label, "arch": a.arch,
@@ -106,6 +109,9 @@ def scoreboard(bench: Bench, results: dict[str, Any]) -> str:
               if commits else "(uncommitted)")
     rows = []
     for name, r in results.items():
+        # Where a row's numbers can be re-derived: the task's records, written by the driver at the pinned commit.
+        run = f"`benchmarks/glue/record/{name}/`, code `{PINNED_COMMIT}`"
+        before = len(rows)
         for p in r.get("pairs", []):
             value = (f"{p['mean']:+.2f} points, 95% CI [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}] over {len(p['seeds'])} seeds"
                      if p.get("ci95") and p["ci95"][0] is not None else f"{len(p.get('seeds', []))} of {len(bench_seeds(bench, name))} seeds")
@@ -113,7 +119,8 @@ def scoreboard(bench: Bench, results: dict[str, Any]) -> str:
             latency_text = (f"; latency ratio {lat['geomean_ratio']:.3f}, upper bound {lat['upper_95']:.3f}"
                             if lat.get("upper_95") else f"; latency {lat.get('verdict', 'pending')}")
             rows.append((f"{name.upper()}: KD-NAS `{p.get('kdnas')}` against {p['handcrafted']} `{p['budget']}`, "
-                         ">= +1.5 points at equal latency", "score/1 + equal-latency/1", value + latency_text, p["verdict"]))
+                         ">= +1.5 points at equal latency", "score/1 + equal-latency/1", value + latency_text, p["verdict"],
+                         run))
         for budget, rep in (r.get("replay") or {}).items():
             for n in ("16", "32"):
                 c = rep["counts"].get(n)
@@ -121,7 +128,8 @@ def scoreboard(bench: Bench, results: dict[str, Any]) -> str:
                     d = c["regret_difference"]
                     rows.append((f"{name.upper()}: KD-NAS ahead of random at {n} candidates (pool of `{budget}`)", "replay/1",
                                  f"regret random - KD-NAS {100 * d['random_minus_kdnas']:+.2f} points, 95% CI "
-                                 f"[{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]", "met" if c["kdnas_ahead"] else "missed"))
+                                 f"[{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]", "met" if c["kdnas_ahead"] else "missed",
+                                 run))
         s97 = r.get("speed_at_97")
         if r.get("speed"):
             value = f"{s97['speedup']:.2f}x (`{s97['arch']}`, {100 * s97['kept']:.1f}% kept)" if s97 else "no student keeps 97%"
@@ -129,9 +137,13 @@ def scoreboard(bench: Bench, results: dict[str, Any]) -> str:
             if not r.get("speed_complete"):
                 value, verdict = f"so far {value}", "pending"
             rows.append((f"{name.upper()}: speedup over the teacher at >= 97% of its score, >= 2.5x", "speed-at-97/1",
-                         value, verdict))
-    lines = ["| target | rule | measured | verdict |", "|---|---|---|---|"]
-    lines += [f"| {t} | {rule} | {v} | {verdict} |" for t, rule, v, verdict in rows] or ["| (no results yet) | | | pending |"]
+                         value, verdict, run))
+        if len(rows) == before:  # a task still searching: say so rather than leave it off the board
+            rows.append((f"{name.upper()}: the same targets ({len(bench_seeds(bench, name))} seeds)", "all", r.get("stage", ""),
+                         "pending", run))
+    lines = ["| target | rule | measured | verdict | run |", "|---|---|---|---|---|"]
+    lines += ([f"| {t} | {rule} | {v} | {verdict} | {run} |" for t, rule, v, verdict, run in rows]
+              or ["| (no results yet) | | | pending | |"])
     return "\n".join([f"Plan: `benchmarks/glue/plan.toml` (version {plan['version']}, "
                       f"rules {plan['rule_versions']}), committed in {commit}, before any result.", "", *lines])
 
