@@ -81,12 +81,14 @@ def budget_bands(budgets: Sequence[float], profile: str) -> list[Band]:
     return [Band(profile, low, high) for low, high in zip([0.0, *edges[:-1]], edges)]
 
 
-def share_slots(k: int, counts: Sequence[int]) -> list[int]:
+def share_slots(k: int, counts: Sequence[int], weights: Sequence[float] | None = None) -> list[int]:
     """`k` new candidates shared among bands that hold `counts` already: each to the band with the fewest so far
-    (ties to the larger budget, listed last, whose students are the costliest to get wrong)."""
+    per unit of `weight` (the budgets it searches for; 1 each by default), ties to the larger budget, listed last,
+    whose students are the costliest to get wrong."""
     have, out = list(counts), [0] * len(counts)
+    w = list(weights) if weights is not None else [1.0] * len(counts)
     for _ in range(k):
-        i = min(range(len(have)), key=lambda j: (have[j], -j))
+        i = min(range(len(have)), key=lambda j: (have[j] / w[j], -j))
         have[i] += 1
         out[i] += 1
     return out
@@ -136,13 +138,22 @@ class _Base:
         if not self.bands:
             return self._propose(k, history, seen, None)
         counts = [sum(1 for o in history if b.contains(self.latency(o.arch))) for b in self.bands]
+        weights = [1.0] * len(self.bands)
         out: list[Proposal] = []
-        for band, n in zip(self.bands, share_slots(k, counts)):
-            out += self._propose_in(n, history, seen, band)
-        for band in reversed(self.bands):  # a band that ran dry hands its slots to the others
-            if len(out) >= k:
-                break
-            out += self._propose_in(k - len(out), history, seen, band)
+        live = list(range(len(self.bands)))
+        # A band that runs dry (two budgets a hair apart leave the larger one a sliver) passes its budget's weight to
+        # the nearest band below it, where the finals will find that budget's pick, and the slots left are shared
+        # again. Handing a dry band's slots to its neighbour outright starved every other budget.
+        while len(out) < k and live:
+            for i, n in zip(list(live), share_slots(k - len(out), [counts[j] for j in live], [weights[j] for j in live])):
+                picks = self._propose_in(n, history, seen, self.bands[i])
+                out += picks
+                counts[i] += len(picks)
+                if len(picks) < n:
+                    live.remove(i)
+                    below = [j for j in live if j < i]
+                    if below:
+                        weights[below[-1]] += weights[i]
         return out
 
     def _propose_in(self, n: int, history: Sequence[Observation], seen: set[StudentArch], band: Band) -> list[Proposal]:
