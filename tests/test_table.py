@@ -133,6 +133,34 @@ def test_two_concurrent_writers_lose_nothing(tmp_path):
         assert table.count("fp1") == table.count("fp2") == table.count("shared") == 80
 
 
+def _opener(path: str, barrier, failures) -> None:
+    barrier.wait()
+    try:
+        LatencyTable(path).close()
+    except KdnasError as exc:
+        failures.put(str(exc))
+
+
+def test_processes_opening_a_fresh_table_at_once_all_get_it(tmp_path):
+    """Two `profile` runs started together on a new --table: switching it to WAL while another opener holds a lock
+    fails at once, past the busy timeout. Before the retry, 10 of 120 such four-way opens failed (CI caught one)."""
+    ctx = mp.get_context("fork")  # the race is in the first milliseconds: spawn's imports would spread the starts
+    failures = ctx.Queue()
+    for trial in range(15):
+        path = str(tmp_path / f"t{trial}.sqlite")
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_opener, args=(path, barrier, failures)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+    messages = []
+    while not failures.empty():
+        messages.append(failures.get())
+    assert not messages, messages[:3]
+
+
 def test_default_table_lives_in_the_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("KDNAS_CACHE_DIR", str(tmp_path))
     assert default_table_path() == tmp_path / "latency.sqlite"

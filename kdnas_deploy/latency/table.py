@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import re
 import socket
 import sqlite3
@@ -186,6 +187,10 @@ def check_export(rows: Any) -> None:
                 raise KdnasError(f"latency table export: row {i}: {column} {_short(value)} {problem}")
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 class LatencyTable:
     """Open (creating unless `readonly`) a latency table at `path`."""
 
@@ -210,15 +215,32 @@ class LatencyTable:
         if not readonly and existing and not os.access(self.path, os.W_OK):
             raise KdnasError(f"--table {self.path}: the file is read-only (open it read-only, or copy it)")
         uri = f"file:{quote(str(self.path))}?mode={'ro' if readonly else 'rwc'}"
-        try:
-            self._db = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None)
-            self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-            if not readonly:
-                self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.execute("PRAGMA synchronous = NORMAL")
-            self._init_schema()
-        except sqlite3.DatabaseError as exc:
-            raise KdnasError(f"latency table {self.path} is unreadable or damaged ({exc})") from None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._db = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None)
+                try:
+                    self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+                    if not readonly:
+                        self._db.execute("PRAGMA journal_mode = WAL")
+                        self._db.execute("PRAGMA synchronous = NORMAL")
+                    self._init_schema()
+                except BaseException:
+                    self._db.close()
+                    raise
+                break
+            except sqlite3.OperationalError as exc:
+                # Two processes opening a fresh table at once: switching it to WAL while the other holds a lock fails
+                # at once, without the busy timeout (SQLite's deadlock rule), about one open in twelve in four-way
+                # races here. Opening again after the other's switch succeeds.
+                if not _locked(exc):
+                    raise KdnasError(f"latency table {self.path} is unreadable or damaged ({exc})") from None
+                if time.monotonic() > deadline:
+                    raise KdnasError(f"latency table {self.path} is locked by another process (waited "
+                                     f"{timeout_s:g} s)") from None
+                time.sleep(random.uniform(0.01, 0.1))
+            except sqlite3.DatabaseError as exc:
+                raise KdnasError(f"latency table {self.path} is unreadable or damaged ({exc})") from None
 
     def _recognise(self) -> None:
         """Refuse an existing file that is not one of our tables, reading it only (no journal, no WAL switch)."""
