@@ -7,7 +7,7 @@ synthetic objective (tests/test_search_strategies.py), 32 candidates in batches 
 Cases: two budgets a sliver apart above a small one (as the GLUE benchmark's table put its hand-crafted students),
 and four budgets far apart (no band runs dry, and the three rules coincide).
 
-    python tools/bench_dry_band.py [--seeds 30]     # about 15 minutes on 2 cores
+    python tools/bench_dry_band.py [--seeds 30]     # about 10 minutes on 2 cores
 """
 
 from __future__ import annotations
