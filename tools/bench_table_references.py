@@ -116,23 +116,21 @@ def records_lines(rows: list[dict[str, object]]) -> list[str]:
 
 
 def rounds_lines(path: Path, reference: str, probe: str) -> list[str]:
-    """Fastest-round and probe-paired ratios to `reference` against the paired ratio, from kept rounds."""
+    """Fastest-round and probe-paired ratios to `reference` against the paired ratio, from kept rounds: each session
+    paired by `timing.paired_ratio`, sessions joined by `compare.ratio_bounds`' geometric mean, as `compare` does."""
+    from kdnas_deploy.latency.compare import ratio_bounds
+    from kdnas_deploy.latency.timing import paired_ratio
+
     (_, sessions), = json.loads(path.read_text())["sessions_rounds_ms"].items()
-
-    def geomean(values: list[float]) -> float:
-        return float(np.exp(np.mean(np.log(values))))
-
-    def per_probe(s: dict[str, list[float]], arch: str) -> float:
-        return float(np.median(np.asarray(s[arch]) / np.asarray(s[probe])))
-
     lines = [f"| ratio to `{reference}` | paired | fastest rounds / paired | paired with `{probe}` / paired |",
              "|---|---|---|---|"]
     for arch in sessions[0]:
         if arch in (reference, probe):
             continue
-        paired = geomean([float(np.median(np.asarray(s[arch]) / np.asarray(s[reference]))) for s in sessions])
+        paired = ratio_bounds([paired_ratio(s[arch], s[reference]) for s in sessions])[0]
         fast = min(min(s[arch]) for s in sessions) / min(min(s[reference]) for s in sessions)
-        by_probe = geomean([per_probe(s, arch) / per_probe(s, reference) for s in sessions])
+        by_probe = ratio_bounds([paired_ratio(s[arch], s[probe]) / paired_ratio(s[reference], s[probe])
+                                 for s in sessions])[0]
         lines.append(f"| `{arch}` | {paired:.3f} | {100 * (fast / paired - 1):+.1f}% | {100 * (by_probe / paired - 1):+.1f}% |")
     return lines
 
