@@ -290,6 +290,7 @@ def table_list(
     """The machines a latency table holds timings of: fingerprint, profile, CPU or GPU, rows by kind, shapes."""
     from dataclasses import asdict
 
+    from kdnas_deploy.instruction_set import describe_info
     from kdnas_deploy.latency.table import KINDS, LatencyTable
     from kdnas_deploy.latency.transfer import describe, this_host
 
@@ -298,7 +299,8 @@ def table_list(
         machines = tbl.machines()
     here = this_host(machines)
     if as_json:
-        print(json.dumps([{**asdict(m), "this_host": m.id in here} for m in machines], indent=2))
+        print(json.dumps([{**asdict(m), "instruction_set": describe_info(m.info), "this_host": m.id in here}
+                          for m in machines], indent=2))
         return
     grid = Table(caption="timings: all (" + ", ".join(KINDS) + ")", caption_justify="left")
     grid.add_column("machine", no_wrap=True)  # the id a user copies into --machine: never wrapped or cut
@@ -712,7 +714,8 @@ def compare(
             grid.add_row(str(i + 1), f"{min(s.a_ms):.2f}", f"{min(s.b_ms):.2f}", f"{s.ratio:.3f}")
         out.print(grid)
         mean, upper = summary["geomean_ratio"], summary["upper_95"]
-        out.print(f"A / B on {escape(the_profile.name)}: geometric mean {mean:.3f}"
+        out.print(f"A / B on {escape(the_profile.name)} ({escape(str(summary['cpu']))}, {summary['instruction_set']}): "
+                  f"geometric mean {mean:.3f}"
                   + (f", one-sided 95% upper bound {upper:.3f}" if upper is not None else "")
                   + f" over {summary['sessions']} sessions in {summary['span_hours']:.2f} h", highlight=False)
         out.print(f"within {tolerance:g}x: {summary['verdict']} ({escape(summary['reason'])})", highlight=False)
@@ -738,7 +741,10 @@ def predict(
         raise KdnasError("give a TEXT argument or --input FILE (one of them)")
     if pair is not None and text is None:
         raise KdnasError("--pair goes with a TEXT argument; in --input files use a text_pair column")
+    if any(t is not None and not t.strip() for t in (text, pair)):
+        raise KdnasError("the text is empty: nothing to classify (`serve` answers it 422 too)")
     model = Artifact(artifact)
+    _cpu_note(model)
     rows: list[Any] = read_rows(input_file, model.pair) if input_file else [[text, pair] if pair is not None else text]
     preds = predict_rows(model, rows, batch_size)
     if as_json:
@@ -754,6 +760,11 @@ def predict(
         tab.add_row(escape(shown[:200]), escape(p.label) if p.label is not None else f"{p.score:.4f}",
                     f"{p.score:.4f}" if p.label is not None else "")
     out.print(tab)
+
+
+def _cpu_note(model: Any) -> None:
+    if model.cpu["note"]:
+        console.print(f"[yellow]note:[/] {escape(model.cpu['note'])}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -802,8 +813,14 @@ def version() -> None:
         except md.PackageNotFoundError:
             return "not installed"
 
+    from kdnas_deploy.instruction_set import cpu_model
+    from kdnas_deploy.instruction_set import host_instruction_set
+    from kdnas_deploy.util.resources import cpu_budget
+
     print(f"kdnas-deploy {__version__}, torch {installed('torch')}, transformers {installed('transformers')}, "
           f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})")
+    # The instruction set picks ONNX Runtime's kernels: it is part of every latency-table key and every card.
+    print(f"cpu: {cpu_model()} x{cpu_budget()}, {host_instruction_set().describe()}")
 
 
 #: Packages only training, search and export need; a serve-only install (the base package with the `cpu` or `gpu`
@@ -824,8 +841,27 @@ def _error(message: str, status: int) -> None:
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+def empty_argument(argv: list[str]) -> str | None:
+    """Why the command line holds an empty value, or None. Click reads `--out ""` as the current folder and
+    `--teacher ""` as no teacher, so an empty value would search into the working directory or profile the
+    default space for twenty minutes; no option of this program takes an empty value."""
+    for i, token in enumerate(argv):
+        option, eq, value = token.partition("=")
+        if token.startswith("--") and eq and not value.strip():
+            return f"{option}: the value is empty"
+        if not token.strip():
+            before = argv[i - 1] if i > 0 else ""
+            if before.startswith("-") and "=" not in before:
+                return f"{before}: the value is empty"
+            return f"argument {i + 1} of the command line is empty"
+    return None
+
+
 def main() -> None:
     _setup_logging()
+    empty = empty_argument(sys.argv[1:])
+    if empty:
+        _error(empty, 2)
     try:
         code = app(standalone_mode=False)
     except KdnasError as exc:

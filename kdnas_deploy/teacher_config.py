@@ -10,17 +10,18 @@ from kdnas_deploy.util.errors import KdnasError, first_line
 SUPPORTED_MODEL_TYPES = ("bert",)
 
 
-def load_teacher_config(teacher: str) -> Any:
-    """The transformers config of `teacher`; BERT-architecture models only (BERT, MiniLM, TinyBERT...)."""
+def load_teacher_config(teacher: str, what: str = "teacher") -> Any:
+    """The transformers config of `teacher`; BERT-architecture models only (BERT, MiniLM, TinyBERT...). `what` names
+    the model in errors (the teacher, or the model an export or evaluation was given)."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(teacher)
     except (OSError, ValueError) as exc:
-        raise KdnasError(f"cannot load the teacher config from {teacher!r}: {first_line(exc)}") from None
+        raise KdnasError(f"cannot load the {what} config from {teacher!r}: {first_line(exc)}") from None
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise KdnasError(
-            f"teacher {teacher!r} is a {config.model_type!r} model; supported: BERT-architecture models "
+            f"{what} {teacher!r} is a {config.model_type!r} model; supported: BERT-architecture models "
             "(model_type 'bert': BERT, MiniLM, TinyBERT and the like)"
         )
     return config

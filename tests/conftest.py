@@ -61,7 +61,7 @@ def as_other_machine(source: Path, target: Path, fingerprint: str) -> str:
 
     with LatencyTable(source) as table:
         rows = table.export_rows(fingerprint)
-    info = {**rows["fingerprint"]["info"], "cpu": "Deployment Target CPU"}
+    info = {**rows["fingerprint"]["info"], "cpu": "Deployment Target CPU", "cpu_features": other_cpu_features()}
     other = fingerprint_id(info)
     at = rows["columns"].index("fingerprint")
     rows["fingerprint"] = {**rows["fingerprint"], "id": other, "info": info}
@@ -69,6 +69,14 @@ def as_other_machine(source: Path, target: Path, fingerprint: str) -> str:
     with LatencyTable(target) as table:
         table.import_rows(rows)
     return other
+
+
+def other_cpu_features() -> list[str]:
+    """An instruction set that is not this host's, whatever the host: its features with AMX's bf16 flag toggled."""
+    from kdnas_deploy.instruction_set import host_instruction_set
+
+    here = set(host_instruction_set().features)
+    return sorted(here ^ {"amx_bf16"})
 
 
 def cli(*args: str) -> list[str]:
@@ -155,6 +163,8 @@ def tiny_teacher_dir(tiny_backbone: Path, sst2_slice: Path, tmp_path_factory: py
 
 
 STUDENT = "L1-H64-A4-I128"
+#: The accuracy gate for fixtures that test export mechanics: open, so they do not hinge on int8 rounding.
+MECHANICS_MAX_DROP = 100.0
 
 
 @pytest.fixture(scope="session")
@@ -172,12 +182,16 @@ def student_dir(tiny_teacher_dir: Path, sst2_slice: Path, tmp_path_factory: pyte
 
 @pytest.fixture(scope="session")
 def int8_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What ships for CPU (`cpu-int8`): dynamic int8, activation scales computed per batch."""
+    """What ships for CPU (`cpu-int8`): dynamic int8, activation scales computed per batch.
+
+    The fixtures that test export mechanics export with the accuracy gate open (`MECHANICS_MAX_DROP`): how many of
+    300 dev rows a one-layer 64-wide model's int8 rounding flips depends on the host's kernels (3 rows with AVX2,
+    none with AVX512-VNNI), and the gate has tests of its own (test_artifact.py)."""
     from kdnas_deploy.artifact.export import export_artifact
 
     out = tmp_path_factory.mktemp("artifacts") / "int8"
     table = tmp_path_factory.mktemp("table") / "latency.sqlite"
-    export_artifact(student_dir, load_profile("cpu-int8"), out, table=table)
+    export_artifact(student_dir, load_profile("cpu-int8"), out, table=table, max_drop=MECHANICS_MAX_DROP)
     return out
 
 
@@ -188,7 +202,7 @@ def static_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
     out = tmp_path_factory.mktemp("artifacts") / "int8-static"
     export_artifact(student_dir, load_profile("cpu-int8-static"), out,
-                    table=tmp_path_factory.mktemp("table") / "latency.sqlite", measure=False)
+                    table=tmp_path_factory.mktemp("table") / "latency.sqlite", measure=False, max_drop=MECHANICS_MAX_DROP)
     return out
 
 

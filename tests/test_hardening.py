@@ -441,3 +441,77 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(tmp_path: Path) -> None:
     assert "interrupted; finished work is kept" in err and "Traceback" not in err
     rows = sqlite3.connect(tmp_path / "t.sqlite").execute("SELECT COUNT(*) FROM timings").fetchone()[0]
     assert 1 <= rows < 9 + 3 * 13  # the first group is kept; the run did not finish
+
+
+# --- empty values: click reads `--out ""` as the working directory and `--teacher ""` as no teacher ---------------
+
+def _value_taking_parameters() -> list[tuple[list[str], str]]:
+    """(command path, option) for every option that takes a value and every argument, of every command."""
+    import typer
+
+    from kdnas_deploy.cli import app
+
+    found: list[tuple[list[str], str]] = []
+
+    def walk(command, path: list[str]) -> None:  # typer's own copy of click: known by shape, not by class
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+            return
+        for param in command.params:
+            if param.param_type_name == "option" and not param.is_flag and param.opts[0].startswith("--"):
+                found.append((path, param.opts[0]))
+            elif param.param_type_name == "argument":
+                found.append((path, "ARG"))
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_option_and_argument_given_an_empty_value_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Before, `distill --out ""` trained into the working directory, `search --out ""` wrote run.json there and
+    `profile --teacher ""` profiled the default space for twenty minutes; each now stops before any work."""
+    monkeypatch.chdir(tmp_path)
+    params = _value_taking_parameters()
+    assert len(params) > 60 and (["search"], "--out") in params and (["table", "merge"], "ARG") in params
+    for path, option in params:
+        for argv in ([*path, ""] if option == "ARG" else [*path, option, ""],
+                     [*path, "  "] if option == "ARG" else [*path, f"{option}="]):
+            code, err = cli_here(argv, capsys)
+            one_line_error(code, err, "empty")
+            assert "NoneType" not in err and (option == "ARG" or option in err), (argv, err)
+    assert list(tmp_path.iterdir()) == []  # nothing written where the command ran
+
+
+def test_an_empty_value_stops_a_real_process_before_any_work(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "kdnas_deploy.cli", "search", "--teacher", "x", "--out", ""],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    one_line_error(r.returncode, r.stderr, "--out: the value is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the wrong kind of folder: say what the path is and what was expected ------------------------------------------
+
+def test_evaluate_on_a_missing_folder_an_artifact_or_a_plain_folder_says_what_it_is(int8_artifact: Path, tmp_path: Path,
+                                                                                    capsys, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for path, words in [(tmp_path / "missing", ("no folder", "missing", "give --task and/or --data-dir")),
+                        (int8_artifact, ("is an exported artifact (ONNX), not a model folder",)),
+                        (plain, ("has no kdnas.json recording the task",))]:
+        code, err = cli_here(["evaluate", str(path)], capsys)
+        one_line_error(code, err, *words)
+        assert "teacher folder" not in err
+
+
+def test_export_of_a_gpt2_folder_says_it_is_not_a_bert_model(tmp_path: Path, capsys) -> None:
+    """Before, it asked for --task: the folder records no task either, but the model is what is wrong."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    folder = tmp_path / "gpt2"
+    GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=64)) \
+        .save_pretrained(folder)
+    code, err = cli_here(["export", str(folder), "--hw", "cpu", "--out", str(tmp_path / "art")], capsys)
+    one_line_error(code, err.strip().splitlines()[-1], "is a 'gpt2' model", "BERT-architecture")  # after its status
+    assert "--task" not in err and not (tmp_path / "art").exists()

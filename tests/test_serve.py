@@ -68,6 +68,11 @@ def test_answers_equal_direct_onnx_runtime(server, fp32_artifact: Path) -> None:
     meta = httpx.get(url + "/v1/metadata").json()
     assert meta["arch"] == json.loads((fp32_artifact / "kdnas_card.json").read_text())["arch"]
     assert meta["serving"]["max_texts"] == MAX_TEXTS
+    from kdnas_deploy.instruction_set import host_instruction_set
+
+    # exported here, served here: the same instruction set, nothing to say
+    assert meta["runtime_cpu"]["instruction_set"] == host_instruction_set().summary
+    assert meta["runtime_cpu"]["matches_card"] is True and meta["runtime_cpu"]["note"] is None
     assert httpx.get(url + "/docs").status_code == 200
     assert "/v1/predict" in httpx.get(url + "/openapi.json").json()["paths"]
 
@@ -179,21 +184,67 @@ def test_200_requests_from_16_concurrent_clients(server, fp32_artifact: Path, ss
     assert health["batches"] < health["rows"]  # concurrent requests really were grouped into shared batches
 
 
+def _wait_until_up(port: int, seconds: float = 90) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    return False
+
+
 def test_sigterm_shuts_down_cleanly(fp32_artifact: Path) -> None:
     port = _free_port()
     proc = subprocess.Popen(cli("serve", str(fp32_artifact), "--port", str(port)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        _wait_until_up(port)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_predict_and_serve_say_in_one_line_when_this_cpu_is_not_the_cards(fp32_artifact: Path, tmp_path: Path) -> None:
+    """An artifact whose card was measured on another instruction set: `predict` and `serve` each say so in one
+    line, and /v1/metadata carries it; the answers are given all the same."""
+    import shutil
+
+    from conftest import other_cpu_features
+    from kdnas_deploy.instruction_set import InstructionSet, host_instruction_set
+
+    moved = tmp_path / "moved"
+    shutil.copytree(fp32_artifact, moved)
+    card = json.loads((moved / "kdnas_card.json").read_text())
+    card["fingerprint"]["cpu_features"] = other_cpu_features()
+    (moved / "kdnas_card.json").write_text(json.dumps(card))
+    there = InstructionSet.of(card["fingerprint"]["machine"], other_cpu_features())
+    same_tier = there.summary == host_instruction_set().summary  # then the note lists the features, not the tier
+    expected = f"latency and scores on the card were measured on {there.describe() if same_tier else there.summary}"
+
+    r = subprocess.run(cli("predict", str(moved), SENTENCES[0], "--json"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["label"] in ("negative", "positive")
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and expected in notes[0], r.stderr
+    r = subprocess.run(cli("predict", str(fp32_artifact), SENTENCES[0]), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "note:" not in r.stderr
+
+    port = _free_port()
+    proc = subprocess.Popen(cli("serve", str(moved), "--port", str(port)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_until_up(port), "server did not come up in 90 s"
+        meta = httpx.get(f"http://127.0.0.1:{port}/v1/metadata", timeout=5).json()
+        assert meta["runtime_cpu"]["matches_card"] is False and expected in meta["runtime_cpu"]["note"]
+        assert meta["runtime_cpu"]["card_scores_instruction_set"] == there.summary
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        err = proc.stderr.read() if proc.stderr else ""
+        assert sum("note:" in line for line in err.splitlines()) == 1 and expected in " ".join(err.split()), err
     finally:
         if proc.poll() is None:
             proc.kill()

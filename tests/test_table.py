@@ -109,6 +109,31 @@ def test_truncated_table_is_reported_not_crashed(tmp_path):
         LatencyTable(path)
 
 
+def test_a_damaged_data_page_is_refused_before_anything_writes_to_the_file(tmp_path):
+    """Check first, write never: the integrity check runs on a read-only view, so a damaged table is not opened
+    read-write, not switched to WAL and gets no -wal or -shm beside it."""
+    path = tmp_path / "t.sqlite"
+    with LatencyTable(path) as table:
+        for layers in range(1, 120):
+            table.put("fp", "model", StudentArch(layers, 64, 2, 128), 1, 128, T, layers, 1.0)
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode = DELETE")  # as a table copied from elsewhere arrives: one file
+    page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    pages = con.execute("PRAGMA page_count").fetchone()[0]
+    con.close()
+    data = bytearray(path.read_bytes())
+    assert pages > 4 and data[18] == data[19] == 1  # a rollback-journal file, as it was copied
+    start = (pages - 2) * page_size  # a data page deep in the file: the header and schema still read
+    data[start + 8: start + page_size] = b"\xff" * (page_size - 8)
+    path.write_bytes(bytes(data))
+    before = path.read_bytes()
+    for readonly in (False, True):
+        with pytest.raises(KdnasError, match="damaged"):
+            LatencyTable(path, readonly=readonly)
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["t.sqlite"]
+
+
 def _writer(path: str, worker: int, n: int) -> None:
     with LatencyTable(path) as table:
         table.register(f"fp{worker}", {"worker": worker})

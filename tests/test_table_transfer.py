@@ -23,12 +23,15 @@ OWN = Timing(median_ms=9.0, p10_ms=8.0, p90_ms=10.0, spread=0.2, samples=30, rou
 A = StudentArch(2, 64, 2, 128)
 B = StudentArch(2, 128, 4, 256)
 BASE = StudentArch(0, 64, 1, 64)
+#: What a deployment target's fingerprint holds for these tests: a CPU, its instruction set and the profile.
+TARGET = {"cpu": "Target CPU", "cpu_count": 4, "cpu_features": ["avx2", "fma"], "machine": "x86_64",
+          "profile": "cpu-int8"}
 
 
 def _target_table(path, fid="target1", cpu="Target CPU"):
     """A table as `profile` on a deployment target leaves it: one machine, a few kinds of rows."""
     with LatencyTable(path) as t:
-        t.register(fid, {"cpu": cpu, "cpu_count": 4, "profile": "cpu-int8"})
+        t.register(fid, {**TARGET, "cpu": cpu})
         t.put(fid, "block", A, 1, 128, T, 2, 1.5)
         t.put(fid, "block", B, 1, 128, T, 2, 1.5)
         t.put(fid, "base", BASE, 1, 128, T, 0, 0.5)
@@ -39,7 +42,7 @@ def test_merge_adds_another_machines_rows_keeps_its_own_and_adds_nothing_twice(t
     source = _target_table(tmp_path / "target.sqlite")
     _target_table(tmp_path / "second.sqlite", fid="target2", cpu="Second CPU")
     with LatencyTable(tmp_path / "home.sqlite") as home:
-        home.register("target1", {"cpu": "Target CPU", "cpu_count": 4, "profile": "cpu-int8"})
+        home.register("target1", TARGET)
         home.put("target1", "block", A, 1, 128, OWN, 2, 1.0)  # measured here before
         merged = merge(home, [source, tmp_path / "second.sqlite"])
         assert [(m.machine, m.offered, m.added) for m in merged] == [("target1", 3, 2), ("target2", 3, 3)]
@@ -55,7 +58,7 @@ def test_merge_adds_another_machines_rows_keeps_its_own_and_adds_nothing_twice(t
 def test_export_file_round_trips_and_machine_selects(tmp_path):
     source = _target_table(tmp_path / "target.sqlite")
     with LatencyTable(source) as t:
-        t.register("other", {"cpu": "y"})
+        t.register("other", {**TARGET, "cpu": "y"})
         t.put("other", "block", A, 1, 64, T, 2, 1.0)
         document = export(t, ["target1"])
         with pytest.raises(KdnasError, match="no timings of machine nope"):
@@ -66,7 +69,7 @@ def test_export_file_round_trips_and_machine_selects(tmp_path):
     assert [e["fingerprint"]["id"] for e in read_exports(source, ["other"])] == ["other"]
     with LatencyTable(tmp_path / "home.sqlite") as home:
         assert [m.added for m in merge(home, [exported])] == [3]
-        assert home.fingerprints() == {"target1": {"cpu": "Target CPU", "cpu_count": 4, "profile": "cpu-int8"}}
+        assert home.fingerprints() == {"target1": TARGET}
         with pytest.raises(KdnasError, match="no source holds machine other"):
             merge(home, [exported], ["other"])
 

@@ -233,7 +233,7 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from kdnas_deploy.fingerprint import cpu_model
+    from kdnas_deploy.instruction_set import cpu_model
 
     space = SearchSpace.resolve(args.space)
     t0 = time.perf_counter()

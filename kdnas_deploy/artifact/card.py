@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdnas_deploy.distill import INIT_DESCRIPTIONS
+from kdnas_deploy.instruction_set import describe_info
 
 
 def _metrics_row(name: str, metrics: dict[str, float], keys: list[str]) -> str:
@@ -56,7 +57,8 @@ def render_card(card: dict[str, Any]) -> str:
         "| source | median ms | p10 ms | p90 ms |",
         "|---|---|---|---|",
         f"| latency table ({lat['predicted_from']}"
-        + (f", timed on machine {lat['predicted_machine']}" if lat.get("predicted_machine") else "")
+        + (f", timed on machine {lat['predicted_machine']}, {_machine_words(lat.get('predicted_machine_info'))}"
+           if lat.get("predicted_machine") else "")
         + f") | {lat['predicted_ms']:.3f} | | |",
     ]
     if measured:
@@ -78,8 +80,9 @@ def render_card(card: dict[str, Any]) -> str:
         "",
         f"Fusion: {fusion['fused_attention']} fused attention nodes for {fusion['layers']} layers"
         + ("" if fusion["fused"] else " (NOT fully fused: slower than the table assumes)") + ".",
-        f"Measured on: {fp.get('cpu')} ({fp.get('cpu_count')} logical CPUs)" + (f", GPU {fp['gpu']}" if fp.get("gpu") else "")
-        + f"; ONNX Runtime {fp.get('onnxruntime')}.",
+        f"Scores and measured latency from: {_machine_words(fp)}; ONNX Runtime {fp.get('onnxruntime')}. ONNX Runtime "
+        "picks its kernels by instruction set: on another one, timings differ and int8 scores can move slightly "
+        "(`predict` and `serve` say so when they run on one).",
         "",
         "## Use",
         "",
@@ -102,6 +105,13 @@ def render_card(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _machine_words(info: dict[str, Any] | None) -> str:
+    """`AMD EPYC (2 logical CPUs, AVX512-VNNI)`, and the GPU where there is one."""
+    info = info or {}
+    return (f"{info.get('cpu', 'an unrecorded CPU')} ({info.get('cpu_count', '?')} logical CPUs, {describe_info(info)})"
+            + (f", GPU {info['gpu']}" if info.get("gpu") else ""))
 
 
 def _install_line(card: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ from kdnas_deploy.data.sources import DataSource
 from kdnas_deploy.util.errors import KdnasError
 from kdnas_deploy.util.files import writable_dir
 from kdnas_deploy.fingerprint import machine_fingerprint
+from kdnas_deploy.instruction_set import INFO_KEY
 from kdnas_deploy.hardware import HardwareProfile, Precision
 from kdnas_deploy.model_folder import read_info, versions, write_json_atomic, write_text_atomic
 from kdnas_deploy.space import StudentArch
@@ -39,6 +40,10 @@ PARITY_TOLERANCE = 1e-4
 #: (batch size, rows taken from) for the parity check: short, mixed and the longest dev rows.
 PARITY_CASES = ((1, "shortest"), (1, "longest"), (4, "mixed"), (16, "longest"))
 DEFAULT_MAX_DROP = 1.0
+#: Decimals of a point the accuracy gate compares at. A score is a count of rows over the dev rows, and floating
+#: point is not: 100 * (0.65 - 0.64) is 1.0000000000000009, so 3 rows of 300 would fail --max-drop 1. At 6 decimals
+#: one row still counts on a dev split of up to 10^8 rows.
+DROP_DECIMALS = 6
 #: Rows per batch when the card's dev scores are computed (length-sorted, so little padding).
 SCORE_BATCH = 64
 #: Which training rows calibrate a static int8 graph: fixed, so an export is repeatable.
@@ -67,6 +72,7 @@ def export_artifact(
     from kdnas_deploy.latency.timing import make_session
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.data.tasks import compute_metrics
+    from kdnas_deploy.teacher_config import load_teacher_config
 
     say = status or (lambda _msg: None)
     model_dir, out = Path(model_dir).resolve(), Path(out).resolve()
@@ -80,6 +86,8 @@ def export_artifact(
     if max_drop < 0:
         raise KdnasError(f"--max-drop must be zero or more points, got {max_drop}")
     profile.check_runnable()
+    # The model first: a GPT-2 folder is "not a BERT model", not "no data" (it records no task either).
+    load_teacher_config(str(model_dir), what="model")
     info = read_info(model_dir)
     source = source_from_teacher(str(model_dir), source or DataSource())
     max_length = info.max_length if info else 128
@@ -114,7 +122,7 @@ def export_artifact(
         session = make_session(graph.path, profile)
         onnx_metrics = compute_metrics(task, onnx_logits(session, dev, SCORE_BATCH, pad), np.asarray(dev["labels"]))
         del session
-        drop = 100.0 * (torch_metrics["score"] - onnx_metrics["score"])
+        drop = drop_points(torch_metrics["score"], onnx_metrics["score"])
         if drop > max_drop:
             raise KdnasError(f"the {profile.precision.value} artifact scores {100 * onnx_metrics['score']:.2f} on dev against "
                              f"{100 * torch_metrics['score']:.2f} for PyTorch: a drop of {drop:.2f} points is above "
@@ -163,6 +171,12 @@ def export_artifact(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return ExportResult(out, card)
+
+
+def drop_points(reference: float, candidate: float) -> float:
+    """How many points of the primary score `candidate` loses against `reference` (both in 0..1), at the precision
+    the gate compares (`DROP_DECIMALS`): a drop of exactly --max-drop passes on every host."""
+    return round(100.0 * (reference - candidate), DROP_DECIMALS)
 
 
 def check_parity(model: Any, fp32_graph: Path, dev: Any, pad_token_id: int) -> dict[str, Any]:
@@ -219,6 +233,9 @@ def _latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size
     result: dict[str, Any] = {**shape, "predicted_ms": round(predicted.ms, 4), "predicted_from": predicted.source}
     if model.elsewhere:  # the deployment target's latency, not this host's (which `measured` is)
         result["predicted_machine"] = model.fingerprint
+        # What serving compares its CPU with: the target's instruction set picked the kernels behind this latency.
+        result["predicted_machine_info"] = {k: model.info.get(k) for k in ("cpu", "cpu_count", "gpu", "machine", INFO_KEY)
+                                            if k in model.info}
     if measure:
         say(f"timing the artifact ({profile.timing.sessions} sessions)")
         t = time_graph(path, profile, vocab_size=vocab_size)

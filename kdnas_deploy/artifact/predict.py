@@ -48,6 +48,8 @@ def read_rows(path: Path, pair: bool) -> list[Row]:
         text, second = rec.get(TEXT), rec.get(PAIR)
         if not isinstance(text, str):
             raise KdnasError(f"--input {path}, row {n}: no {TEXT!r} string")
+        if not text.strip() or (pair and isinstance(second, str) and not second.strip()):
+            raise KdnasError(f"--input {path}, row {n}: empty text, nothing to classify (as `serve` answers it 422)")
         if pair:
             if not isinstance(second, str):
                 raise KdnasError(f"--input {path}, row {n}: this model takes pairs; add a {PAIR!r} string")

@@ -17,12 +17,15 @@ or as a Ray Serve application, on a running cluster or in a config file (`import
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from kdnas_deploy.artifact.runtime import Artifact, Row
 from kdnas_deploy.artifact.serve import RowRunner, ServeConfig, create_app
 from kdnas_deploy.util.errors import KdnasError
+
+log = logging.getLogger(__name__)
 
 
 class RayBatcher(RowRunner):
@@ -63,7 +66,9 @@ def deployment(artifact_dir: str, replicas: int = 2, config: ServeConfig | None 
 
     if replicas < 1:
         raise KdnasError(f"--replicas must be at least 1, got {replicas}")
-    Artifact(artifact_dir)  # a broken folder is one line here, not a replica that fails to start over and over
+    checked = Artifact(artifact_dir)  # a broken folder is one line here, not a replica that fails to start over and over
+    if checked.cpu["note"]:
+        log.warning("note: %s", checked.cpu["note"])
     config = config or ServeConfig()
     per_replica = replica_threads(replicas, threads)
 

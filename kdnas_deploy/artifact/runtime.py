@@ -158,6 +158,34 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def cpu_check(card: dict[str, Any]) -> dict[str, Any]:
+    """This CPU against the one the card's latency and scores were measured on: `note` is one line when their
+    instruction sets differ (ONNX Runtime then runs other kernels: other timings, slightly other int8 scores), None
+    when they match. The latency of `export --machine` is the deployment target's, so it is compared with that
+    machine; the scores are always the export host's. A GPU profile runs its kernels on the GPU: no note."""
+    from kdnas_deploy.instruction_set import cpu_model, from_info, host_instruction_set, mismatch
+
+    here = host_instruction_set()
+    scores_info = card.get("fingerprint") if isinstance(card.get("fingerprint"), dict) else None
+    latency = card.get("latency") if isinstance(card.get("latency"), dict) else {}
+    target = latency.get("predicted_machine_info") if isinstance(latency.get("predicted_machine_info"), dict) else None
+    scores_on = from_info(scores_info)
+    latency_on = from_info(target) if target is not None else scores_on
+    result: dict[str, Any] = {"cpu": cpu_model(), "instruction_set": here.summary, "cpu_features": list(here.features),
+                              "card_latency_instruction_set": latency_on.summary if latency_on else None,
+                              "card_scores_instruction_set": scores_on.summary if scores_on else None}
+    gpu = (scores_info or {}).get("gpu") or (target or {}).get("gpu")
+    if gpu:
+        notes: list[str] = []
+    elif latency_on == scores_on:
+        notes = [n for n in (mismatch(scores_on, here, "latency and scores"),) if n]
+    else:
+        notes = [n for n in (mismatch(latency_on, here, "latency"), mismatch(scores_on, here, "scores")) if n]
+    result["matches_card"] = not notes
+    result["note"] = "; ".join(notes) or None
+    return result
+
+
 class Artifact:
     """Loads an exported folder; `predict` takes texts or text pairs and returns labels and scores."""
 
@@ -182,6 +210,8 @@ class Artifact:
         self.pair: bool = checked.pair
         self.max_length: int = checked.max_length
         self.encoder = load_text_encoder(self.folder, self.max_length)
+        #: This CPU against the card's: `predict` and `serve` say `cpu["note"]` in one line when they differ.
+        self.cpu = cpu_check(self.card)
 
     def encode(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
         return self.encoder(*split_rows(rows, self.pair))
@@ -214,6 +244,10 @@ def split_rows(rows: Sequence[Row], pair: bool) -> tuple[list[str], list[str] | 
         texts = [row] if isinstance(row, str) else list(row) if isinstance(row, (list, tuple)) else []
         if not all(is_unicode(t) for t in texts if isinstance(t, str)):  # found here, it fails only its own request
             raise KdnasError(f"input {i}: the text holds a lone surrogate (half of a UTF-16 pair), not Unicode text")
+        # An empty text is [CLS] [SEP]: the model would label it anyway. Refused here, so `predict`, the library and
+        # `serve` (a 422) agree.
+        if any(isinstance(t, str) and not t.strip() for t in texts):
+            raise KdnasError(f"input {i}: empty text, nothing to classify")
         if isinstance(row, str):
             if pair:
                 raise KdnasError(f"input {i}: this model takes text pairs; give [text, text_pair]")

@@ -330,7 +330,8 @@ def create_app(artifact: Artifact, config: ServeConfig | None = None, batcher: B
     @app.get("/v1/metadata")
     async def metadata() -> dict[str, Any]:
         return {**card, "serving": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
-                                    "max_texts": config.max_texts, "max_chars": config.max_chars}}
+                                    "max_texts": config.max_texts, "max_chars": config.max_chars},
+                "runtime_cpu": artifact.cpu}
 
     if meter is not None:
         @app.get("/metrics", include_in_schema=False)
@@ -401,7 +402,10 @@ def serve(artifact_dir: str, host: str = "127.0.0.1", port: int = 8000, config: 
     # `spinning` overrides the profile's spin-waiting: on a small machine idle spinning threads compete with the
     # event loop (tools/bench_serve.py measured no clear difference either way on 2 cores).
     config = config or ServeConfig()
-    app = create_app(Artifact(artifact_dir, threads=threads, spinning=spinning), config)
+    artifact = Artifact(artifact_dir, threads=threads, spinning=spinning)
+    if artifact.cpu["note"]:  # also in GET /v1/metadata, for whoever did not read the log
+        log.warning("note: %s", artifact.cpu["note"])
+    app = create_app(artifact, config)
     # uvicorn shuts down gracefully, then re-raises the signal it caught to the handler found at start: make
     # that handler a clean exit, so SIGTERM from a supervisor (systemd, Kubernetes) ends with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,7 +13,7 @@ import numpy as np
 from kdnas_deploy.data.sources import DataSource, TaskData, load_task_data, stratified_split
 from kdnas_deploy.data.encode import EncodedData, encode
 from kdnas_deploy.util.errors import KdnasError
-from kdnas_deploy.model_folder import load_tokenizer, read_info
+from kdnas_deploy.model_folder import INFO_FILE, load_tokenizer, read_info
 from kdnas_deploy.data.tasks import Task
 
 #: Held-out rows a proxy run is scored on, unless told otherwise (fewer when the training set is small).
@@ -79,5 +79,20 @@ def source_from_teacher(teacher: str, source: DataSource) -> DataSource:
         return source
     info = read_info(teacher)
     if info is None or not info.data:
-        raise KdnasError("no data: give --task and/or --data-dir (the teacher folder does not record its task)")
+        raise KdnasError(_no_task(teacher))
     return DataSource.from_dict(info.data)
+
+
+def _no_task(model: str) -> str:
+    """Why `model` names no task, in words that say what the path is and what was expected."""
+    path = Path(model).expanduser()
+    give = "give --task and/or --data-dir"
+    if path.is_dir() and (path / "kdnas_card.json").is_file():
+        return (f"{model} is an exported artifact (ONNX), not a model folder: give the teacher or student folder it "
+                "was exported from (its dev scores are on the artifact's card)")
+    if path.is_dir():
+        return f"{model} has no {INFO_FILE} recording the task it was trained on: {give}"
+    if path.exists():
+        return f"{model} is a file; expected a model folder (from `kdnas-deploy teacher` or `distill`) or a hub id"
+    return (f"no folder {model} here, and a hub model records no task: {give}, or give the folder of a model "
+            "from `kdnas-deploy teacher` or `distill`")

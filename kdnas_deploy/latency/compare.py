@@ -16,12 +16,14 @@ profile or the rounds changed.
 from __future__ import annotations
 
 import math
+import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdnas_deploy.instruction_set import INFO_KEY, cpu_model, describe_info, from_info, host_instruction_set
 from kdnas_deploy.util.errors import KdnasError
 
 #: Interleaved rounds per session: each round times A and B once each, in a fresh ONNX Runtime session.
@@ -79,6 +81,9 @@ class Comparison:
     #: What makes the record's sessions comparable with new ones: the graphs' content, the profile's, the rounds.
     key: dict[str, Any]
     sessions: list[Session] = field(default_factory=list)
+    #: The CPU the sessions ran on (model and instruction set): a ratio from another kernel tier is another ratio,
+    #: so a record takes sessions from one instruction set only. None in records written before it was kept.
+    machine: dict[str, Any] | None = None
 
     @property
     def ratios(self) -> list[float]:
@@ -118,10 +123,12 @@ class Comparison:
         return {"a": self.a, "b": self.b, "profile": self.profile, "sessions": len(self.sessions),
                 "span_hours": round(self.span_hours, 3), "ratios": [round(r, 4) for r in self.ratios],
                 "geomean_ratio": mean, "lower_95": lower, "upper_95": upper, "tolerance": tolerance,
-                "min_sessions": min_sessions, "min_hours": min_hours, "verdict": v.status, "reason": v.reason}
+                "min_sessions": min_sessions, "min_hours": min_hours, "verdict": v.status, "reason": v.reason,
+                "cpu": (self.machine or {}).get("cpu"), "instruction_set": describe_info(self.machine)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "profile": self.profile, "key": self.key,
+                **({"machine": self.machine} if self.machine is not None else {}),
                 "sessions": [asdict(s) for s in self.sessions]}
 
     @classmethod
@@ -129,7 +136,8 @@ class Comparison:
         try:
             return cls(str(data["a"]), str(data["b"]), str(data["profile"]), dict(data["key"]),
                        [Session(float(s["started"]), [float(x) for x in s["a_ms"]], [float(x) for x in s["b_ms"]],
-                                float(s["ratio"])) for s in data["sessions"]])
+                                float(s["ratio"])) for s in data["sessions"]],
+                       dict(data["machine"]) if data.get("machine") is not None else None)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise KdnasError(f"{source}: not a comparison record (a, b, profile, key, sessions)") from None
 
@@ -223,12 +231,20 @@ def compare_graphs(a_path: str | Path, b_path: str | Path, profile: Any, *, sess
     key = comparison_key(a_path, b_path, profile, rounds)
     record_path = Path(record) if record is not None else None
     comparison = load_record(record_path) if record_path else None
+    here = {"cpu": cpu_model(), "machine": platform.machine(), INFO_KEY: host_instruction_set().to_info()}
     if comparison is None:
-        comparison = Comparison(a_label, b_label, profile.name, key)
+        comparison = Comparison(a_label, b_label, profile.name, key, machine=here)
     elif comparison.key != key:
         changed = ", ".join(k for k in key if comparison.key.get(k) != key[k])
         raise KdnasError(f"{record_path}: recorded for other graphs or settings ({changed} changed); "
                          "give another --record to start a new comparison")
+    elif comparison.sessions and from_info(comparison.machine) not in (None, host_instruction_set()) \
+            and len(comparison.sessions) < sessions:
+        raise KdnasError(f"{record_path}: its sessions ran on {describe_info(comparison.machine)}; this CPU has "
+                         f"{host_instruction_set().summary}: ONNX Runtime runs other kernels here, so give another "
+                         "--record to start a comparison on this machine")
+    elif comparison.machine is None and not comparison.sessions:
+        comparison.machine = here
     if timer is None:
         vocab = (graph_vocab_size(a_path), graph_vocab_size(b_path))  # once, not per session
         timer = lambda a, b, p, n, seed: time_session(a, b, p, n, seed, vocab=vocab)  # noqa: E731

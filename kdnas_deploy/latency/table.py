@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from kdnas_deploy.util.errors import KdnasError
+from kdnas_deploy.util.errors import KdnasError, first_line
 from kdnas_deploy.util.files import writable_file
 from kdnas_deploy.util.resources import pid_alive
 from kdnas_deploy.latency.timing import Timing
@@ -243,7 +243,9 @@ class LatencyTable:
                 raise KdnasError(f"latency table {self.path} is unreadable or damaged ({exc})") from None
 
     def _recognise(self) -> None:
-        """Refuse an existing file that is not one of our tables, reading it only (no journal, no WAL switch)."""
+        """Refuse an existing file that is not one of our tables, or a damaged one, reading it only (no journal, no
+        WAL switch): a damaged table opened read-write would be switched to WAL, its header rewritten, before the
+        check refused it."""
         try:
             with self.path.open("rb") as fh:
                 header = fh.read(16)
@@ -253,19 +255,25 @@ class LatencyTable:
             raise KdnasError(f"{self.path} is not a kdnas-deploy latency table (not an SQLite file)")
         # immutable first: SQLite neither locks nor journals, and creates no -wal/-shm beside the file. A table another
         # process is writing may read inconsistently that way, so a failure is retried as an ordinary reader.
+        error = "no check ran"
         for options in ("mode=ro&immutable=1", "mode=ro"):
             try:
                 probe = sqlite3.connect(f"file:{quote(str(self.path))}?{options}", uri=True)
                 try:
                     names = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                     app = probe.execute("SELECT value FROM meta WHERE key = 'app'").fetchone() if "meta" in names else None
+                    # Every page read now (milliseconds at this size), before a read-write open can touch the file.
+                    check = probe.execute("PRAGMA quick_check").fetchone()[0] if app and app[0] == APP_ID else "ok"
                 finally:
                     probe.close()
-                break
+                if check == "ok":
+                    break
+                error = check
             except sqlite3.DatabaseError as exc:
-                error = exc
+                error = first_line(exc)
         else:
-            raise KdnasError(f"latency table {self.path} is unreadable or damaged ({error})") from None
+            raise KdnasError(f"latency table {self.path} is unreadable or damaged ({error}); move it "
+                             "aside or use another --table") from None
         if names and (app is None or app[0] != APP_ID):
             raise KdnasError(f"{self.path} is an SQLite file but not a kdnas-deploy latency table")
 

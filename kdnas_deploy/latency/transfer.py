@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdnas_deploy.instruction_set import describe_info, from_info
 from kdnas_deploy.util.errors import KdnasError, first_line
 from kdnas_deploy.util.files import read_text_file
 from kdnas_deploy.latency.table import APP_ID, SCHEMA_VERSION, SQLITE_HEADER, LatencyTable, MachineRows, check_export
@@ -85,6 +86,12 @@ def merge(table: LatencyTable, sources: Sequence[Path], machines: Sequence[str] 
                 check_export(e)
             except KdnasError as exc:
                 raise KdnasError(f"{s}: {exc}") from None
+            if from_info(e["fingerprint"]["info"]) is None:
+                # Before instruction sets were keyed, an AVX2 host and an AVX512-VNNI host of one CPU model string
+                # shared an id: rows under such an id may be two machines' (docs/decisions/instruction-set.md).
+                raise KdnasError(f"{s}: machine {e['fingerprint']['id']} was profiled before fingerprints recorded "
+                                 "the instruction set, so its rows may mix CPUs of one model name: profile the "
+                                 "target again with this version and merge that")
     merged = []
     for s, exports in read:
         for e in exports:
@@ -105,11 +112,12 @@ def export(table: LatencyTable, machines: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def describe(info: dict[str, Any]) -> str:
-    """A machine's fingerprint info in a few words: profile, CPU or GPU, cores and ONNX Runtime version."""
+    """A machine's fingerprint info in a few words: profile, CPU or GPU, cores, instruction set and ONNX Runtime
+    version."""
     device = info.get("gpu") or info.get("cpu") or "unknown machine"
     cores = f" x{info['cpu_count']}" if info.get("cpu_count") else ""
     ort = f", onnxruntime {info['onnxruntime']}" if info.get("onnxruntime") else ""
-    return f"{info.get('profile', '?')} on {device}{cores}{ort}"
+    return f"{info.get('profile', '?')} on {device}{cores} ({describe_info(info)}){ort}"
 
 
 def this_host(machines: Sequence[MachineRows]) -> set[str]:
