@@ -148,11 +148,14 @@ def _minutes(seconds: float) -> str:
 
 
 def _print_summary(s: dict[str, Any]) -> None:
+    from kdnas_deploy.instruction_set import describe_info
+
     t = s["timings"]
     m = s["machine"]
     out.print(
         f"[bold]{escape(s['profile'])}[/] ({s['precision']}, batch {s['batch']}, seq {s['seq_len']}) on "
-        f"{m.get('gpu') or m['cpu']} x{m['cpu_count']}, onnxruntime {m['onnxruntime']}; fingerprint {s['fingerprint']}"
+        f"{m.get('gpu') or m['cpu']} x{m['cpu_count']} ({describe_info(m)}), onnxruntime {m['onnxruntime']}; "
+        f"fingerprint {s['fingerprint']}"
     )
     out.print(
         f"space {s['space']['name']}: {s['space']['architectures']} architectures, {s['space']['layer_shapes']} layer shapes; "

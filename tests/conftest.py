@@ -186,7 +186,7 @@ def int8_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     The fixtures that test export mechanics export with the accuracy gate open (`MECHANICS_MAX_DROP`): how many of
     300 dev rows a one-layer 64-wide model's int8 rounding flips depends on the host's kernels (3 rows with AVX2,
-    none with AVX512-VNNI), and the gate has tests of its own (test_artifact.py)."""
+    1 with AVX512-VNNI), and the gate has tests of its own (test_artifact.py)."""
     from kdnas_deploy.artifact.export import export_artifact
 
     out = tmp_path_factory.mktemp("artifacts") / "int8"

@@ -59,6 +59,11 @@ def test_human_summary_and_progress(tmp_path):
     assert f"timings: {NEEDED} needed, {NEEDED} measured now, 0 from cache" in done.stdout
     assert "L2-H64-A2-I128" in done.stdout and "calibration:" in done.stdout and "layers: each from its own" in done.stdout
     assert "fast-cpu" in done.stderr  # the progress bar names the profile
+    from kdnas_deploy.instruction_set import host_instruction_set
+
+    assert f"({host_instruction_set().summary}), onnxruntime" in " ".join(done.stdout.split())  # the machine timed
+    version = run("version")
+    assert version.returncode == 0 and f"{host_instruction_set().describe()}" in version.stdout
 
 
 @pytest.mark.parametrize(

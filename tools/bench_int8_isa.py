@@ -89,28 +89,31 @@ def run(work: Path) -> Path:
                                           "--init", "ranked"])
         models[arch] = folder
     isa = host_instruction_set()
-    rows = []
-    for label, folder in models.items():
-        row: dict = {"model": label}
-        for column, base, rr in VARIANTS:
+    rows: dict[str, dict] = {label: {"model": label} for label in models}
+    versions: dict = {}
+    path = RECORDS / f"{isa.summary.lower().replace(' ', '-')}.json"
+    # Column by column, the record rewritten after each export: the columns that matter most (dynamic, static) are
+    # in the record first, and a stopped run keeps what it measured.
+    for column, base, rr in VARIANTS:
+        for label, folder in models.items():
             art = work / "artifacts" / f"{folder.name}-{base}{'-rr' if rr else ''}"
             if not (art / "kdnas_card.json").is_file():
                 cli(work, f"export-{art.name}", ["export", str(folder), "--hw", profile_file(work, base, rr), "--out",
                                                  str(art), "--max-drop", "100", "--no-measure", "--overwrite"])
             card = json.loads((art / "kdnas_card.json").read_text())
+            row = rows[label]
             row["pytorch"] = round(100 * card["metrics"]["pytorch_dev"]["score"], 2)
             row[column] = round(100 * card["metrics"]["artifact_dev"]["score"], 2)
             row["dev_rows"] = card["data"]["dev_rows"]
             versions = card["versions"]
-        rows.append(row)
-        log(f"{label}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "model"))
-    record = {"instruction_set": isa.summary, "cpu_features": list(isa.features), "cpu": cpu_model(),
-              "onnxruntime": versions.get("onnxruntime"), "torch": versions.get("torch"), "rows": rows,
-              "recipe": "plan version 1 MNLI: teacher 1 epoch, students 1 epoch --init ranked, seed 0, 128 tokens",
-              "command": "python tools/bench_int8_isa.py", "created": time.strftime("%Y-%m-%d")}
-    RECORDS.mkdir(parents=True, exist_ok=True)
-    path = RECORDS / f"{isa.summary.lower().replace(' ', '-')}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+            log(f"{label}: {column} {row[column]} (PyTorch {row['pytorch']})")
+            record = {"instruction_set": isa.summary, "cpu_features": list(isa.features), "cpu": cpu_model(),
+                      "onnxruntime": versions.get("onnxruntime"), "torch": versions.get("torch"),
+                      "rows": list(rows.values()),
+                      "recipe": "plan version 1 MNLI: teacher 1 epoch, students 1 epoch --init ranked, seed 0, 128 tokens",
+                      "command": "python tools/bench_int8_isa.py", "created": time.strftime("%Y-%m-%d")}
+            RECORDS.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 
 

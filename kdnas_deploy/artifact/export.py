@@ -146,7 +146,7 @@ def export_artifact(
             "label_names": list(task.label_names) if not task.is_regression else [],
             "max_length": max_length,
             "data": {**source.to_dict(), "origin": prepared.data.origin, "dev_rows": len(dev)},
-            "metrics": {"pytorch_dev": torch_metrics, "artifact_dev": onnx_metrics, "drop_points": round(drop, 4),
+            "metrics": {"pytorch_dev": torch_metrics, "artifact_dev": onnx_metrics, "drop_points": drop,
                         "max_drop_points": max_drop},
             "parity": parity,
             "fusion": {"fused_attention": graph.fused_attention, "layers": graph.layers, "fused": graph.fused,

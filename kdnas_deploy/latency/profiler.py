@@ -582,7 +582,7 @@ def summarize(
         "batch": model.batch,
         "seq_len": model.seq_len,
         "fingerprint": model.fingerprint,
-        "machine": {k: info[k] for k in ("cpu", "cpu_count", "onnxruntime", "gpu") if k in info},
+        "machine": {k: info[k] for k in ("cpu", "cpu_count", "cpu_features", "machine", "onnxruntime", "gpu") if k in info},
         "table": str(model.table.path),
         "space": {"name": space.name, "architectures": len(space), "layer_shapes": len(space.blocks())},
         "timings": {"needed": result.total, "measured": len(result.measured), "cached": len(result.cached),
