@@ -73,6 +73,20 @@ def test_compare_resumes_from_its_record_spaces_sessions_and_refuses_other_graph
                            clock=lambda: now[0], timer=timer)
     assert [round(r, 4) for r in again.ratios] == [1.0, 1.005, 1.01]  # the two recorded sessions kept, one added
     assert json.loads(record.read_text())["sessions"][2]["ratio"] == pytest.approx(1.01)
+    # The record keeps the CPU its sessions ran on; sessions from another instruction set are refused.
+    from conftest import other_cpu_features
+    from kdnas_deploy.instruction_set import host_instruction_set
+
+    kept = json.loads(record.read_text())
+    assert kept["machine"]["cpu_features"] == list(host_instruction_set().features)
+    assert again.summary()["instruction_set"] == host_instruction_set().summary
+    record.write_text(json.dumps({**kept, "machine": {**kept["machine"], "cpu_features": other_cpu_features()}}))
+    with pytest.raises(KdnasError, match="its sessions ran on .*give another --record"):
+        compare_graphs(a, b, fast_profile, sessions=4, rounds=3, record=record, timer=timer, clock=lambda: now[0])
+    # a record from before machines were kept: its sessions are of an unknown CPU, and more may be added
+    record.write_text(json.dumps({k: v for k, v in kept.items() if k != "machine"}))
+    old = compare_graphs(a, b, fast_profile, sessions=3, rounds=3, record=record, timer=timer, clock=lambda: now[0])
+    assert old.machine is None and old.summary()["instruction_set"] == "instruction set unknown"
     b.write_bytes(b.read_bytes() + b"\0")  # another graph: the record's sessions are not its sessions
     with pytest.raises(KdnasError, match="b_sha256"):
         compare_graphs(a, b, fast_profile, sessions=4, rounds=3, record=record, timer=timer, clock=lambda: now[0])
