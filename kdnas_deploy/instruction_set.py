@@ -131,14 +131,16 @@ def mismatch(measured_on: InstructionSet | None, here: InstructionSet, what: str
     if measured_on == here:
         return None
     if measured_on.summary != here.summary:
-        tiers = f"{measured_on.summary}; this CPU has {here.summary}" + (" only" if _rank(here) < _rank(measured_on) else "")
-    else:
+        lower = _rank(here) < _rank(measured_on)
+        where = f"{measured_on.summary}; this CPU has {here.summary}" + (" only" if lower else "")
+    else:  # one tier, other features (AMX's bf16, say): name them
         missing = sorted(set(measured_on.features) - set(here.features))
         extra = sorted(set(here.features) - set(measured_on.features))
-        tiers = (f"{measured_on.describe()}; this CPU " + ", ".join(
-            p for p in (f"lacks {', '.join(missing)}" if missing else "", f"adds {', '.join(extra)}" if extra else "") if p))
-    return f"{what} on the card {verb} measured on {tiers}: ONNX Runtime picks other kernels here, so expect other timings" \
-           + (" and slightly other int8 scores" if "scores" in what else "")
+        changes = [f"lacks {', '.join(missing)}"] * bool(missing) + [f"adds {', '.join(extra)}"] * bool(extra)
+        where = f"{measured_on.describe()}; this CPU {', '.join(changes)}"
+    scores = " and slightly other int8 scores" if "scores" in what else ""
+    return f"{what} on the card {verb} measured on {where}: ONNX Runtime picks other kernels here, so expect other " \
+           f"timings{scores}"
 
 
 _ORDER = ("x86-64 without AVX2", "AVX2", "AVX-512", "AVX-VNNI", "AVX512-VNNI", "AMX", "Arm NEON", "Arm dot-product",

@@ -240,9 +240,12 @@ def compare_graphs(a_path: str | Path, b_path: str | Path, profile: Any, *, sess
                          "give another --record to start a new comparison")
     elif comparison.sessions and from_info(comparison.machine) not in (None, host_instruction_set()) \
             and len(comparison.sessions) < sessions:
-        raise KdnasError(f"{record_path}: its sessions ran on {describe_info(comparison.machine)}; this CPU has "
-                         f"{host_instruction_set().summary}: ONNX Runtime runs other kernels here, so give another "
-                         "--record to start a comparison on this machine")
+        then, now = from_info(comparison.machine), host_instruction_set()
+        same_tier = then is not None and then.summary == now.summary  # then name the features that differ
+        was = then.describe() if same_tier else describe_info(comparison.machine)
+        raise KdnasError(f"{record_path}: its sessions ran on {was}; this CPU has "
+                         f"{now.describe() if same_tier else now.summary}: ONNX Runtime runs other kernels here, so "
+                         "give another --record to start a comparison on this machine")
     elif comparison.machine is None and not comparison.sessions:
         comparison.machine = here
     if timer is None:
