@@ -515,3 +515,15 @@ def test_export_of_a_gpt2_folder_says_it_is_not_a_bert_model(tmp_path: Path, cap
     code, err = cli_here(["export", str(folder), "--hw", "cpu", "--out", str(tmp_path / "art")], capsys)
     one_line_error(code, err.strip().splitlines()[-1], "is a 'gpt2' model", "BERT-architecture")  # after its status
     assert "--task" not in err and not (tmp_path / "art").exists()
+
+
+def test_a_search_with_wrong_data_stops_before_timing_anything(tiny_teacher_dir: Path, tmp_path: Path, capsys) -> None:
+    """Before, the latency table was filled first (minutes for a real space), and only then was the data read."""
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    table, run = tmp_path / "t.sqlite", tmp_path / "run"
+    code, err = cli_here(["search", "--teacher", str(tiny_teacher_dir), "--data-dir", str(empty), "--task", "sst2",
+                          "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--table", str(table),
+                          "--out", str(run)], capsys)
+    one_line_error(code, err.strip().splitlines()[-1], "no train file")
+    assert not table.exists() and not (run / "run.json").exists()

@@ -58,6 +58,11 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     for p in r.profiles:
         p.check_runnable()
     first = r.profiles[0].name
+    # The data and the teacher before the latency table: a wrong --data-dir is one line now, not after minutes of
+    # timing (tokenised rows are cached, so a resumed run pays little for reading them first).
+    source = DataSource.from_dict(settings.data)
+    teacher = load_classifier(settings.teacher)
+    prepared = prepare(settings.teacher, source, settings.max_length)
     with LatencyTable(r.table_path) as table:
         oracle = LatencyOracle(table, r.profiles, settings.machines or ())
         elsewhere = oracle.elsewhere()
@@ -70,9 +75,6 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
             config = RewardConfig({p.name: settings.target_ms for p in r.profiles}, form=settings.reward)
         else:
             config = RewardConfig.from_speedup(teacher_ms, settings.speedup or DEFAULT_SPEEDUP, form=settings.reward)
-        source = DataSource.from_dict(settings.data)
-        teacher = load_classifier(settings.teacher)
-        prepared = prepare(settings.teacher, source, settings.max_length)
         # The data's content, not its path: a run resumed with its data moved (--data-dir) goes on only if the rows
         # are the ones it started on.
         if record.get("data_fingerprint") not in (None, prepared.data.fingerprint):
