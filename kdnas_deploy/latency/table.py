@@ -204,6 +204,7 @@ class LatencyTable:
         if self.path.exists() and not self.path.is_file():
             raise KdnasError(f"--table {self.path}: not a regular file (a device or a pipe), not a latency table file")
         existing = self.path.exists() and self.path.stat().st_size > 0
+        self._checked = False  # set by _recognise once an existing table of ours passed its integrity check
         if existing:
             # Recognised before anything writes to it: switching a stranger's SQLite file to WAL would change its
             # bytes and leave -wal/-shm files beside it, even though it is then refused.
@@ -267,6 +268,7 @@ class LatencyTable:
                 finally:
                     probe.close()
                 if check == "ok":
+                    self._checked = bool(app and app[0] == APP_ID)
                     break
                 error = check
             except sqlite3.DatabaseError as exc:
@@ -290,8 +292,8 @@ class LatencyTable:
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?)", (APP_ID,))
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         # A quick_check reads every page (milliseconds for a table of this size) so that a damaged
-        # file is reported now, not as a confusing error in the middle of a search.
-        if self._db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+        # file is reported now, not as a confusing error in the middle of a search; once is enough.
+        if not self._checked and self._db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
             raise KdnasError(f"latency table {self.path} is damaged; move it aside or use another --table")
         meta = dict(self._db.execute("SELECT key, value FROM meta"))
         if meta.get("app") != APP_ID:
