@@ -493,3 +493,15 @@ def test_fuzzed_requests_never_get_a_5xx(server) -> None:
         codes = list(pool.map(send, cases))
     assert [c for c in codes if c >= 500] == []
     assert proc.poll() is None and httpx.get(url + "/health").status_code == 200
+
+
+def test_ray_replicas_share_this_processs_cpu_budget_not_the_hosts_cores(monkeypatch) -> None:
+    """A 2-CPU container on a 64-core node: two replicas get one ONNX Runtime thread each, not 32."""
+    import os
+
+    from kdnas_deploy.artifact import ray_serve
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(ray_serve, "cpu_budget", lambda: 2)
+    assert ray_serve.replica_threads(2) == 1 and ray_serve.replica_threads(1) == 2
+    assert ray_serve.replica_threads(2, threads=3) == 3  # --threads still overrides

@@ -18,12 +18,12 @@ or as a Ray Serve application, on a running cluster or in a config file (`import
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from kdnas_deploy.artifact.runtime import Artifact, Row
 from kdnas_deploy.artifact.serve import RowRunner, ServeConfig, create_app
 from kdnas_deploy.util.errors import KdnasError
+from kdnas_deploy.util.resources import cpu_budget
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ class RayBatcher(RowRunner):
 
 
 def replica_threads(replicas: int, threads: int | None = None) -> int:
-    """ONNX Runtime threads per replica: the machine's cores shared out, so replicas do not fight over them."""
-    return threads or max(1, (os.cpu_count() or 1) // replicas)
+    """ONNX Runtime threads per replica: the CPUs this process may use (a container's quota, not the host's cores)
+    shared out, so replicas do not fight over them."""
+    return threads or max(1, cpu_budget() // replicas)
 
 
 def deployment(artifact_dir: str, replicas: int = 2, config: ServeConfig | None = None, threads: int | None = None) -> Any:
@@ -77,7 +78,7 @@ def deployment(artifact_dir: str, replicas: int = 2, config: ServeConfig | None 
         artifact = Artifact(artifact_dir, threads=per_replica)
         return create_app(artifact, config, RayBatcher(artifact, config, replica), metrics=False)  # Ray has its own
 
-    cpus = min(float(per_replica), (os.cpu_count() or 1) / replicas)
+    cpus = min(float(per_replica), cpu_budget() / replicas)
 
     @serve.deployment(name="kdnas-deploy", num_replicas=replicas, ray_actor_options={"num_cpus": cpus},
                       max_ongoing_requests=max(2 * config.max_batch, 8))
