@@ -165,8 +165,6 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"timings: {t['needed']} needed, {t['measured']} measured now, {t['cached']} from cache, in {s['wall_s']:.1f} s"
         + (f"; [yellow]unfused: {', '.join(t['unfused'])}[/]" if t["unfused"] else "")
         + (f"; noisy: {len(t['noisy'])}" if t["noisy"] else "")
-        + (f"; slow spells: {t['extra_sessions']} extra sessions, {t['remeasured']} re-measured"
-           if t["extra_sessions"] or t["remeasured"] else "")
         + (f"; the probe ran {100 * (t['probe_slowdown'] - 1):.0f}% over its calm time (median)"
            if (t.get("probe_slowdown") or 1.0) > 1.05 else "")
     )

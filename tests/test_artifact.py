@@ -338,8 +338,8 @@ def test_an_artifact_runs_without_importing_transformers_or_torch(int8_artifact:
 
 
 def test_an_exports_missing_table_rows_are_timed_as_profile_times_them(tmp_path: Path) -> None:
-    """Not back to back on demand: sessions spread out and bracketed by the probe, whose best is kept in the
-    table, so a slowed machine is seen (the rows are flagged noisy and the export warns)."""
+    """Not back to back on demand: sessions spread out and paired with the probe, whose reference is kept in the
+    table, so rows timed on demand are on the scale of the rest."""
     from kdnas_deploy.artifact.export import _latency
     from kdnas_deploy.latency.predictor import LatencyModel, items_for
     from kdnas_deploy.latency.table import LatencyTable

@@ -35,7 +35,7 @@ class Timing:
     rounds: int
     noisy: bool  # every round stayed above the profile's max_spread
     sessions: int = 1
-    session_range: float = 0.0  # (max - min) / fastest of the sessions' medians
+    session_range: float = 0.0  # (max - min) / fastest of the sessions' medians (paired: of their probe ratios)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,6 +165,33 @@ def combine_sessions(timings: list[Timing]) -> Timing:
         best.median_ms, best.p10_ms, best.p90_ms, best.spread, best.samples, sum(t.rounds for t in timings),
         all(t.noisy for t in timings), len(timings),
         float((meds.max() - meds.min()) / best.median_ms) if best.median_ms > 0 else 0.0,
+    )
+
+
+def paired_timing(sessions: Sequence[tuple[Timing, float]], reference_ms: float) -> Timing:
+    """One measurement from sessions each paired with the probe timed beside it: the median over sessions of the
+    session's time over its probe's, times the probe's `reference_ms` (its time on the calm machine).
+
+    A slow spell of the machine slows a session and the probe beside it alike, so their ratio keeps the graph's
+    cost relative to a fixed yardstick whatever state the machine was in; the fastest session (`combine_sessions`)
+    instead takes each graph's luckiest moment, which lies further below the typical one for small graphs than for
+    large ones and bent the table's ratios by up to 5% (docs/decisions/paired-table.md). The median, not the mean,
+    so that a spell that met a session but not its probe (or the other way) in a minority of sessions is outvoted.
+    The p10/p90 and spread are those of the session whose ratio is the median's nearest, on the same scale.
+    """
+    if not sessions:
+        raise ValueError("paired_timing needs at least one session")
+    ratios = np.array([t.median_ms / p if p > 0 else np.inf for t, p in sessions])
+    if not np.all(np.isfinite(ratios)):
+        raise ValueError("paired_timing needs positive probe timings")
+    ratio = float(np.median(ratios))
+    mid, _ = sessions[int(np.argmin(np.abs(ratios - ratio)))]
+    median_ms = ratio * reference_ms
+    scale = median_ms / mid.median_ms if mid.median_ms > 0 else 1.0
+    return Timing(
+        median_ms, mid.p10_ms * scale, mid.p90_ms * scale, mid.spread, mid.samples, sum(t.rounds for t, _ in sessions),
+        all(t.noisy for t, _ in sessions), len(sessions),
+        float((ratios.max() - ratios.min()) / ratios.min()) if ratios.min() > 0 else 0.0,
     )
 
 
