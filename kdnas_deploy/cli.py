@@ -81,15 +81,16 @@ def profile(
     seed: Annotated[int, typer.Option(help="Seed for calibration and verification samples.")] = 0,
     full: Annotated[bool, typer.Option("--full", help="Time every layer shape instead of the designed subset that the layer fit interpolates (about twice as long; --verify says what it gains).")] = False,
     references: Annotated[bool, typer.Option(help="Predict the reference shapes (BERT-base, 6x384, 4x312).")] = True,
+    lengths: Annotated[Optional[Path], typer.Option("--lengths", help="Request lengths in tokens (one a line, or 'length count' a line): time the lengths that bracket them and report latency under that traffic, capped at the profile's (or --seq-len's) length.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Fill the latency lookup table for a search space on hardware profiles, and summarise it."""
     from kdnas_deploy.hardware import load_profile
     from kdnas_deploy.latency.graph import ensure_graph_fits
-    from kdnas_deploy.latency.profiler import (
-        estimate_seconds, plan, profile_items, profile_steps, summarize, verify_sample, verify_steps,
-    )
+    from kdnas_deploy.latency.lengths import LengthDistribution
+    from kdnas_deploy.latency.profiler import plan, summarize, verify_sample, verify_steps
     from kdnas_deploy.latency.profiler import verify as run_verify
+    from kdnas_deploy.latency.traffic import TrafficLatency
     from kdnas_deploy.latency.predictor import LatencyModel, items_for
     from kdnas_deploy.latency.table import LatencyTable, default_table_path
     from kdnas_deploy.space import REFERENCE_ARCHS, SearchSpace, StudentArch
@@ -105,42 +106,81 @@ def profile(
     for a in extra:  # before an hour of timing, not after it
         ensure_graph_fits(a)
     table_path = table or default_table_path()
+    distributions = {p.name: LengthDistribution.read(lengths, p.shape.seq_len) for p in profiles} if lengths else {}
     summaries = []
     with LatencyTable(table_path) as tbl:
         for prof in profiles:
-            model = LatencyModel(tbl, prof)
             refs = [*(REFERENCE_ARCHS if references else ()), *extra] + ([teacher_arch] if teacher_arch else [])
             items = list(dict.fromkeys(plan(the_space, calibration, seed, full=full) + [it for a in refs for it in items_for(a)]))
-            todo = model.missing(items)
-            if todo:
-                console.print(f"{escape(prof.name)}: {len(todo)} of {len(items)} timings to measure, about "
-                              f"{_minutes(estimate_seconds(model, todo))} here (estimate); each group of graphs is "
-                              "stored as soon as it is timed", highlight=False, soft_wrap=True)
-            with _progress() as bar:
-                steps = [0, profile_steps(model, items)]  # done, planned: read from the table once
-                task = bar.add_task(f"{escape(prof.name)}: timing", total=steps[1])
-
-                def tick(item: Any, cached: bool) -> None:
-                    bar.update(task, description=f"{escape(prof.name)}: {'cached' if cached else 'timed'} {item[0]} {item[1]}")
-
-                def step(done: int, added: int) -> None:  # added: extra sessions in a slow spell, re-measures
-                    steps[0] += done
-                    steps[1] += added
-                    bar.update(task, completed=steps[0], total=steps[1])
-
-                result = profile_items(model, items, seed=seed, progress=tick, on_step=step)
-            rows = []
-            if verify:
+            traffic = TrafficLatency(tbl, prof, distributions[prof.name]) if lengths else None
+            models = [traffic.models[n] for n in sorted(traffic.nodes, reverse=True)] if traffic else [LatencyModel(tbl, prof)]
+            results = [_fill_table(m, items, seed, f"{prof.name}" + (f" at {m.seq_len} tokens" if traffic else ""))
+                       for m in models]
+            model, result = models[0], results[0]
+            rows: list[Any] = []
+            if verify and traffic is None:
                 sample = verify_sample(model, the_space, verify, seed + 1)
                 with _progress() as bar:
                     task = bar.add_task(f"{escape(prof.name)}: verifying", total=verify_steps(model, sample))
                     rows = run_verify(model, sample, progress=lambda a: bar.update(task, advance=1))
             summary = summarize(model, the_space, result, refs, rows, teacher=teacher_arch)
+            if traffic is not None:
+                summary["traffic"] = _traffic_summary(traffic, the_space, refs, results, verify, seed)
             summaries.append(summary)
             if not as_json:
                 _print_summary(summary)
     if as_json:
         print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2))
+
+
+def _fill_table(model: Any, items: list[Any], seed: int, label: str) -> Any:
+    """Time what the table lacks of `items` for one model's shape, with an estimate first and a progress bar."""
+    from kdnas_deploy.latency.profiler import estimate_seconds, profile_items, profile_steps
+
+    todo = model.missing(items)
+    if todo:
+        console.print(f"{escape(label)}: {len(todo)} of {len(items)} timings to measure, about "
+                      f"{_minutes(estimate_seconds(model, todo))} here (estimate); each group of graphs is "
+                      "stored as soon as it is timed", highlight=False, soft_wrap=True)
+    with _progress() as bar:
+        steps = [0, profile_steps(model, items)]  # done, planned: read from the table once
+        task = bar.add_task(f"{escape(label)}: timing", total=steps[1])
+
+        def tick(item: Any, cached: bool) -> None:
+            bar.update(task, description=f"{escape(label)}: {'cached' if cached else 'timed'} {item[0]} {item[1]}")
+
+        def step(done: int, added: int) -> None:
+            steps[0] += done
+            steps[1] += added
+            bar.update(task, completed=steps[0], total=steps[1])
+
+        return profile_items(model, items, seed=seed, progress=tick, on_step=step)
+
+
+def _traffic_summary(traffic: Any, space: Any, refs: list[Any], results: list[Any], verify: int, seed: int) -> dict[str, Any]:
+    """The latency of the reference shapes under the length distribution, and --verify at lengths drawn from it."""
+    from kdnas_deploy.latency.profiler import error_stats, verify_sample, verify_steps
+    from kdnas_deploy.latency.traffic import verify_traffic
+
+    out: dict[str, Any] = {
+        "shape": traffic.shape(), "batch": traffic.profile.shape.batch_size,
+        "lengths": traffic.lengths.to_dict(), "padded_mean": round(traffic.padded.mean(), 3),
+        "nodes": list(traffic.nodes), "wall_s": round(sum(r.wall_s for r in results), 2),
+        "measured": sum(len(r.measured) for r in results),
+        "predictions": [{"arch": str(p.arch), "mean_ms": p.mean_ms, "p50_ms": p.p50_ms, "p90_ms": p.p90_ms}
+                        for p in (traffic.predict(a) for a in dict.fromkeys(refs))],
+    }
+    if verify:
+        top = traffic.models[max(traffic.nodes)]
+        sample = verify_sample(top, space, verify, seed + 1)
+        with _progress() as bar:
+            task = bar.add_task("verifying at drawn lengths", total=verify_steps(top, sample))
+            rows = verify_traffic(traffic, sample, seed + 1, progress=lambda a: bar.update(task, advance=1))
+        stats = error_stats([r.predicted_ms for r in rows], [r.timing.median_ms for r in rows])
+        out["verify"] = stats.to_dict() | {"rows": [
+            {"arch": str(r.arch), "length": r.length, "predicted_ms": r.predicted_ms,
+             "measured_ms": r.timing.median_ms, "error_pct": r.error_pct} for r in rows]}
+    return out
 
 
 def _minutes(seconds: float) -> str:
@@ -165,6 +205,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"timings: {t['needed']} needed, {t['measured']} measured now, {t['cached']} from cache, in {s['wall_s']:.1f} s"
         + (f"; [yellow]unfused: {', '.join(t['unfused'])}[/]" if t["unfused"] else "")
         + (f"; noisy: {len(t['noisy'])}" if t["noisy"] else "")
+        + (f"; slow spells: {t['extra_sessions']} extra sessions, {t['remeasured']} re-measured"
+           if t["extra_sessions"] or t["remeasured"] else "")
         + (f"; the probe ran {100 * (t['probe_slowdown'] - 1):.0f}% over its calm time (median)"
            if (t.get("probe_slowdown") or 1.0) > 1.05 else "")
     )
@@ -172,7 +214,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     out.print(f"calibration: measured = {c['scale']:.3f} x composed ^ {c['exponent']:.3f} ({c['points']} whole models)")
     fit = s.get("layer_fit")
     out.print(f"layers: fitted over {fit['blocks']} block timings" if fit else "layers: each from its own block timing (too few blocks to fit)")
-    tab = Table(title="predicted latency")
+    tab = Table(title=f"predicted latency (batch {s['batch']}, {s['seq_len']} tokens)")
     for col in ("architecture", "params (M)", "latency (ms)", "source"):
         tab.add_column(col, justify="right" if col != "architecture" else "left")
     for p in s["predictions"]:
@@ -185,6 +227,21 @@ def _print_summary(s: dict[str, Any]) -> None:
             f"verify on {v['n']} random architectures: MAPE {v['mape_pct']:.1f}%, {v['within_10pct'] * 100:.0f}% within 10%, "
             f"Spearman {v['spearman']:.3f}, worst {v['max_ape_pct']:.1f}%"
         )
+    if "traffic" in s:
+        t = s["traffic"]
+        out.print(f"under traffic ({escape(t['shape'])}): lengths {', '.join(map(str, t['nodes']))} timed, the rest "
+                  f"interpolated; a batch is padded to {t['padded_mean']:.1f} tokens on average", highlight=False)
+        tab = Table(title=f"predicted latency under traffic (batch {t['batch']})")
+        for col in ("architecture", "mean (ms)", "p50 (ms)", "p90 (ms)"):
+            tab.add_column(col, justify="right" if col != "architecture" else "left")
+        for p in t["predictions"]:
+            tab.add_row(p["arch"], f"{p['mean_ms']:.2f}", f"{p['p50_ms']:.2f}", f"{p['p90_ms']:.2f}")
+        out.print(tab)
+        if "verify" in t:
+            v = t["verify"]
+            out.print(f"verify on {v['n']} random architectures at lengths drawn from the traffic: MAPE "
+                      f"{v['mape_pct']:.1f}%, {v['within_10pct'] * 100:.0f}% within 10%, Spearman {v['spearman']:.3f}, "
+                      f"worst {v['max_ape_pct']:.1f}%", highlight=False)
 
 
 # --- data, teacher and distillation -------------------------------------------------------------
@@ -515,6 +572,8 @@ def search(
     halving_rungs: Annotated[int, typer.Option("--halving-rungs", min=0, help="Halving rungs: each doubles the proxy's training and held-out rows and keeps the better half.")] = _SEARCH_DEFAULTS["halving_rungs"],
     latency_margin: Annotated[float, typer.Option("--latency-margin", min=0, max=0.49, help="A budget's final student must time at most 1 - this of its limit in each of two side-by-side sessions (0.03: 3% under, about this class of host's session-to-session spread).")] = _SEARCH_DEFAULTS["latency_margin"],
     machine: Annotated[list[str], typer.Option("--machine", help="Read the latencies another machine measured: its fingerprint id in --table, as `kdnas-deploy profile` printed it there (a deployment target profiled on itself). Never measured from here; finalists picked by the table. Repeatable, one per --hw; allowed with --resume.")] = [],
+    lengths: Annotated[str, typer.Option("--lengths", help="Request lengths every latency is taken under: task (the task's tokenized training rows, capped at --max-length), a file of lengths (one a line, or 'length count'), or fixed (the profile's length).")] = _SEARCH_DEFAULTS["lengths"],
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", min=1, help="Time every latency at this one length instead of a distribution (--lengths fixed at N tokens).")] = None,
     seed: SeedOpt = _SEARCH_DEFAULTS["seed"],
     executor: Annotated[str, typer.Option(help="Where an episode's candidates run: local (one after another) or ray (in parallel).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join ('auto', ray://host:10001); default: start a local one.")] = None,
@@ -551,7 +610,7 @@ def search(
             "final": final, "export": export_final, "max_params": max_params, "max_mb": max_mb,
             "budgets": [b for b in budgets.split(",") if b.strip()] if budgets else None, "confirm_rounds": confirm_rounds,
             "latency_margin": latency_margin, "halving_top": halving_top, "halving_rungs": halving_rungs,
-            "machines": list(machine) or None,
+            "machines": list(machine) or None, "lengths": lengths, "seq_len": seq_len,
         }
         # Only what the user typed overrides --config: a flag given with its default's value is still given. (By the
         # source's name: typer carries its own copy of click, whose ParameterSource is not click's.)
@@ -564,7 +623,10 @@ def search(
         est = plan["estimate_s"]
         out.print(f"space {plan['space']['name']}: {plan['space']['architectures']} architectures; teacher {plan['teacher']}")
         for name, cov in plan["table_coverage"].items():
-            out.print(f"latency table, {escape(name)}: {cov['have']} of {cov['need']} timings present")
+            timed_at = plan["timed_lengths"].get(name)
+            out.print(f"latency table, {escape(name)}: {cov['have']} of {cov['need']} timings present"
+                      + (f" (at {', '.join(map(str, timed_at))} tokens)" if timed_at else ""))
+            out.print(f"  latency taken at {escape(plan['latency_shape'][name])}", highlight=False)
         out.print(f"{plan['candidates']} candidates x {settings.proxy} proxy rows x {settings.proxy_epochs} epochs; "
                   f"one distillation step of {plan['step_measured_on']} measured at {plan['measured_step_s']:.3f} s")
         out.print(f"estimate: latency table {est['latency_table'] / 60:.0f} min, proxy distillation {est['proxy_distillation'] / 60:.0f} min, "
@@ -635,6 +697,7 @@ def export(
     measure: Annotated[bool, typer.Option(help="Time the artifact on this machine for the card.")] = True,
     machine: Annotated[Optional[str], typer.Option("--machine", help="Give the card the latency --table holds for another machine (its fingerprint id, as `kdnas-deploy profile` printed it there) instead of this one's; nothing is measured into the table.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact folder.")] = False,
+    lengths: Annotated[str, typer.Option("--lengths", help="Request lengths the card's traffic latency (mean, p50, p90) is taken under: task (the training rows), a file of lengths, or fixed (only the profile's one length).")] = "task",
     as_json: Annotated[bool, typer.Option("--json", help="Print the card (kdnas_card.json) on stdout.")] = False,
 ) -> None:
     """Export a model folder as an optimized ONNX artifact for a hardware profile, checked against PyTorch."""
@@ -647,7 +710,7 @@ def export(
     with progress_status(console, "exporting") as say:
         result = export_artifact(model_dir, profile, target, source=_source(task, data_dir, train_file, dev_file, text_columns, label_column),
                                  max_drop=max_drop, table=table, measure=measure, overwrite=overwrite,
-                                 status=lambda msg: say(escape(msg)), machine=machine)
+                                 status=lambda msg: say(escape(msg)), machine=machine, lengths=lengths)
     card = result.card
     if as_json:
         print(json.dumps(card, indent=2))
@@ -667,6 +730,13 @@ def _print_card(card: dict[str, Any], folder: Path) -> None:
               + (f" (machine {lat['predicted_machine']})" if lat.get("predicted_machine") else "")
               + (f", measured {measured['median_ms']:.2f} ms (p10 {measured['p10_ms']:.2f}, p90 {measured['p90_ms']:.2f})" if measured else ""),
               highlight=False)
+    traffic = lat.get("traffic")
+    if traffic:
+        pred, meas = traffic["predicted"], traffic.get("measured")
+        out.print(f"  latency under traffic ({escape(traffic['shape'])}): table mean {pred['mean_ms']:.2f} ms, p50 "
+                  f"{pred['p50_ms']:.2f}, p90 {pred['p90_ms']:.2f}"
+                  + (f"; measured mean {meas['mean_ms']:.2f} ms, p50 {meas['p50_ms']:.2f}, p90 {meas['p90_ms']:.2f}" if meas else ""),
+                  highlight=False)
     if measured and not measured.get("settled", True):
         out.print(f"  the measurement did not settle (spread {measured['spread']:.0%}): time it against another artifact "
                   "with `kdnas-deploy compare`, whose paired sessions cancel the machine's drift", highlight=False)
@@ -685,6 +755,7 @@ def compare(
     min_sessions: Annotated[int, typer.Option("--min-sessions", help="Sessions a verdict needs.", min=2)] = 6,
     min_hours: Annotated[float, typer.Option("--min-hours", help="Hours from the first session to the last that a verdict needs.", min=0)] = 2.0,
     check: Annotated[bool, typer.Option("--check", help="Exit with status 1 unless A is shown within the tolerance.")] = False,
+    lengths: Annotated[Optional[Path], typer.Option("--lengths", help="Request lengths (one a line, or 'length count'): compare expected latencies under that traffic, timed at the lengths that bracket it, instead of at the profile's one length.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Is A within X% of B's latency on this machine? Interleaved timing sessions, spread out; the geometric mean of
@@ -703,9 +774,13 @@ def compare(
                          "give --hw to time both with one")
     else:
         the_profile = a_profile
+    from kdnas_deploy.latency.lengths import LengthDistribution
+
+    traffic = LengthDistribution.read(lengths, the_profile.shape.seq_len) if lengths else None
     with progress_status(console, "comparing") as say:
         result = compare_graphs(a_file, b_file, the_profile, sessions=sessions, rounds=rounds, every_s=every * 60,
-                                record=record, labels=(str(a), str(b)), status=lambda m: say(escape(m)))
+                                record=record, labels=(str(a), str(b)), status=lambda m: say(escape(m)),
+                                lengths=traffic)
     summary = result.summary(tolerance, min_sessions, min_hours)
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -715,7 +790,8 @@ def compare(
             grid.add_row(str(i + 1), f"{min(s.a_ms):.2f}", f"{min(s.b_ms):.2f}", f"{s.ratio:.3f}")
         out.print(grid)
         mean, upper = summary["geomean_ratio"], summary["upper_95"]
-        out.print(f"A / B on {escape(the_profile.name)} ({escape(str(summary['cpu']))}, {summary['instruction_set']}): "
+        out.print(f"A / B on {escape(the_profile.name)} at {escape(summary['shape'])} "
+                  f"({escape(str(summary['cpu']))}, {summary['instruction_set']}): "
                   f"geometric mean {mean:.3f}"
                   + (f", one-sided 95% upper bound {upper:.3f}" if upper is not None else "")
                   + f" over {summary['sessions']} sessions in {summary['span_hours']:.2f} h", highlight=False)

@@ -20,9 +20,8 @@ from kdnas_deploy.util.resources import cpu_budget
 
 #: Bump when the way graphs are built or timed changes, so old timings stop matching.
 # 2: the fastest session, not the median session. 3: random stand-in weights perturb every tensor, so int8
-# graphs no longer share LayerNorm constants and carry the same DequantizeLinear nodes as trained ones. 4: each
-# session paired with the probe beside it, the median ratio times the probe's reference (profiler.Probe).
-TIMING_METHOD_VERSION = 4
+# graphs no longer share LayerNorm constants and carry the same DequantizeLinear nodes as trained ones.
+TIMING_METHOD_VERSION = 3
 
 
 def _version(dist: str) -> str | None:

@@ -21,18 +21,18 @@ def run_pipeline(settings: SearchSettings, out: Path, *, export_status: Callable
     run_search's keyword arguments (resume, progress, executor, ...)."""
 
     def exporter(folder: Path, profiles: list[Any], run: Path, table: Path, machines: dict[str, str]) -> dict[str, Any]:
-        return export_finals(folder, profiles, run, table, export_status, machines)
+        return export_finals(folder, profiles, run, table, export_status, machines, settings.lengths)
 
     return run_search(settings, out, exporter=exporter, **search)
 
 
 def export_finals(folder: Path, profiles: list[Any], out: Path, table: Path,
                   status: Callable[[str], None] | None = None,
-                  machines: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+                  machines: dict[str, str] | None = None, lengths: str = "task") -> dict[str, dict[str, Any]]:
     """The final student's artifact for each profile; a failed export (for example an int8 accuracy drop over the
     limit) is recorded in the report instead of ending a run whose students are already distilled. `machines`
     (profile name -> fingerprint id) are the machines whose table rows the search read: the cards' table latency
-    is theirs too."""
+    is theirs too. `lengths` is the search's: the cards report latency under the traffic the search optimised for."""
     from kdnas_deploy.artifact.export import export_artifact
     from kdnas_deploy.artifact.runtime import read_card
 
@@ -46,7 +46,7 @@ def export_finals(folder: Path, profiles: list[Any], out: Path, table: Path,
         try:
             if card is None:  # a resumed run keeps artifacts it already exported
                 card = export_artifact(folder, profile, target, table=table, search_run=out, overwrite=True,
-                                       status=status, machine=(machines or {}).get(profile.name)).card
+                                       status=status, machine=(machines or {}).get(profile.name), lengths=lengths).card
         except KdnasError as exc:
             results[profile.name] = {"folder": None, "error": str(exc)}
             continue

@@ -201,7 +201,7 @@ def static_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     from kdnas_deploy.artifact.export import export_artifact
 
     out = tmp_path_factory.mktemp("artifacts") / "int8-static"
-    export_artifact(student_dir, load_profile("cpu-int8-static"), out,
+    export_artifact(student_dir, load_profile("cpu-int8-static"), out, lengths="fixed",
                     table=tmp_path_factory.mktemp("table") / "latency.sqlite", measure=False, max_drop=MECHANICS_MAX_DROP)
     return out
 
@@ -212,5 +212,5 @@ def fp32_artifact(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     out = tmp_path_factory.mktemp("artifacts") / "fp32"
     table = tmp_path_factory.mktemp("table") / "latency.sqlite"
-    export_artifact(student_dir, load_profile("cpu"), out, table=table, measure=False)
+    export_artifact(student_dir, load_profile("cpu"), out, table=table, measure=False, lengths="fixed")
     return out

@@ -155,3 +155,30 @@ def test_multi_session_profile_with_probe(tmp_path):
     sessions = [r[0] for r in con.execute("SELECT sessions FROM timings WHERE kind != 'probe'")]
     assert con.execute("SELECT COUNT(*) FROM timings WHERE kind = 'probe'").fetchone()[0] == 1
     assert len(sessions) == NEEDED and all(n >= 3 for n in sessions)  # the fastest of the profile's three or more
+
+
+def test_profile_under_a_length_distribution_times_the_bracketing_lengths_and_verifies_between_them(tmp_path):
+    """--lengths: real ONNX Runtime sessions at each node length; latency under the traffic below the fixed
+    length's; --verify times whole architectures at lengths drawn from the distribution."""
+    text = FAST_PROFILE.read_text().replace("seq_len = 16", "seq_len = 32").replace("max_rounds = 1", "max_rounds = 1\nsessions = 2")
+    profile = tmp_path / "two.toml"
+    profile.write_text(text)
+    lengths = tmp_path / "lengths.txt"
+    lengths.write_text("# length count\n6 5\n11 3\n20 1\n90 1\n")  # 90: capped at the profile's 32 tokens; the tiny space leaves one architecture untimed whole to verify
+    table = tmp_path / "lat.sqlite"
+    res = run("profile", "--hw", str(profile), "--space", str(TINY_SPACE), "--no-references", "--calibration", "3",
+              "--table", str(table), "--lengths", str(lengths), "--verify", "1", "--arch", "L2-H64-A2-I128", "--json")
+    assert res.returncode == 0, res.stderr
+    t = json.loads(res.stdout)["traffic"]
+    assert t["nodes"] == [6, 8, 16, 32] and t["lengths"]["p50"] == 6 and t["lengths"]["cap"] == 32
+    assert t["measured"] == 4 * NEEDED and t["shape"].startswith("batch 1, lengths file lengths.txt")
+    con = sqlite3.connect(table)
+    assert sorted(r[0] for r in con.execute("SELECT DISTINCT seq_len FROM timings")) == [6, 8, 16, 32]
+    assert t["verify"]["n"] == 1 and all(r["length"] in (6, 11, 20, 32) for r in t["verify"]["rows"])
+    summary = json.loads(res.stdout)  # the summary's own table stays at the profile's 32 tokens, and says so
+    assert summary["seq_len"] == 32 and [p["arch"] for p in summary["predictions"]] == ["L2-H64-A2-I128"]
+    (under,) = t["predictions"]
+    assert under["arch"] == "L2-H64-A2-I128" and all(under[k] > 0 for k in ("mean_ms", "p50_ms", "p90_ms"))
+    bad = run("profile", "--hw", str(profile), "--space", str(TINY_SPACE), "--table", str(table), "--lengths", str(tmp_path))
+    assert bad.returncode != 0 and "--lengths" in bad.stderr and "is a directory" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -109,6 +109,31 @@ def test_compare_cli_times_two_real_artifacts(int8_artifact, tmp_path, capsys):
     assert code == 1  # --check: not shown within, so a script can stop on it
 
 
+def test_compare_under_traffic_times_the_bracketing_lengths_and_keeps_its_record_to_that_shape(int8_artifact, tmp_path,
+                                                                                                capsys):
+    import subprocess
+
+    lengths = tmp_path / "lengths.txt"
+    lengths.write_text("9 3\n20 1\n")
+    record = tmp_path / "r.json"
+    run = subprocess.run(cli("compare", str(int8_artifact), str(int8_artifact), "--sessions", "1", "--rounds", "2",
+                             "--lengths", str(lengths), "--record", str(record), "--json"),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["shape"].startswith("batch 1, lengths file lengths.txt: mean 11.8 tokens")
+    saved = json.loads(record.read_text())
+    # 9 tokens lie between the nodes 8 and 16 (7/8 and 1/8 of its weight), 20 is its own node
+    assert saved["key"]["length_weights"] == {"8": 0.65625, "16": 0.09375, "20": 0.25}
+    assert saved["shape"] == summary["shape"]
+    # the same record at the profile's one length is another comparison: refused, not mixed
+    code, err = cli_here(["compare", str(int8_artifact), str(int8_artifact), "--sessions", "2", "--rounds", "2",
+                          "--record", str(record)], capsys)
+    assert code == 2 and "length_weights changed" in err
+    code, err = cli_here(["compare", str(int8_artifact), str(int8_artifact), "--lengths", str(tmp_path)], capsys)
+    assert code == 2 and "--lengths" in err and "is a directory" in err
+
+
 def test_compare_bad_input_is_one_line(tmp_path, int8_artifact, fp32_artifact, capsys):
     (tmp_path / "x.txt").write_text("not a graph")
     cases = [

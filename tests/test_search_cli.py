@@ -28,6 +28,19 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     assert f"fast-cpu: {need} of {need} timings present" in replan.stdout, replan.stdout
     report = json.loads((run / "report.json").read_text())
     assert len(report["candidates"]) == 4 and all(c["status"] == "done" for c in report["candidates"])
+    # Every latency is the expected latency under the task's own request lengths, and every report says so.
+    recorded = json.loads((run / "run.json").read_text())
+    lengths = recorded["lengths"]
+    assert lengths["source"].startswith("task sst2 train (") and lengths["cap"] == 32
+    shape = report["latency_shape"]["fast-cpu"]
+    assert shape == recorded["latency_shape"]["fast-cpu"] and shape.startswith("batch 1, lengths task sst2 train")
+    assert "latency taken at batch 1, lengths task sst2 train" in " ".join(plan.stdout.split())
+    assert "Every latency is taken at fast-cpu: batch 1, lengths task sst2 train" in (run / "report.md").read_text()
+    import sqlite3
+
+    timed_at = {n for (n,) in sqlite3.connect(tmp_path / "lat.sqlite").execute("SELECT DISTINCT seq_len FROM timings")}
+    assert len(timed_at) >= 3 and max(timed_at) == max(int(n) for n in lengths["histogram"])
+    assert set(json.loads((run / "choices.json").read_text())["length_weights"]) <= {str(n) for n in timed_at}
     assert report["teacher"]["arch"] == "L2-H64-A4-I128" and report["teacher"]["latency_ms"]["fast-cpu"] > 0
     target = report["reward"]["targets_ms"]["fast-cpu"]
     assert target == report["teacher"]["latency_ms"]["fast-cpu"] / 3  # default: 3x faster than the teacher
@@ -66,6 +79,7 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     card = json.loads(card_path.read_text())
     assert Path(art["folder"]) == run / "artifacts" / f"{winner}-fast-cpu" and card["arch"] == winner
     assert card["search_run"] == str(run.resolve()) and card["parity"]["max_abs_diff"] <= 1e-4
+    assert card["latency"]["traffic"]["lengths"] == lengths  # the card reports the traffic the search optimised for
     assert art["artifact_dev"] == card["metrics"]["artifact_dev"] and "fast-cpu artifact" in (run / "report.md").read_text()
     exported_at = card_path.stat().st_mtime_ns
 
@@ -166,6 +180,11 @@ def test_search_reads_a_deployment_targets_table_and_resumes_on_another_host(tin
             "--hw", str(FAST_PROFILE), "--space", str(TINY_SPACE), "--table", str(target), "--machine", other,
             "--episodes", "1", "--top-k", "2", "--proxy", "100", "--held-out", "100", "--proxy-epochs", "1",
             "--calibration", "2", "--budgets", "L2-H64-A4-I128", "--no-final", "--out", str(run)]
+    # The target was profiled at its profile's one length; the task's request lengths need others, never timed here.
+    shaped = subprocess.run(cli(*args[:-1], str(tmp_path / "shaped")), capture_output=True, text=True, timeout=300)
+    said = " ".join(shaped.stderr.split())
+    assert shaped.returncode == 2 and "timings the search needs at " in said and "--lengths fixed" in said, shaped.stderr
+    args[-2:-2] = ["--lengths", "fixed"]
     done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     said = " ".join(done.stderr.split())  # rich wraps the status line

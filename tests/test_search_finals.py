@@ -202,3 +202,24 @@ def test_a_reports_candidates_read_back_as_the_journal_gave_them() -> None:
     from kdnas_deploy.search.report import _journal_part, report_candidates
 
     assert report_candidates(_journal_part(CANDIDATES)) == CANDIDATES
+
+
+def test_under_traffic_each_round_is_the_expected_latency_over_the_node_lengths(fast_profile) -> None:
+    """The finals time what the table predicts: each round's value is the weighted sum of the architecture timed at
+    every node length in the round's one session."""
+    from kdnas_deploy.latency.timing import Timing
+
+    class LengthCost:
+        def build(self, arch, profile, out_dir, vocab_size=0):
+            from kdnas_deploy.latency.measure import BuiltGraph
+
+            return BuiltGraph(arch, out_dir, vocab_size, arch.layers, 0.0)
+
+        def time(self, graph, profile, seed=0):
+            ms = graph.arch.layers * profile.shape.seq_len / 10
+            return Timing(ms, ms, ms, 0.0, 3, 1, False)
+
+    weights = {8: 0.5, 32: 0.5}
+    with InterleavedTimer(fast_profile, rounds=2, measurer=LengthCost(), weights=weights) as timer:
+        rounds = timer([A("L2-H32-A2-I64")])
+    assert rounds[A("L2-H32-A2-I64")] == pytest.approx([0.5 * 1.6 + 0.5 * 6.4] * 2)

@@ -7,10 +7,9 @@ For each profile (default: cpu and cpu-int8):
 3. freeze the table (opened read-only) and predict N random architectures it has never timed whole;
 4. measure each of them whole: `--sessions` fresh ONNX Runtime sessions per architecture,
    interleaved round by round over all N so that a slow spell of the machine hits every
-   architecture alike. Each session is paired with the profiler's probe timed just before and after it, and the
-   measurement is the median of the sessions' ratios to the probe times its reference, as in the table (timing
-   method 4). Sessions whose probe ran more than CALM_RATIO over its reference count as slowed; more rounds run,
-   up to --max-rounds, until every architecture has enough calm ones;
+   architecture alike; the measurement is the fastest session, as in the table. Each session is bracketed by
+   the profiler's probe, so sessions met by a slow spell are known (and more rounds run, up to
+   --max-rounds, until every architecture has enough calm ones);
 5. the noise floor, two ways: the rounds split into interleaved halves (even/odd: jitter between
    sessions) and into time-separated halves (first/second: also the machine's drift over
    minutes). Each half is itself a measurement of at least 3 sessions; their disagreement is the
@@ -36,11 +35,8 @@ import numpy as np
 from kdnas_deploy.hardware import load_profile
 from kdnas_deploy.latency.predictor import LatencyModel, items_for
 from kdnas_deploy.latency.profiler import (
-    DEFAULT_CALIBRATION, PROBE, Probe, error_stats, plan, profile_items,
+    CALM_RATIO, DEFAULT_CALIBRATION, PROBE, Probe, error_stats, plan, profile_items,
 )
-
-#: A session counts as calm while the probe beside it runs within this factor of its reference.
-CALM_RATIO = 1.15
 from kdnas_deploy.latency.table import LatencyTable
 from kdnas_deploy.space import REFERENCE_ARCHS, SearchSpace, StudentArch
 
@@ -51,14 +47,12 @@ def held_out_archs(space: SearchSpace, model: LatencyModel, n: int, seed: int) -
 
 
 def measure_interleaved(archs, model: LatencyModel, sessions: int, max_rounds: int, seed: int, workdir: Path):
-    """One fresh session per (round, arch), arch order shuffled per round, each paired with the probe.
+    """One fresh session per (round, arch), arch order shuffled per round, each bracketed by the probe.
 
-    Returns paired[round, arch] (session / probe beside it x the probe's reference, the table's estimator per
-    session), probe[round, arch] and the reference. Rounds continue past `sessions` (up to `max_rounds`) until every
-    architecture has `sessions` calm sessions.
+    Returns medians[round, arch] and probe[round, arch] (the slower of the two bracketing probe
+    times). Rounds continue past `sessions` (up to `max_rounds`) until every architecture has
+    `sessions` calm sessions, judged against the probe's best stored in the table.
     """
-    import math
-
     profile, measurer = model.profile, model.measurer
     graphs = []
     for k, arch in enumerate(archs):
@@ -67,37 +61,31 @@ def measure_interleaved(archs, model: LatencyModel, sessions: int, max_rounds: i
     probe = Probe(model, workdir)
     rng = np.random.default_rng(seed)
     medians, probes = [], []
-    try:
-        before = probe()
-        for r in range(max_rounds):
-            row, prow = np.zeros(len(graphs)), np.zeros(len(graphs))
-            for k in rng.permutation(len(graphs)):
-                row[k] = measurer.time(graphs[k], profile, seed=r).median_ms
-                after = probe()
-                prow[k], before = math.sqrt(before * after), after
-            medians.append(row)
-            probes.append(prow)
-            calm = np.array(probes) <= CALM_RATIO * probe.reference_ms
-            print(f"  round {r + 1}: {int(calm[-1].sum())}/{len(graphs)} calm sessions      ", file=sys.stderr, end="\r")
-            if r + 1 >= sessions and calm.sum(axis=0).min() >= sessions:
-                break
-        reference = probe.reference_ms
-    finally:
-        probe.close()
+    for r in range(max_rounds):
+        row, prow = np.zeros(len(graphs)), np.zeros(len(graphs))
+        for k in rng.permutation(len(graphs)):
+            timing, prow[k] = probe.bracket(lambda: measurer.time(graphs[k], profile, seed=r))
+            row[k] = timing.median_ms
+        medians.append(row)
+        probes.append(prow)
+        calm = np.array([[probe.calm(x) for x in pr] for pr in probes])
+        print(f"  round {r + 1}: {int(calm[-1].sum())}/{len(graphs)} calm sessions      ", file=sys.stderr, end="\r")
+        if r + 1 >= sessions and calm.sum(axis=0).min() >= sessions:
+            break
     print(file=sys.stderr)
-    return np.array(medians) / np.array(probes) * reference, np.array(probes), reference
+    return np.array(medians), np.array(probes), probe.best_ms
 
 
 def halves(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per column: the median of the kept paired sessions (the table's estimate), and of their first and second half
-    (in time)."""
+    """Per column: the fastest of the kept sessions (the table's estimate), and of their first and second half (in
+    time)."""
     full, first, second = [], [], []
     for col, keep in zip(values.T, mask.T):
         kept = col[keep] if keep.sum() >= 2 else col
         h = len(kept) // 2
-        full.append(np.median(kept))
-        first.append(np.median(kept[:h]))
-        second.append(np.median(kept[h:]))
+        full.append(np.min(kept))
+        first.append(np.min(kept[:h]))
+        second.append(np.min(kept[h:]))
     return np.array(full), np.array(first), np.array(second)
 
 
@@ -143,7 +131,7 @@ def bench_profile(name: str, space: SearchSpace, args: argparse.Namespace, workd
     everything = np.ones_like(calm)
     measured, first, second = halves(medians, everything)
     calm_measured, calm_first, calm_second = halves(medians, calm)
-    even, odd = np.median(medians[0::2], axis=0), np.median(medians[1::2], axis=0)
+    even, odd = np.min(medians[0::2], axis=0), np.min(medians[1::2], axis=0)
     pred_ms = np.array([p.ms for p in preds])
     composed_ms = np.array([p.composed_ms for p in preds])
     stats = error_stats(pred_ms, measured)

@@ -60,7 +60,7 @@ def export_artifact(
     model_dir: str | Path, profile: HardwareProfile, out: str | Path, *, source: DataSource | None = None,
     max_drop: float = DEFAULT_MAX_DROP, table: str | Path | None = None, measure: bool = True,
     search_run: str | Path | None = None, overwrite: bool = False, status: Callable[[str], None] | None = None,
-    machine: str | None = None,
+    machine: str | None = None, lengths: str | Path | None = "task",
 ) -> ExportResult:
     """Exports `model_dir` (a folder with kdnas.json, or any BERT classifier folder with `source` given) for
     `profile` into `out` and returns the card it wrote. `machine` (a fingerprint id in `table`) gives the card the
@@ -128,6 +128,10 @@ def export_artifact(
                              f"{100 * torch_metrics['score']:.2f} for PyTorch: a drop of {drop:.2f} points is above "
                              f"--max-drop {max_drop:g}; not writing {out}")
         latency = _latency(arch, profile, graph.path, model.config.vocab_size, table, measure, say, machine)
+        traffic = _length_distribution(lengths, prepared.encoded.train, task.name, max_length)
+        if traffic is not None:
+            latency["traffic"] = _traffic_latency(arch, profile, graph.path, model.config.vocab_size, table, measure,
+                                                  say, machine, traffic)
         model.config.save_pretrained(work)
         prepared.tokenizer.save_pretrained(work)
         card = {
@@ -248,6 +252,60 @@ def _latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size
         if not model.elsewhere:
             result["predicted_over_measured"] = round(predicted.ms / t.median_ms, 4) if t.median_ms > 0 else None
     return result
+
+
+def _length_distribution(lengths: str | Path | None, train: Any, task: str, max_length: int) -> Any:
+    """The request lengths the card's traffic latency is taken under: "task" (the training rows), a file, or None
+    ("fixed")."""
+    from kdnas_deploy.latency.lengths import LengthDistribution
+
+    if lengths is None or str(lengths) == "fixed":
+        return None
+    if str(lengths) == "task":
+        return LengthDistribution.from_dataset(train, f"task {task} train", max_length)
+    return LengthDistribution.read(lengths, max_length)
+
+
+def _traffic_latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size: int,
+                     table: str | Path | None, measure: bool, say: Callable[[str], None], machine: str | None,
+                     lengths: Any) -> dict[str, Any]:
+    """Latency under the request lengths: the table's expected, p50 and p90 (timing the rows it lacks at the lengths
+    that bracket the distribution) and, when `measure`, the artifact timed at those lengths in the profile's sessions
+    and combined the same way."""
+    from kdnas_deploy.latency.lengths import interpolate
+    from kdnas_deploy.latency.predictor import items_for
+    from kdnas_deploy.latency.profiler import profile_items
+    from kdnas_deploy.latency.table import LatencyTable, default_table_path
+    from kdnas_deploy.latency.timing import combine_sessions, time_graph_lengths
+    from kdnas_deploy.latency.traffic import TrafficLatency
+
+    with LatencyTable(Path(table) if table else default_table_path()) as tbl:
+        traffic = TrafficLatency(tbl, profile, lengths, machine=machine)
+        say(f"latency of {arch} under {lengths.describe()}")
+        for model in traffic.models.values():
+            if model.measure_missing and model.missing(items_for(arch)):
+                say(f"timing the table rows {arch} needs at {model.seq_len} tokens")
+                profile_items(model, items_for(arch))
+        pred = traffic.predict(arch)
+    out: dict[str, Any] = {
+        "shape": traffic.shape(), "batch_size": profile.shape.batch_size, "lengths": lengths.to_dict(),
+        "padded_mean": round(traffic.padded.mean(), 3), "nodes": list(traffic.nodes),
+        "predicted": {"mean_ms": round(pred.mean_ms, 4), "p50_ms": round(pred.p50_ms, 4), "p90_ms": round(pred.p90_ms, 4)},
+    }
+    if measure:
+        say(f"timing the artifact at {', '.join(map(str, traffic.nodes))} tokens ({profile.timing.sessions} sessions)")
+        sessions = [time_graph_lengths(path, profile, traffic.nodes, seed=s, vocab_size=vocab_size)
+                    for s in range(profile.timing.sessions)]
+        node_ms = tuple(combine_sessions([s[n] for s in sessions]).median_ms for n in traffic.nodes)
+        weights = traffic.weights()
+        out["measured"] = {
+            "mean_ms": round(sum(w * ms for w, ms in zip(weights.values(), node_ms)), 4),
+            "p50_ms": round(interpolate(traffic.padded.quantile(0.5), traffic.nodes, node_ms), 4),
+            "p90_ms": round(interpolate(traffic.padded.quantile(0.9), traffic.nodes, node_ms), 4),
+            "node_ms": {str(n): round(ms, 4) for n, ms in zip(traffic.nodes, node_ms)},
+            "sessions": profile.timing.sessions,
+        }
+    return out
 
 
 def _quantization(profile: HardwareProfile, calibration_rows: int) -> dict[str, Any] | None:

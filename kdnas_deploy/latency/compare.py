@@ -84,6 +84,8 @@ class Comparison:
     #: The CPU the sessions ran on (model and instruction set): a ratio from another kernel tier is another ratio,
     #: so a record takes sessions from one instruction set only. None in records written before it was kept.
     machine: dict[str, Any] | None = None
+    #: The input shape both graphs were timed at, in words ("batch 1, 128 tokens", or the length distribution).
+    shape: str | None = None
 
     @property
     def ratios(self) -> list[float]:
@@ -124,11 +126,13 @@ class Comparison:
                 "span_hours": round(self.span_hours, 3), "ratios": [round(r, 4) for r in self.ratios],
                 "geomean_ratio": mean, "lower_95": lower, "upper_95": upper, "tolerance": tolerance,
                 "min_sessions": min_sessions, "min_hours": min_hours, "verdict": v.status, "reason": v.reason,
-                "cpu": (self.machine or {}).get("cpu"), "instruction_set": describe_info(self.machine)}
+                "cpu": (self.machine or {}).get("cpu"), "instruction_set": describe_info(self.machine),
+                "shape": self.shape or _key_shape(self.key)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "profile": self.profile, "key": self.key,
                 **({"machine": self.machine} if self.machine is not None else {}),
+                **({"shape": self.shape} if self.shape is not None else {}),
                 "sessions": [asdict(s) for s in self.sessions]}
 
     @classmethod
@@ -137,16 +141,29 @@ class Comparison:
             return cls(str(data["a"]), str(data["b"]), str(data["profile"]), dict(data["key"]),
                        [Session(float(s["started"]), [float(x) for x in s["a_ms"]], [float(x) for x in s["b_ms"]],
                                 float(s["ratio"])) for s in data["sessions"]],
-                       dict(data["machine"]) if data.get("machine") is not None else None)
+                       dict(data["machine"]) if data.get("machine") is not None else None,
+                       str(data["shape"]) if data.get("shape") is not None else None)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise KdnasError(f"{source}: not a comparison record (a, b, profile, key, sessions)") from None
 
 
-def comparison_key(a_path: Path, b_path: Path, profile: Any, rounds: int) -> dict[str, Any]:
+def _key_shape(key: dict[str, Any]) -> str:
+    """The shape a record's key says its sessions ran at (records written before the shape was kept)."""
+    batch, seq_len = (key.get("shape") or [None, None])[:2]
+    if key.get("length_weights"):
+        return f"batch {batch}, lengths {', '.join(key['length_weights'])} weighted"
+    return f"batch {batch}, {seq_len} tokens"
+
+
+def comparison_key(a_path: Path, b_path: Path, profile: Any, rounds: int,
+                   weights: dict[int, float] | None = None) -> dict[str, Any]:
     from kdnas_deploy.util.hashing import file_sha256
 
-    return {"a_sha256": file_sha256(a_path), "b_sha256": file_sha256(b_path), "profile_hash": profile.content_hash(),
-            "shape": [profile.shape.batch_size, profile.shape.seq_len], "rounds": rounds}
+    key = {"a_sha256": file_sha256(a_path), "b_sha256": file_sha256(b_path), "profile_hash": profile.content_hash(),
+           "shape": [profile.shape.batch_size, profile.shape.seq_len], "rounds": rounds}
+    if weights:  # under traffic: the lengths timed and what each counts (absent at a fixed length, as before)
+        key["length_weights"] = {str(n): round(w, 9) for n, w in weights.items()}
+    return key
 
 
 def load_record(path: Path) -> Comparison | None:
@@ -191,17 +208,25 @@ def graph_vocab_size(path: Path) -> int:
 
 def time_session(a_path: Path, b_path: Path, profile: Any, rounds: int, seed: int = 0,
                  on_round: Callable[[int], None] | None = None,
-                 vocab: tuple[int, int] | None = None) -> tuple[list[float], list[float]]:
+                 vocab: tuple[int, int] | None = None,
+                 weights: dict[int, float] | None = None) -> tuple[list[float], list[float]]:
     """`rounds` interleaved rounds, each timing A and B once in fresh sessions (order alternating per round).
-    `vocab`: the graphs' vocabulary sizes, read from them (`graph_vocab_size`) when not given."""
-    from kdnas_deploy.latency.timing import interleaved_rounds, time_graph
+    `vocab`: the graphs' vocabulary sizes, read from them (`graph_vocab_size`) when not given. With `weights` (node
+    length -> weight, `traffic.node_weights`), each session is timed at every node length and counts as the
+    expected latency under that traffic."""
+    from kdnas_deploy.latency.timing import interleaved_rounds, time_graph, time_graph_lengths, weighted_ms
 
     a_vocab, b_vocab = vocab or (graph_vocab_size(a_path), graph_vocab_size(b_path))
     vocab_of = {"a": a_vocab, "b": b_vocab}
-    samples = interleaved_rounds(["a", "b"], lambda k, r: time_graph(a_path if k == "a" else b_path, profile,
-                                                                      seed=seed + r, sessions=1,
-                                                                      vocab_size=vocab_of[k]).median_ms,
-                                 rounds, on_round)
+
+    def one(k: str, r: int) -> float:
+        path = a_path if k == "a" else b_path
+        if weights:
+            return weighted_ms(time_graph_lengths(path, profile, tuple(weights), seed=seed + r, vocab_size=vocab_of[k]),
+                               weights)
+        return time_graph(path, profile, seed=seed + r, sessions=1, vocab_size=vocab_of[k]).median_ms
+
+    samples = interleaved_rounds(["a", "b"], one, rounds, on_round)
     return samples["a"], samples["b"]
 
 
@@ -210,10 +235,12 @@ def compare_graphs(a_path: str | Path, b_path: str | Path, profile: Any, *, sess
                    status: Callable[[str], None] | None = None, sleep: Callable[[float], None] = time.sleep,
                    clock: Callable[[], float] = time.time,
                    timer: Callable[[Path, Path, Any, int, int], tuple[list[float], list[float]]] | None = None,
+                   lengths: Any = None,
                    ) -> Comparison:
     """Times A against B until the comparison holds `sessions` sessions, starting each at least `every_s` seconds
     after the one before, and returns it. With a `record` the sessions already in it count, and each new one is
-    written to it before the next starts."""
+    written to it before the next starts. With `lengths` (a `LengthDistribution`), each graph's time in a round is
+    its expected latency under that traffic at the profile's batch (timed at the lengths that bracket it)."""
     from kdnas_deploy.latency.timing import paired_ratio
     from kdnas_deploy.model_folder import write_json_atomic
 
@@ -228,14 +255,24 @@ def compare_graphs(a_path: str | Path, b_path: str | Path, profile: Any, *, sess
     profile.check_runnable()
     say = status or (lambda _m: None)
     a_label, b_label = labels or (str(a_path), str(b_path))
-    key = comparison_key(a_path, b_path, profile, rounds)
+    weights = None
+    if lengths is not None and not lengths.is_fixed:
+        from kdnas_deploy.latency.traffic import node_weights
+
+        padded = lengths.batch_max(profile.shape.batch_size)
+        weights = node_weights(padded, padded.nodes())
+    elif lengths is not None:
+        profile = profile.with_shape(seq_len=lengths.lengths[0])
+    key = comparison_key(a_path, b_path, profile, rounds, weights)
     record_path = Path(record) if record is not None else None
     comparison = load_record(record_path) if record_path else None
     here = {"cpu": cpu_model(), "machine": platform.machine(), INFO_KEY: host_instruction_set().to_info()}
+    shape = (f"batch {profile.shape.batch_size}, lengths {lengths.describe()}" if weights
+             else f"batch {profile.shape.batch_size}, {profile.shape.seq_len} tokens")
     if comparison is None:
-        comparison = Comparison(a_label, b_label, profile.name, key, machine=here)
+        comparison = Comparison(a_label, b_label, profile.name, key, machine=here, shape=shape)
     elif comparison.key != key:
-        changed = ", ".join(k for k in key if comparison.key.get(k) != key[k])
+        changed = ", ".join(k for k in dict.fromkeys([*key, *comparison.key]) if comparison.key.get(k) != key.get(k))
         raise KdnasError(f"{record_path}: recorded for other graphs or settings ({changed} changed); "
                          "give another --record to start a new comparison")
     elif comparison.sessions and from_info(comparison.machine) not in (None, host_instruction_set()) \
@@ -250,7 +287,7 @@ def compare_graphs(a_path: str | Path, b_path: str | Path, profile: Any, *, sess
         comparison.machine = here
     if timer is None:
         vocab = (graph_vocab_size(a_path), graph_vocab_size(b_path))  # once, not per session
-        timer = lambda a, b, p, n, seed: time_session(a, b, p, n, seed, vocab=vocab)  # noqa: E731
+        timer = lambda a, b, p, n, seed: time_session(a, b, p, n, seed, vocab=vocab, weights=weights)  # noqa: E731
     time_one = timer
     while len(comparison.sessions) < sessions:
         if comparison.sessions:

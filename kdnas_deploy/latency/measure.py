@@ -10,15 +10,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from kdnas_deploy.hardware import HardwareProfile, TimingSection
+from kdnas_deploy.hardware import HardwareProfile
 from kdnas_deploy.latency.graph import build_profile_graph, random_model
-from kdnas_deploy.latency.timing import Timing, combine_sessions, dummy_feeds, make_session, time_callable, time_graph
+from kdnas_deploy.latency.timing import Timing, combine_sessions, time_graph, time_graph_lengths
 from kdnas_deploy.space import BERT_VOCAB_SIZE, StudentArch
 
 
@@ -59,32 +57,10 @@ class OnnxMeasurer:
     def time(self, graph: BuiltGraph, profile: HardwareProfile, seed: int = 0) -> Timing:
         return time_graph(graph.path, profile, seed=seed, sessions=1, vocab_size=graph.vocab_size)
 
-    @contextmanager
-    def held(self, graph: BuiltGraph, profile: HardwareProfile, burst_ms: float) -> Iterator[Callable[[], float]]:
-        """One session kept open on `graph`; each call of the yielded function times a burst of runs lasting about
-        `burst_ms` and returns their median (ms). The probe's timer: without a session to load, a burst beside
-        every timed session costs a tenth of a fresh session."""
-        sess = make_session(graph.path, profile)
-        feeds = dummy_feeds(sess, profile.shape.batch_size, profile.shape.seq_len, 0, graph.vocab_size)
-        outputs = [o.name for o in sess.get_outputs()]
-        burst = TimingSection(warmup=1, repeats=5, min_round_ms=burst_ms, sessions=1, max_spread=1.0, max_rounds=1)
-        try:
-            yield lambda: time_callable(lambda: sess.run(outputs, feeds), burst).median_ms
-        finally:
-            del sess
-
-
-@contextmanager
-def held_timer(measurer: Measurer, graph: BuiltGraph, profile: HardwareProfile, burst_ms: float
-               ) -> Iterator[Callable[[], float]]:
-    """`measurer.held` where the measurer has one; otherwise a fresh session per call (`measurer.time`)."""
-    held = getattr(measurer, "held", None)
-    if held is not None:
-        with held(graph, profile, burst_ms) as timer:
-            yield timer
-        return
-    calls = iter(range(1 << 62))
-    yield lambda: measurer.time(graph, profile, next(calls)).median_ms
+    def time_lengths(self, graph: BuiltGraph, profile: HardwareProfile, lengths: tuple[int, ...],
+                     seed: int = 0) -> dict[int, Timing]:
+        """One fresh session, timed at each length (`timing.time_graph_lengths`)."""
+        return time_graph_lengths(graph.path, profile, lengths, seed=seed, vocab_size=graph.vocab_size)
 
 
 def measure_now(
@@ -98,3 +74,12 @@ def measure_now(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Measurement(graph, timing)
+
+
+def time_at_lengths(measurer: Measurer, graph: BuiltGraph, profile: HardwareProfile, lengths: tuple[int, ...],
+                    seed: int = 0) -> dict[int, Timing]:
+    """`measurer.time_lengths` where the measurer has one; otherwise a session per length (`measurer.time`)."""
+    at = getattr(measurer, "time_lengths", None)
+    if at is not None:
+        return at(graph, profile, lengths, seed)
+    return {n: measurer.time(graph, profile.with_shape(seq_len=n), seed) for n in lengths}

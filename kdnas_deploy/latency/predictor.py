@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -265,25 +265,9 @@ class LatencyModel:
         assert entry is not None
         return entry
 
-    def rescale(self, entry: Entry, factor: float) -> Entry:
-        """Store `entry` again with its times multiplied by `factor` (a paired row whose probe reference moved)."""
-        t = entry.timing
-        timing = replace(t, median_ms=t.median_ms * factor, p10_ms=t.p10_ms * factor, p90_ms=t.p90_ms * factor)
-        graph = BuiltGraph(entry.arch, Path(), vocab_for(entry.kind), entry.fused_attention, entry.build_s)
-        return self.store(entry.kind, graph, timing)
-
     def measure(self, kind: str, arch: StudentArch) -> Entry:
-        """Time `arch` now and store it: paired with the probe as a profile times its rows (`profiler`), so that a
-        row timed on demand is on the same scale as the rest of the table."""
-        from kdnas_deploy.latency.profiler import profile_items
-
+        """Time `arch` now, sessions back to back, and store it (replacing an older timing)."""
         self._check_can_measure(kind, arch)
-        if self.profile.timing.sessions > 1:
-            profile_items(self, [(kind, arch)])
-            entry = self.lookup(kind, arch)
-            if entry is None:  # another run held the claim and then gave it up
-                raise KdnasError(f"the {kind} timing of {arch} could not be measured into {self.table.path}")
-            return entry
         m = measure_now(self.measurer, arch, self.profile, vocab_for(kind))
         return self.store(kind, m.graph, m.timing)
 

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from kdnas_deploy.latency.measure import BuiltGraph, held_timer
+from kdnas_deploy.hardware import HardwareProfile
+from kdnas_deploy.latency.measure import BuiltGraph
 from kdnas_deploy.latency.predictor import (
     BLOCK_VOCAB, MIN_LAYER_FIT, Item, LatencyModel, Prediction, base_arch, block_arch,
 )
-from kdnas_deploy.latency.timing import Timing, combine_sessions, interleaved_rounds, paired_timing
+from kdnas_deploy.latency.timing import Timing, combine_sessions, interleaved_rounds
 from kdnas_deploy.util.resources import pid_alive
 from kdnas_deploy.space import BERT_VOCAB_SIZE, SearchSpace, StudentArch
 
@@ -89,6 +90,8 @@ class ProfileResult:
     cached: list[Item] = field(default_factory=list)
     unfused: list[StudentArch] = field(default_factory=list)
     noisy: list[StudentArch] = field(default_factory=list)
+    extra_sessions: int = 0  # sessions added because the probe showed a slow spell
+    remeasured: list[Item] = field(default_factory=list)  # committed before the probe's reference was known
     #: The machine's state during the run: the probe's median timing over its reference (1.0: calm throughout;
     #: 1.3: sessions ran about 30% slow). None without a probe (one session per timing, or nothing to time).
     probe_slowdown: float | None = None
@@ -105,6 +108,19 @@ GROUP_SIZE = 8
 #: A group also closes before its graphs would hold more than this on disk (MB), so a profile's temp folder stays
 #: well under 1 GB whatever the space (one BERT-base graph alone is 440 MB in fp32).
 GROUP_MB = 500.0
+#: A session counts as calm while the probe runs within this factor of its fastest time.
+CALM_RATIO = 1.15
+#: Calm sessions an item needs before its timing is committed (the fastest session counts, so two are plenty).
+NEED_CALM = 2
+#: Sessions an item may take beyond the profile's count while waiting for calm ones.
+MAX_EXTRA_SESSIONS = 3
+#: The most extra work the slow-spell defences (extra sessions, re-measures) may add to a run, as a share of its
+#: planned sessions. On a host that spends most of an hour in a slow state, unbounded defences tripled a profile's
+#: time while the rows they re-timed met the same slow state again; past the budget a row keeps its fastest session
+#: and its `noisy` flag, and the layer fit's Huber weights discount a slowed block row.
+DEFENCE_SHARE = 0.3
+#: Re-measures go to the rows that predictions read directly first: whole models, bases, stems, then blocks.
+_REMEASURE_ORDER = {"model": 0, "base": 1, "stem": 1, "block": 2}
 #: Seconds between looks at items another run is timing.
 CLAIM_POLL_S = 2.0
 #: Temporary graph folders: the owner's pid follows, so a later run can tell a dead run's leftovers from a live one's.
@@ -136,13 +152,12 @@ def remove_stale_workdirs(root: Path | None = None) -> list[Path]:
     return removed
 
 
-#: The probe: a small fixed graph, timed beside every session, whose time is the yardstick rows are measured with.
+#: The probe: a small fixed graph whose timing shows the machine's state at each round of sessions.
 PROBE = StudentArch(2, 256, 4, 1024)
-#: Probe bursts before the first group, for the reference of a table that has none yet.
-PROBE_WARM = 5
-#: How long each probe burst runs (ms): long enough for a stable median of the small probe, short beside a session.
-PROBE_BURST_MS = 60.0
-#: The quantile of a run's probe bursts taken as the calm machine's probe time (see `Probe`).
+#: Probe timings before the first group: groups commit within a minute, so the probe's reference must be known early
+#: or the first groups' rows are judged against a slow start and timed again at the end.
+PROBE_WARM = 3
+#: The quantile of a run's probe timings that calm is judged against (see `Probe`).
 PROBE_QUANTILE = 0.1
 
 
@@ -151,100 +166,109 @@ class _Pending:
     item: Item
     graph: BuiltGraph
     workdir: Path
-    sessions: list[tuple[Timing, float]] = field(default_factory=list)  # (timing, probe ms beside it)
+    sessions: list[tuple[Timing, float]] = field(default_factory=list)  # (timing, probe ms)
 
 
 class Probe:
-    """The probe graph in a session held open for the run: `probe()` times a short burst and returns its median.
+    """Times PROBE in a fresh session on demand; tells calm sessions from slowed ones.
 
-    Each timed session of a profile is paired with the probe bursts just before and after it (their geometric mean),
-    and a row stores the median of its sessions' ratios to the probe times the probe's reference: its time on the
-    calm machine (`timing.paired_timing`). The reference is the table's (kind `probe`) once it has one, and stays
-    fixed from then on, since every row is scaled by it; a table's first run takes the 10th percentile of its own
-    bursts, and `finish` rescales that run's rows when the estimate moved during the run (it only firms up with more
-    bursts; ratios are unchanged by the rescale).
+    Calm is judged against a reference: the 10th percentile of this run's probe timings (once there are
+    PROBE_WARM), or the reference stored in the table by an earlier run if that is lower. Not the fastest probe
+    ever seen: the minimum of hundreds of noisy timings keeps falling as a run goes on, an extreme that the machine
+    rarely meets again, and every row committed before it turned up would count as slowed and be timed again. The
+    reference is kept in the table (kind `probe`), so a later run, or a benchmark reading a frozen table, judges calm
+    against the same reference instead of whatever it met first.
     """
 
-    def __init__(self, model: LatencyModel, workdir: Path, warm: int = PROBE_WARM) -> None:
+    def __init__(self, model: LatencyModel, workdir: Path, warm: int = 0) -> None:
         self.model = model
         self.graph = model.measurer.build(PROBE, model.profile, workdir / "probe", BLOCK_VOCAB)
-        self._held = held_timer(model.measurer, self.graph, model.profile, PROBE_BURST_MS)
-        self._timer = self._held.__enter__()
         stored = model.lookup("probe", PROBE)
-        self.stored: float | None = stored.timing.median_ms if stored else None
-        self.history: list[float] = []
-        for _ in range(warm if self.stored is None else 0):
+        self.stored: Timing | None = stored.timing if stored else None
+        self.history: list[Timing] = []
+        self.calls = 0
+        for _ in range(warm):  # a reference to judge the first group by, before anything is committed against it
             self()
-        #: The reference the rows committed so far were scaled by.
-        self.used_ms = self.reference_ms
 
-    def __call__(self) -> float:
-        ms = self._timer()
-        self.history.append(ms)
-        return ms
-
-    def close(self) -> None:
-        self._held.__exit__(None, None, None)
+    def _run_reference(self) -> Timing | None:
+        """This run's 10th-percentile probe timing, once there are enough of them."""
+        if len(self.history) < max(PROBE_WARM, 1):
+            return None
+        ordered = sorted(self.history, key=lambda t: t.median_ms)
+        return ordered[int(PROBE_QUANTILE * (len(ordered) - 1))]
 
     @property
-    def reference_ms(self) -> float:
-        """The probe's time on the calm machine: the table's, or this run's 10th-percentile burst."""
-        if self.stored is not None:
-            return self.stored
-        if not self.history:
-            return float("nan")
-        return float(np.quantile(self.history, PROBE_QUANTILE))
+    def best(self) -> Timing | None:
+        """The reference timing (the lower of the stored one and this run's)."""
+        here = self._run_reference()
+        if here is None or (self.stored is not None and self.stored.median_ms <= here.median_ms):
+            return self.stored or here or (min(self.history, key=lambda t: t.median_ms) if self.history else None)
+        return here
 
-    def slowdown(self) -> float | None:
-        """The run's median burst over the reference: 1.0 calm throughout, 1.3 about 30% slow."""
-        if not self.history or not self.reference_ms > 0:
-            return None
-        return float(np.median(self.history)) / self.reference_ms
+    @property
+    def best_ms(self) -> float:
+        best = self.best
+        return best.median_ms if best else float("inf")
 
-    def finish(self, committed: Sequence[Item]) -> None:
-        """Store the reference of a table that had none, rescaling `committed` (this run's rows) to it; if another
-        run stored one meanwhile, to that one."""
-        if self.stored is not None or not self.model.measure_missing:
-            return
-        other = self.model.lookup("probe", PROBE)
-        final = other.timing.median_ms if other is not None else self.reference_ms
-        if other is None:
-            self.model.store("probe", self.graph, Timing(final, final, final, 0.0, len(self.history), 1, False,
-                                                         len(self.history), 0.0))
-        factor = final / self.used_ms
-        if abs(factor - 1) > 1e-12:
-            for item in committed:
-                entry = self.model.lookup(*item)
-                if entry is not None:
-                    self.model.rescale(entry, factor)
-        self.stored = self.used_ms = final
+    @property
+    def improved(self) -> bool:
+        best = self.best
+        return best is not None and (self.stored is None or best.median_ms < self.stored.median_ms)
+
+    def __call__(self) -> float:
+        self.calls += 1
+        timing = self.model.measurer.time(self.graph, self.model.profile, self.calls)
+        self.history.append(timing)
+        return timing.median_ms
+
+    def bracket(self, run: Callable[[], Timing]) -> tuple[Timing, float]:
+        """Run one timed session between two probe timings; returns it with the slower probe.
+
+        A spell that starts or ends during the session shows in one of the two.
+        """
+        before = self()
+        timing = run()
+        return timing, max(before, self())
+
+    def calm(self, probe_ms: float) -> bool:
+        return probe_ms <= CALM_RATIO * self.best_ms
+
+    def save(self) -> None:
+        if self.improved and self.best is not None and self.model.measure_missing:
+            self.model.store("probe", self.graph, self.best)
 
 
 def profile_items(
     model: LatencyModel, items: Sequence[Item], *, seed: int = 0, progress: ProgressFn | None = None,
     group: int = GROUP_SIZE, group_mb: float = GROUP_MB, on_step: StepFn | None = None,
+    defence_share: float = DEFENCE_SHARE,
 ) -> ProfileResult:
     """Measure every item the table lacks, a group at a time; each group is committed as soon as it is timed.
 
-    Defences against a machine whose speed drifts (measured on the 2-vCPU VMs here: the same graph flips between
-    two speeds 40% apart for minutes at a time):
-    - items are timed in a seeded random order, so a slow spell scatters over shapes instead of biasing one width
-      or depth;
+    Defences against a machine whose speed drifts (measured on a 2-vCPU VM here: the same graph
+    flips between two speeds 40% apart for minutes at a time):
+    - items are timed in a seeded random order, so a slow spell scatters over shapes instead of
+      biasing one width or depth;
     - up to `group` graphs are built, then timed in interleaved rounds (one fresh session per graph per round, in
       an order rotated per round), so one graph's sessions are spread over the group's minute instead of back to
-      back;
-    - with more than one session per timing, every session is paired with the probe timed just before and after
-      it, and the row is the median of its sessions' ratios to the probe, times the probe's calm reference
-      (`Probe`, `timing.paired_timing`): a slow spell slows a session and its probe alike and cancels, where the
-      fastest session (the estimator before timing method 4) kept each graph's luckiest moment and bent ratios
-      between small and large graphs by up to 5%.
+      back, and a spell inside that minute meets every graph of the group alike;
+    - a probe graph is timed before and after every round; a session whose round's probes ran more than
+      CALM_RATIO above the probe's reference (`Probe`) counts as slowed, and the item gets up to
+      MAX_EXTRA_SESSIONS more sessions (more rounds for the items that lack calm ones) to collect NEED_CALM calm
+      ones. The fastest session is stored (flagged noisy if calm ones never came): slowdowns are one-sided, see
+      `combine_sessions`;
+    - if the probe's reference fell after an item was committed (the run began in a slow spell),
+      that item is measured again once at the end;
+    - extra sessions and re-measures together add at most `defence_share` of the run's planned sessions
+      (DEFENCE_SHARE), so a host in a long slow state cannot stretch a run without bound.
     With sessions = 1 in the profile, each graph is timed once: no probe.
     A group's graphs are deleted as soon as its timings are stored, and a group closes before its graphs pass
     `group_mb` on disk. A kill loses only the group being timed (about a minute of work); every committed timing
     stays.
     `progress(item, cached)` is called as each item is committed (or found cached); `on_step(done, added)` after
-    every build and session (`done` = 1), `profile_steps` in all (an item another run stores meanwhile counts its
-    steps at once).
+    every build and session (`done` = 1), `profile_steps` in all where nothing is added: an extra session adds
+    itself (`added` = 1), a re-measure adds its steps before it starts, an item another run stores meanwhile counts
+    its steps at once.
     """
     if group < 1:
         raise ValueError("group must be >= 1")
@@ -254,6 +278,7 @@ def profile_items(
     order = list(dict.fromkeys(items))
     todo = [it for it in order if it in missing]
     np.random.default_rng(seed).shuffle(todo)
+    sessions = model.profile.timing.sessions
     for item in order:
         if item not in missing:
             result.cached.append(item)
@@ -261,33 +286,39 @@ def profile_items(
                 progress(item, True)
     remove_stale_workdirs()
     with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as tmp:
-        probe = Probe(model, Path(tmp)) if model.profile.timing.sessions > 1 and todo else None
-        try:
-            run = _GroupRun(model, Path(tmp), probe, group, group_mb, result, progress, on_step)
-            others: list[Item] = []  # items another live run claimed first: theirs to time, ours to wait for
-            run.measure(todo, others)
-            if others:
-                log.warning("%d timings are being measured by another run on %s; waiting for them", len(others),
-                            model.table.path)
-            while others:
-                time.sleep(CLAIM_POLL_S)
-                waiting = others
-                others = []
-                run.measure(waiting, others)
-            if probe is not None:
-                probe.finish(result.measured)
-                result.probe_slowdown = probe.slowdown()
-        finally:
-            if probe is not None:
-                probe.close()
+        probe = Probe(model, Path(tmp), warm=PROBE_WARM) if sessions > 1 and todo else None
+        budget = _Budget(math.ceil(defence_share * len(todo) * sessions))
+        run = _GroupRun(model, Path(tmp), probe, group, group_mb, result, progress, on_step, budget)
+        others: list[Item] = []  # items another live run claimed first: theirs to time, ours to wait for
+        committed = run.measure(todo, others)
+        if others:
+            log.warning("%d timings are being measured by another run on %s; waiting for them", len(others), model.table.path)
+        while others:
+            time.sleep(CLAIM_POLL_S)
+            waiting = others
+            others = []
+            committed += run.measure(waiting, others)
+        if probe is not None:
+            redo = sorted((item for item, worst in committed if not probe.calm(worst)),
+                          key=lambda item: _REMEASURE_ORDER.get(item[0], 3))
+            redo = redo[:budget.left // sessions]
+            if redo and on_step:
+                on_step(0, len(redo) * (1 + sessions))
+            budget.left -= len(redo) * sessions
+            _GroupRun(model, Path(tmp), probe, group, group_mb, ProfileResult(), None, on_step, budget).measure(redo)
+            result.remeasured = redo
+            probe.save()
+            if probe.history and probe.best_ms < float("inf"):
+                result.probe_slowdown = float(np.median([t.median_ms for t in probe.history])) / probe.best_ms
     result.wall_s = time.perf_counter() - t0
     return result
 
 
 def profile_steps(model: LatencyModel, items: Sequence[Item]) -> int:
-    """The steps `profile_items` reports through `on_step`: a build and the profile's sessions per item the table
-    lacks."""
+    """The steps `profile_items` reports through `on_step` when no session is added: a build and the profile's
+    sessions per item the table lacks."""
     return len(model.missing(items)) * (1 + model.profile.timing.sessions)
+
 
 #: Planning costs for `estimate_seconds`, from cold profiles on the 2-vCPU hosts this was built on: building a graph
 #: (export, fusion, precision) takes about a fixed cost plus a cost per million parameters; a fresh session costs
@@ -338,6 +369,10 @@ def graph_megabytes(model: LatencyModel, item: Item) -> float:
     return artifact_megabytes(arch, model.profile.precision, vocab_size=vocab_for(kind))
 
 
+@dataclass
+class _Budget:
+    left: int  # extra sessions the slow-spell defences may still add
+
 
 @dataclass
 class _GroupRun:
@@ -351,16 +386,20 @@ class _GroupRun:
     result: ProfileResult
     progress: ProgressFn | None
     on_step: StepFn | None = None
+    budget: _Budget = field(default_factory=lambda: _Budget(0))
     built: int = 0
 
     def step(self, done: int = 1, added: int = 0) -> None:
         if self.on_step:
             self.on_step(done, added)
 
-    def measure(self, todo: Sequence[Item], others: list[Item]) -> None:
-        """Build and time `todo` group by group, committing each group as it is timed. Each item is claimed in the
-        table before it is built: one another run has stored meanwhile counts as cached, one another live run holds
-        goes to `others`."""
+    def measure(self, todo: Sequence[Item], others: list[Item] | None = None) -> list[tuple[Item, float]]:
+        """Build and time `todo` group by group; returns (item, slower probe of its fastest session) per commit.
+
+        With `others`, each item is claimed in the table before it is built: one another run has stored meanwhile
+        counts as cached, one another live run holds goes to `others`. Without it (re-measuring our own rows),
+        none is."""
+        committed: list[tuple[Item, float]] = []
         queue = list(todo)
         while queue:
             batch: list[_Pending] = []
@@ -371,7 +410,7 @@ class _GroupRun:
                 if batch and megabytes + size > self.group_mb:
                     break
                 queue.pop(0)
-                if not self.model.claim(item):
+                if others is not None and not self.model.claim(item):
                     if self.model.lookup(*item) is not None:
                         self.result.cached.append(item)
                         if self.progress:
@@ -385,38 +424,59 @@ class _GroupRun:
                 batch.append(_Pending(item, self.model.build(item, workdir), workdir))
                 megabytes += size
                 self.step()
-            self._time_group(batch)
+            committed += self._time_group(batch)
+        return committed
 
-    def _time_group(self, batch: list[_Pending]) -> None:
-        """The profile's sessions per graph in rounds, one fresh session per graph per round in an order rotated per
-        round, each session between two probe bursts (the burst after one session is the burst before the next)."""
-        probe = self.probe
-        before = probe() if probe is not None and batch else 0.0
-        for rnd in range(self.model.profile.timing.sessions):
-            shift = rnd % len(batch) if batch else 0
-            for p in batch[shift:] + batch[:shift]:
-                timing = self.model.time_session(p.graph, seed=len(p.sessions))
-                after = probe() if probe is not None else 0.0
-                p.sessions.append((timing, math.sqrt(before * after)))
-                before = after
-                self.step()
-        for p in batch:
-            self._commit(p)
+    def _time_group(self, batch: list[_Pending]) -> list[tuple[Item, float]]:
+        """Rounds of one session per graph, in an order rotated per round, each round between two probe timings
+        (the probe after one round is the probe before the next): a session counts as calm when both probes of its
+        round were. Probing per round rather than per session halves the timing work, and slow spells last far
+        longer than a round (tens of seconds to minutes); the fastest session is stored either way."""
+        want = self.model.profile.timing.sessions
+        need_calm = min(NEED_CALM, want)
+        probe, committed = self.probe, []
+        active, rnd = list(batch), 0
+        before = probe() if probe is not None else 0.0
+        while active:
+            shift = rnd % len(active)
+            timings = []
+            for p in active[shift:] + active[:shift]:
+                timings.append((p, self.model.time_session(p.graph, seed=len(p.sessions))))
+                self.step(1, int(len(p.sessions) >= want))  # an extra session was not in the plan
+            after = probe() if probe is not None else 0.0
+            for p, timing in timings:
+                p.sessions.append((timing, max(before, after)))
+            before = after
+            rnd += 1
+            for p in list(active):
+                calm = [(t, pr) for t, pr in p.sessions if probe is None or probe.calm(pr)]
+                if len(p.sessions) < want:
+                    continue
+                if len(calm) < need_calm and len(p.sessions) < want + MAX_EXTRA_SESSIONS and self.budget.left > 0:
+                    self.budget.left -= 1  # one more session for this item, in the next round
+                    continue
+                active.remove(p)
+                committed.append((p.item, self._commit(p, len(calm) >= need_calm or probe is None)))
+        return committed
 
-    def _commit(self, p: _Pending) -> None:
-        if self.probe is None:
-            timing = combine_sessions([t for t, _ in p.sessions])
-        else:
-            timing = paired_timing(p.sessions, self.probe.used_ms)
+    def _commit(self, p: _Pending, calm_enough: bool) -> float:
+        # The fastest session counts whether or not its probes were calm: a session can be slowed, never sped
+        # up. Calm sessions only decide how many sessions an item gets.
+        timing = combine_sessions([t for t, _ in p.sessions])
+        if not calm_enough:
+            timing = replace(timing, noisy=True)
         entry = self.model.store(p.item[0], p.graph, timing)
         shutil.rmtree(p.workdir, ignore_errors=True)
-        self.result.measured.append(p.item)
+        result = self.result
+        result.measured.append(p.item)
+        result.extra_sessions += len(p.sessions) - self.model.profile.timing.sessions
         if not entry.fused:
-            self.result.unfused.append(entry.arch)
+            result.unfused.append(entry.arch)
         if entry.timing.noisy:
-            self.result.noisy.append(entry.arch)
+            result.noisy.append(entry.arch)
         if self.progress:
             self.progress(p.item, False)
+        return min(p.sessions, key=lambda tp: tp[0].median_ms)[1]
 
 
 def profile_space(
@@ -477,16 +537,24 @@ def verify_steps(model: LatencyModel, archs: Sequence[StudentArch]) -> int:
 def verify(
     model: LatencyModel, archs: Sequence[StudentArch], progress: Callable[[StudentArch], None] | None = None
 ) -> list[VerifyRow]:
-    """Time each architecture whole (not stored) and set it beside the table's prediction.
-
-    The architectures are timed side by side: the profile's sessions become interleaved rounds, one fresh session
-    per architecture per round, so a slow spell meets every architecture alike instead of deciding one row's error.
-    With more than one session, each session is paired with the probe as the table's rows are (`profile_items`),
-    so the error is the table's composition, not a change of estimator.
-    `progress(arch)` is called after each build and each session (`verify_steps` in all).
-    """
+    """Time each architecture whole (not stored) and set it beside the table's prediction (`time_whole`)."""
     model.profile.check_runnable()
     preds = [model.predict(arch, use_whole=False) for arch in archs]
+    timings = time_whole(model, [(arch, model.profile) for arch in archs], progress)
+    return [VerifyRow(pred, timing) for pred, timing in zip(preds, timings)]
+
+
+def time_whole(
+    model: LatencyModel, jobs: Sequence[tuple[StudentArch, HardwareProfile]],
+    progress: Callable[[StudentArch], None] | None = None,
+) -> list[Timing]:
+    """Time each (architecture, profile shape) whole, nothing stored, the fastest session as the table keeps it.
+
+    The jobs are timed side by side: the profile's sessions become interleaved rounds, one fresh session per job per
+    round, so a slow spell meets every job alike instead of deciding one row's error. A job's profile may be another
+    shape of `model`'s (a length drawn from a traffic distribution). `progress(arch)` is called after each build and
+    each session (`verify_steps` in all).
+    """
 
     def step(arch: StudentArch) -> None:
         if progress:
@@ -494,29 +562,18 @@ def verify(
 
     remove_stale_workdirs()
     with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-verify-") as tmp:
-        graphs = {}
-        for arch in archs:
-            graphs[arch] = model.measurer.build(arch, model.profile, Path(tmp) / str(arch), BERT_VOCAB_SIZE)
+        graphs = []
+        for k, (arch, prof) in enumerate(jobs):
+            graphs.append(model.measurer.build(arch, prof, Path(tmp) / str(k) / str(arch), BERT_VOCAB_SIZE))
             step(arch)
-        probe = Probe(model, Path(tmp)) if model.profile.timing.sessions > 1 and archs else None
-        try:
-            last = [probe() if probe is not None else 0.0]
 
-            def session(arch: StudentArch, r: int) -> tuple[Timing, float]:
-                timing = model.time_session(graphs[arch], seed=r)
-                after = probe() if probe is not None else 0.0
-                paired = (timing, math.sqrt(last[0] * after))
-                last[0] = after
-                step(arch)
-                return paired
+        def session(k: int, r: int) -> Timing:
+            timing = model.measurer.time(graphs[k], jobs[k][1], r)
+            step(jobs[k][0])
+            return timing
 
-            sessions = interleaved_rounds(list(graphs), session, model.profile.timing.sessions)
-            reference = probe.reference_ms if probe is not None else 0.0
-        finally:
-            if probe is not None:
-                probe.close()
-    return [VerifyRow(pred, paired_timing(sessions[pred.arch], reference) if probe is not None
-                      else combine_sessions([t for t, _ in sessions[pred.arch]])) for pred in preds]
+        sessions = interleaved_rounds(list(range(len(jobs))), session, model.profile.timing.sessions)
+    return [combine_sessions(sessions[k]) for k in range(len(jobs))]
 
 
 def summarize(
@@ -541,6 +598,7 @@ def summarize(
         "space": {"name": space.name, "architectures": len(space), "layer_shapes": len(space.blocks())},
         "timings": {"needed": result.total, "measured": len(result.measured), "cached": len(result.cached),
                     "unfused": [str(a) for a in result.unfused], "noisy": [str(a) for a in result.noisy],
+                    "extra_sessions": result.extra_sessions, "remeasured": len(result.remeasured),
                     "probe_slowdown": None if result.probe_slowdown is None else round(result.probe_slowdown, 3)},
         "wall_s": round(result.wall_s, 2),
         "calibration": {"scale": cal.scale, "exponent": cal.exponent, "points": cal.points},

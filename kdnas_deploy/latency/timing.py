@@ -7,7 +7,7 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +35,7 @@ class Timing:
     rounds: int
     noisy: bool  # every round stayed above the profile's max_spread
     sessions: int = 1
-    session_range: float = 0.0  # (max - min) / fastest of the sessions' medians (paired: of their probe ratios)
+    session_range: float = 0.0  # (max - min) / fastest of the sessions' medians
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,33 +168,6 @@ def combine_sessions(timings: list[Timing]) -> Timing:
     )
 
 
-def paired_timing(sessions: Sequence[tuple[Timing, float]], reference_ms: float) -> Timing:
-    """One measurement from sessions each paired with the probe timed beside it: the median over sessions of the
-    session's time over its probe's, times the probe's `reference_ms` (its time on the calm machine).
-
-    A slow spell of the machine slows a session and the probe beside it alike, so their ratio keeps the graph's
-    cost relative to a fixed yardstick whatever state the machine was in; the fastest session (`combine_sessions`)
-    instead takes each graph's luckiest moment, which lies further below the typical one for small graphs than for
-    large ones and bent the table's ratios by up to 5% (docs/decisions/paired-table.md). The median, not the mean,
-    so that a spell that met a session but not its probe (or the other way) in a minority of sessions is outvoted.
-    The p10/p90 and spread are those of the session whose ratio is the median's nearest, on the same scale.
-    """
-    if not sessions:
-        raise ValueError("paired_timing needs at least one session")
-    ratios = np.array([t.median_ms / p if p > 0 else np.inf for t, p in sessions])
-    if not np.all(np.isfinite(ratios)):
-        raise ValueError("paired_timing needs positive probe timings")
-    ratio = float(np.median(ratios))
-    mid, _ = sessions[int(np.argmin(np.abs(ratios - ratio)))]
-    median_ms = ratio * reference_ms
-    scale = median_ms / mid.median_ms if mid.median_ms > 0 else 1.0
-    return Timing(
-        median_ms, mid.p10_ms * scale, mid.p90_ms * scale, mid.spread, mid.samples, sum(t.rounds for t, _ in sessions),
-        all(t.noisy for t, _ in sessions), len(sessions),
-        float((ratios.max() - ratios.min()) / ratios.min()) if ratios.min() > 0 else 0.0,
-    )
-
-
 def fastest(samples: Sequence[float]) -> float:
     """The estimate `combine_sessions` makes, for plain per-session medians (interleaved rounds)."""
     return float(min(samples))
@@ -241,3 +214,24 @@ def _time_session(path: str | Path, profile: HardwareProfile, seed: int, vocab_s
     feeds = dummy_feeds(sess, profile.shape.batch_size, profile.shape.seq_len, seed, vocab_size)
     outputs = [o.name for o in sess.get_outputs()]
     return time_callable(lambda: sess.run(outputs, feeds), profile.timing)
+
+
+def time_graph_lengths(
+    path: str | Path, profile: HardwareProfile, lengths: Sequence[int], *, seed: int = 0,
+    vocab_size: int = BERT_VOCAB_SIZE,
+) -> dict[int, Timing]:
+    """Time `path` at each sequence length (the profile's batch) in one fresh session: what a graph costs under
+    traffic of several lengths, without a session's load cost per length. Longest first, so the session's memory
+    arena is sized once."""
+    sess = make_session(path, profile)
+    outputs = [o.name for o in sess.get_outputs()]
+    out = {}
+    for length in sorted(set(lengths), reverse=True):
+        feeds = dummy_feeds(sess, profile.shape.batch_size, length, seed, vocab_size)
+        out[length] = time_callable(lambda: sess.run(outputs, feeds), profile.timing)
+    return out
+
+
+def weighted_ms(timings: Mapping[int, Timing], weights: Mapping[int, float]) -> float:
+    """The expected latency under traffic from timings at its node lengths (`traffic.TrafficLatency.weights`)."""
+    return float(sum(w * timings[n].median_ms for n, w in weights.items()))

@@ -25,11 +25,14 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
     from kdnas_deploy.search.latency import LatencyOracle
 
     r = resolve(settings)
+    prepared = prepare(settings.teacher, DataSource.from_dict(settings.data), settings.max_length)
+    lengths = settings.length_distribution(prepared.encoded.train)
     with LatencyTable(r.table_path) as table:
-        oracle = LatencyOracle(table, r.profiles, settings.machines or ())
+        oracle = LatencyOracle(table, r.profiles, settings.machines or (), lengths)
         coverage = oracle.coverage(r.space, [r.teacher_arch], settings.calibration, settings.seed)
         table_s = oracle.fill_seconds(r.space, [r.teacher_arch], settings.calibration, settings.seed)
-    prepared = prepare(settings.teacher, DataSource.from_dict(settings.data), settings.max_length)
+        shapes = {p.name: oracle.shape(p.name) for p in r.profiles}
+        node_lengths = {name: list(t.nodes) for name, t in oracle.traffic.items()}
     config = TrainConfig(epochs=1)
 
     class StepClock(TrainProgress):
@@ -67,6 +70,8 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
         "space": {"name": r.space.name, "architectures": len(r.space)},
         "teacher": str(r.teacher_arch),
         "table_coverage": {name: {"have": have, "need": need} for name, (have, need) in coverage.items()},
+        "latency_shape": shapes, "timed_lengths": node_lengths,
+        "lengths": lengths.to_dict() if lengths else None,
         "estimate_s": {"latency_table": round(table_s), "proxy_distillation": round(proxy_steps * step_s),
                        "successive_halving": round(halving_steps * step_s),
                        "final_distillation": round(final_steps * step_s)},

@@ -282,12 +282,15 @@ class InterleavedTimer:
     Graphs are built once per architecture and kept until `close()`, so a later batch re-times without rebuilding."""
 
     def __init__(self, profile: Any, rounds: int = CONFIRM_ROUNDS, progress: Callable[[str], None] | None = None,
-                 measurer: Any = None) -> None:
+                 measurer: Any = None, weights: Mapping[int, float] | None = None) -> None:
         from kdnas_deploy.latency.measure import OnnxMeasurer
 
         if rounds < 1:
             raise KdnasError(f"confirmation needs at least one timing round, got {rounds}")
         self.profile, self.rounds, self.progress = profile, rounds, progress
+        #: Under traffic (`TrafficLatency.weights`): each round's value is the expected latency over the node
+        #: lengths, each timed in the round's one session, as the table's expected latency is composed.
+        self.weights = dict(weights) if weights else None
         self.measurer = measurer or OnnxMeasurer()
         self._tmp: Path | None = None
         self._graphs: dict[StudentArch, Any] = {}
@@ -306,8 +309,17 @@ class InterleavedTimer:
             self._say(f"building {arch} ({i + 1}/{len(new)}) for side-by-side timing")
             self._graphs[arch] = self.measurer.build(arch, self.profile, self._tmp / str(arch))
         return interleaved_rounds(
-            list(archs), lambda a, r: self.measurer.time(self._graphs[a], self.profile, r).median_ms, self.rounds,
+            list(archs), self._time_one, self.rounds,
             lambda r: self._say(f"timing round {r + 1}/{self.rounds} of {len(archs)} architectures"))
+
+    def _time_one(self, arch: StudentArch, rnd: int) -> float:
+        if self.weights is None:
+            return self.measurer.time(self._graphs[arch], self.profile, rnd).median_ms
+        from kdnas_deploy.latency.measure import time_at_lengths
+        from kdnas_deploy.latency.timing import weighted_ms
+
+        return weighted_ms(time_at_lengths(self.measurer, self._graphs[arch], self.profile, tuple(self.weights), rnd),
+                           self.weights)
 
     def close(self) -> None:
         if self._tmp is not None:

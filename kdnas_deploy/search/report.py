@@ -65,6 +65,9 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
              + f"; strategy {report['strategy']}.", "",
              *([f"Latencies of {', '.join(f'{p} from machine {m}' for p, m in report['latency_machines'].items())} "
                 "(timed there, read from its latency table).", ""] if report.get("latency_machines") else []),
+             *([f"Every latency is taken at {'; '.join(f'{p}: {shape}' for p, shape in report['latency_shape'].items())}"
+                " (expected latency of a padded batch where a length distribution is named).", ""]
+               if report.get("latency_shape") else []),
              "| episode | architecture | status | latency (ms) | proxy score | reward | predicted reward +- sd |",
              "|---|---|---|---|---|---|---|"]
     for c in report["candidates"]:

@@ -63,10 +63,16 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     source = DataSource.from_dict(settings.data)
     teacher = load_classifier(settings.teacher)
     prepared = prepare(settings.teacher, source, settings.max_length)
+    lengths = settings.length_distribution(prepared.encoded.train)
     with LatencyTable(r.table_path) as table:
-        oracle = LatencyOracle(table, r.profiles, settings.machines or ())
+        oracle = LatencyOracle(table, r.profiles, settings.machines or (), lengths)
         elsewhere = oracle.elsewhere()
         record = _start_record(settings, r, oracle, out, resume)
+        if resume and record.get("lengths") not in (None, lengths.to_dict() if lengths else None):
+            raise KdnasError(f"{out}: the request lengths are not what this run started on (--lengths file changed); "
+                             "start a new run")
+        record["lengths"] = lengths.to_dict() if lengths else None
+        record["latency_shape"] = {p.name: oracle.shape(p.name) for p in r.profiles}
         oracle.fill(r.space, extra=[r.teacher_arch, *budget_references(settings.budgets or [])],
                     calibration=settings.calibration, seed=settings.seed, progress=latency_progress,
                     on_step=latency_steps)
@@ -99,8 +105,9 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
             confirm_status(f"picked by the table: {first}'s latencies are machine {elsewhere[first]}'s, "
                            "and re-timing the finalists here would time this one")
     halving = bool(budgets) and settings.halving_top > 1 and settings.halving_rungs > 0
+    weights = oracle.traffic[first].weights() if oracle.traffic else None
     choices = chosen_finals(out, candidates, budgets, r.profiles[0], rounds, confirm_status, settings.latency_margin,
-                            keep=settings.halving_top if halving else 1)
+                            keep=settings.halving_top if halving else 1, weights=weights)
     if halving:
         _halve(settings, out, choices, candidates, teacher, prepared, len(evaluate.split.held_out_rows), executor,
                confirm_status)
@@ -111,6 +118,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
         report["choices"] = [c.to_dict() for c in choices]
     if elsewhere:
         report["latency_machines"] = elsewhere
+    report["latency_shape"] = record["latency_shape"]
     write_report(out, report)
     return report
 
@@ -135,6 +143,8 @@ def _start_record(settings: SearchSettings, r: Resolved, oracle: Any, out: Path,
                              "run (or, to read the first machine's timings, resume with its table and --machine)")
         if before.get("data_fingerprint") is not None:
             record["data_fingerprint"] = before["data_fingerprint"]
+        if before.get("lengths") is not None:  # checked against this resume's once the data is read
+            record["lengths"] = before["lengths"]
     write_json_atomic(out / RUN_FILE, record)
     return record
 
@@ -205,7 +215,7 @@ def _final_students(settings: SearchSettings, out: Path, choices: list[Choice], 
 
 def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] | None, profile: Any, rounds: int,
                   status: Callable[[str], None] | None = None, margin: float = LATENCY_MARGIN,
-                  keep: int = 1) -> list[Choice]:
+                  keep: int = 1, weights: dict[int, float] | None = None) -> list[Choice]:
     """The student per budget, re-timed side by side unless `rounds` is 0. The choice is kept in choices.json
     for the candidates it was made from, so a resumed run distils what it chose before instead of re-timing
     (and perhaps choosing differently) after a crash between the choice and the distillation."""
@@ -214,13 +224,15 @@ def chosen_finals(out: Path, candidates: list[Candidate], budgets: list[Budget] 
     done = sorted(str(c.arch) for c in candidates if c.status == "done")
     key = {"candidates": done, "rounds": rounds, "budgets": [asdict(b) for b in budgets], "margin": margin,
            "keep": keep}
+    if weights:  # under traffic: the finalists are timed at these lengths, so a choice is kept only for the same
+        key["length_weights"] = {str(n): round(w, 9) for n, w in weights.items()}
     path = out / CHOICES_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
         if all(saved.get(k) == v for k, v in key.items()):
             return [Choice.from_dict(c, candidates) for c in saved["choices"]]
     if rounds > 0:
-        with InterleavedTimer(profile, rounds, status) as timer:
+        with InterleavedTimer(profile, rounds, status, weights=weights) as timer:
             choices = choose_finals(candidates, budgets, profile.name, timer, margin=margin, keep=keep)
     else:
         choices = choose_finals(candidates, budgets, profile.name, keep=keep)

@@ -67,6 +67,12 @@ class SearchSettings:
     #: (a deployment target profiled there, a search run here). Their latencies are never measured from here, and
     #: finalists on them are picked by the table, since re-timing them here would time the wrong machine.
     machines: list[str] | None = None
+    #: The request lengths every latency of the search is taken under: "task" (the task's tokenized training rows,
+    #: capped at max_length: what a server pads its batches to), a file of lengths (one a line, or `length count`
+    #: a line), or "fixed" (the profile's own length, or `seq_len`).
+    lengths: str = "task"
+    #: A fixed length instead of a distribution: every latency at this many tokens (implies lengths "fixed").
+    seq_len: int | None = None
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -125,6 +131,25 @@ class SearchSettings:
                              f"{self.halving_rungs}")
         if not (0 <= self.latency_margin < 0.5):
             raise KdnasError(f"--latency-margin must be a fraction from 0 to 0.5 (0.03 is 3%), got {self.latency_margin}")
+        if not self.lengths:
+            raise KdnasError("--lengths: give task, fixed or a file of request lengths")
+        if self.seq_len is not None:
+            if self.seq_len < 1:
+                raise KdnasError(f"--seq-len must be at least 1 token, got {self.seq_len}")
+            if self.lengths not in ("task", "fixed"):
+                raise KdnasError("give --lengths FILE or --seq-len, not both: --seq-len times every latency at one length")
+            self.lengths = "fixed"
+
+    def length_distribution(self, train: Any) -> Any:
+        """The distribution `lengths` names, over the task's tokenized training split `train`; None when fixed."""
+        from kdnas_deploy.latency.lengths import LengthDistribution
+
+        if self.lengths == "fixed":
+            return None
+        if self.lengths == "task":
+            task = self.data.get("task") or "custom"
+            return LengthDistribution.from_dataset(train, f"task {task} train", self.max_length)
+        return LengthDistribution.read(self.lengths, self.max_length)
 
 
 def settings_from(flags: dict[str, Any], data: DataSource, config: Path | None = None) -> SearchSettings:
@@ -140,6 +165,8 @@ def settings_from(flags: dict[str, Any], data: DataSource, config: Path | None =
     SearchSettings.validated({**values, "data": {}}, source)  # every value's type, before the teacher's data is read
     if values.get("space", "auto") != "auto":
         values["space"] = str(Path(values["space"]).resolve())
+    if values.get("lengths", "task") not in ("task", "fixed"):  # a file: kept absolute for a resumed run
+        values["lengths"] = str(Path(values["lengths"]).resolve())
     merged = DataSource.from_dict({**values.get("data", {}), **data.to_dict()})
     values["data"] = source_from_teacher(model_ref(values["teacher"]), merged).to_dict()
     return SearchSettings.validated(values, source)
@@ -179,6 +206,7 @@ def load_settings(run_dir: Path) -> SearchSettings:
     if not isinstance(saved, dict):
         raise KdnasError(f"{path}: damaged (its settings are not an object); start a new run in another --out")
     saved.setdefault("init", "inherit")  # runs begun before the setting existed inherited the first units
+    saved.setdefault("lengths", "fixed")  # runs begun before traffic-shaped latency timed one length
     return SearchSettings.validated(saved, str(path))
 
 
@@ -201,7 +229,8 @@ def resolve(settings: SearchSettings) -> Resolved:
     settings.teacher = model_ref(settings.teacher)
     teacher_config = load_teacher_config(settings.teacher)
     return Resolved(StudentArch.from_config(teacher_config), teacher_config, SearchSpace.resolve(settings.space, teacher_config),
-                     [load_profile(h) for h in settings.hw], Path(settings.table) if settings.table else default_table_path())
+                     [load_profile(h).with_shape(seq_len=settings.seq_len) for h in settings.hw],
+                     Path(settings.table) if settings.table else default_table_path())
 
 
 def deployment_limits(settings: SearchSettings, teacher_config: Any, profiles: list[Any]) -> Allowed | None:
