@@ -113,7 +113,7 @@ def profile(
             refs = [*(REFERENCE_ARCHS if references else ()), *extra] + ([teacher_arch] if teacher_arch else [])
             items = list(dict.fromkeys(plan(the_space, calibration, seed, full=full) + [it for a in refs for it in items_for(a)]))
             traffic = TrafficLatency(tbl, prof, distributions[prof.name]) if lengths else None
-            models = [traffic.models[n] for n in sorted(traffic.nodes, reverse=True)] if traffic else [LatencyModel(tbl, prof)]
+            models = traffic.by_length() if traffic else [LatencyModel(tbl, prof)]
             results = [_fill_table(m, items, seed, f"{prof.name}" + (f" at {m.seq_len} tokens" if traffic else ""))
                        for m in models]
             model, result = models[0], results[0]
@@ -662,6 +662,8 @@ def search(
         bar.stop()
         runner.close()
     out.print(f"best: {report['best']}; report: {escape(str(out_dir / 'report.md'))}")
+    for name, shape in (report.get("latency_shape") or {}).items():
+        out.print(f"latencies on {escape(name)}: {escape(shape)}", highlight=False)
     for final in report.get("finals", []):
         ref = reference_text(final)
         budget = f" (budget {final['budget_ms']:g} ms{', ' + ref if ref else ''})" if final["budget_ms"] is not None else ""
@@ -732,9 +734,10 @@ def _print_card(card: dict[str, Any], folder: Path) -> None:
               highlight=False)
     traffic = lat.get("traffic")
     if traffic:
-        pred, meas = traffic["predicted"], traffic.get("measured")
-        out.print(f"  latency under traffic ({escape(traffic['shape'])}): table mean {pred['mean_ms']:.2f} ms, p50 "
-                  f"{pred['p50_ms']:.2f}, p90 {pred['p90_ms']:.2f}"
+        pred, meas = traffic.get("predicted"), traffic.get("measured")
+        out.print(f"  latency under traffic ({escape(traffic['shape'])}): "
+                  + (f"table mean {pred['mean_ms']:.2f} ms, p50 {pred['p50_ms']:.2f}, p90 {pred['p90_ms']:.2f}" if pred
+                     else f"table: {escape(traffic.get('predicted_missing', 'none'))}")
                   + (f"; measured mean {meas['mean_ms']:.2f} ms, p50 {meas['p50_ms']:.2f}, p90 {meas['p90_ms']:.2f}" if meas else ""),
                   highlight=False)
     if measured and not measured.get("settled", True):

@@ -233,11 +233,14 @@ def test_export_cli_writes_the_default_folder(student_dir: Path, tmp_path: Path)
     with LatencyTable(tmp_path / "target.sqlite") as table:
         rows = table.count()
     r = subprocess.run(cli("export", str(model), "--hw", "cpu", "--no-measure", "--table", str(tmp_path / "target.sqlite"),
-                           "--machine", other, "--out", str(tmp_path / "for-target"), "--lengths", "fixed", "--json"),
+                           "--machine", other, "--out", str(tmp_path / "for-target"), "--json"),
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     lat = json.loads(r.stdout)["latency"]
     assert lat["predicted_machine"] == other and lat["predicted_ms"] == card["latency"]["predicted_ms"]
+    # Its table was filled at the profile's one length: the card says what latency under traffic needs there.
+    assert "predicted" not in lat["traffic"] and "profile --lengths FILE` there" in lat["traffic"]["predicted_missing"]
+    assert "machine " + other in (tmp_path / "for-target" / "README.md").read_text()
     # The target's instruction set travels with its latency: serving compares its CPU with the target's.
     from conftest import other_cpu_features
     from kdnas_deploy.artifact.runtime import Artifact

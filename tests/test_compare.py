@@ -123,8 +123,8 @@ def test_compare_under_traffic_times_the_bracketing_lengths_and_keeps_its_record
     summary = json.loads(run.stdout)
     assert summary["shape"].startswith("batch 1, lengths file lengths.txt: mean 11.8 tokens")
     saved = json.loads(record.read_text())
-    # 9 tokens lie between the nodes 8 and 16 (7/8 and 1/8 of its weight), 20 is its own node
-    assert saved["key"]["length_weights"] == {"8": 0.65625, "16": 0.09375, "20": 0.25}
+    # the nodes 8, 16, 32 bracket 9 and 20: 9 gives 7/8 of its weight to 8 and 1/8 to 16; 20 gives 3/4 to 16, 1/4 to 32
+    assert saved["key"]["length_weights"] == {"8": 0.65625, "16": 0.28125, "32": 0.0625}
     assert saved["shape"] == summary["shape"]
     # the same record at the profile's one length is another comparison: refused, not mixed
     code, err = cli_here(["compare", str(int8_artifact), str(int8_artifact), "--sessions", "2", "--rounds", "2",

@@ -39,7 +39,7 @@ def test_tiny_search_end_to_end_then_report_and_resume(tiny_teacher_dir: Path, s
     import sqlite3
 
     timed_at = {n for (n,) in sqlite3.connect(tmp_path / "lat.sqlite").execute("SELECT DISTINCT seq_len FROM timings")}
-    assert len(timed_at) >= 3 and max(timed_at) == max(int(n) for n in lengths["histogram"])
+    assert len(timed_at) >= 3 and max(int(n) for n in lengths["histogram"]) <= max(timed_at) <= lengths["cap"]
     assert set(json.loads((run / "choices.json").read_text())["length_weights"]) <= {str(n) for n in timed_at}
     assert report["teacher"]["arch"] == "L2-H64-A4-I128" and report["teacher"]["latency_ms"]["fast-cpu"] > 0
     target = report["reward"]["targets_ms"]["fast-cpu"]

@@ -41,7 +41,8 @@ def test_a_distribution_caps_counts_and_answers_what_a_padded_batch_sees():
     assert two.mean() > d.mean() and d.batch_max(1) is d
     # nodes bracket the support: every length lies between two timed lengths
     assert d.nodes() == (8, 16, 32, 64)
-    assert LengthDistribution.from_lengths([5, 63], "t", 128).nodes() == (5, 8, 16, 32, 63)
+    assert LengthDistribution.from_lengths([5, 63], "t", 128).nodes() == (5, 8, 16, 32, 64)
+    assert LengthDistribution.from_lengths([5, 66], "t", 128).nodes() == (5, 8, 16, 32, 64, 128)  # the profile's
     assert LengthDistribution.fixed(128).nodes() == (128,) and LengthDistribution.fixed(128).is_fixed
     assert LengthDistribution.from_dict(d.to_dict()) == d
 
@@ -86,7 +87,8 @@ def three_sessions(fast_profile):
 
 def _filled(table, profile, lengths, cost):
     traffic = TrafficLatency(table, profile, lengths, measurer=cost)
-    traffic.fill(plan(SPACE, 4), lambda model, items: profile_items(model, items, group=4))
+    for model in traffic.by_length():
+        profile_items(model, plan(SPACE, 4), group=4)
     return traffic
 
 

@@ -69,14 +69,17 @@ def render_card(card: dict[str, Any]) -> str:
                       "median as a rough figure; `kdnas-deploy compare` gives a paired ratio against another artifact."]
     traffic = lat.get("traffic")
     if traffic:
-        pred, meas, dist = traffic["predicted"], traffic.get("measured"), traffic["lengths"]
+        pred, meas, dist = traffic.get("predicted"), traffic.get("measured"), traffic["lengths"]
         lines += ["", f"### Latency under traffic (batch {traffic['batch_size']}, request lengths from {dist['source']})", "",
                   f"A server pads each batch to its longest row. Request lengths: mean {dist['mean']:.1f} tokens, p50 "
                   f"{dist['p50']}, p90 {dist['p90']}, p99 {dist['p99']} (capped at {dist['cap']}); a batch runs at "
                   f"{traffic['padded_mean']:.1f} tokens on average. Timed at {', '.join(map(str, traffic['nodes']))} "
                   "tokens, interpolated between.", "",
-                  "| source | mean ms | p50 ms | p90 ms |", "|---|---|---|---|",
-                  f"| latency table | {pred['mean_ms']:.3f} | {pred['p50_ms']:.3f} | {pred['p90_ms']:.3f} |"]
+                  "| source | mean ms | p50 ms | p90 ms |", "|---|---|---|---|"]
+        if pred:
+            lines.append(f"| latency table | {pred['mean_ms']:.3f} | {pred['p50_ms']:.3f} | {pred['p90_ms']:.3f} |")
+        else:
+            lines.append(f"| latency table | {traffic.get('predicted_missing', 'not in the table')} | | |")
         if meas:
             lines.append(f"| measured at export (the fastest of {meas['sessions']} sessions per length) | "
                          f"{meas['mean_ms']:.3f} | {meas['p50_ms']:.3f} | {meas['p90_ms']:.3f} |")

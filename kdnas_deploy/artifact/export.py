@@ -282,16 +282,24 @@ def _traffic_latency(arch: StudentArch, profile: HardwareProfile, path: Path, vo
     with LatencyTable(Path(table) if table else default_table_path()) as tbl:
         traffic = TrafficLatency(tbl, profile, lengths, machine=machine)
         say(f"latency of {arch} under {lengths.describe()}")
-        for model in traffic.models.values():
-            if model.measure_missing and model.missing(items_for(arch)):
-                say(f"timing the table rows {arch} needs at {model.seq_len} tokens")
-                profile_items(model, items_for(arch))
-        pred = traffic.predict(arch)
-    out: dict[str, Any] = {
-        "shape": traffic.shape(), "batch_size": profile.shape.batch_size, "lengths": lengths.to_dict(),
-        "padded_mean": round(traffic.padded.mean(), 3), "nodes": list(traffic.nodes),
-        "predicted": {"mean_ms": round(pred.mean_ms, 4), "p50_ms": round(pred.p50_ms, 4), "p90_ms": round(pred.p90_ms, 4)},
-    }
+        lacking = [m.seq_len for m in traffic.by_length() if m.missing(items_for(arch))]
+        out: dict[str, Any] = {
+            "shape": traffic.shape(), "batch_size": profile.shape.batch_size, "lengths": lengths.to_dict(),
+            "padded_mean": round(traffic.padded.mean(), 3), "nodes": list(traffic.nodes),
+        }
+        if machine is not None and lacking and traffic.by_length()[0].elsewhere:
+            # The deployment target's table was filled at fixed lengths: say so on the card rather than fail an
+            # export whose fixed-length latency is there.
+            out["predicted_missing"] = (f"machine {machine}'s table has no timings at {', '.join(map(str, lacking))} "
+                                        "tokens: run `kdnas-deploy profile --lengths FILE` there")
+        else:
+            for model in traffic.by_length():
+                if model.measure_missing and model.missing(items_for(arch)):
+                    say(f"timing the table rows {arch} needs at {model.seq_len} tokens")
+                    profile_items(model, items_for(arch))
+            pred = traffic.predict(arch)
+            out["predicted"] = {"mean_ms": round(pred.mean_ms, 4), "p50_ms": round(pred.p50_ms, 4),
+                                "p90_ms": round(pred.p90_ms, 4)}
     if measure:
         say(f"timing the artifact at {', '.join(map(str, traffic.nodes))} tokens ({profile.timing.sessions} sessions)")
         sessions = [time_graph_lengths(path, profile, traffic.nodes, seed=s, vocab_size=vocab_size)

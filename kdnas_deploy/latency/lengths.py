@@ -116,13 +116,18 @@ class LengthDistribution:
 
     def nodes(self) -> tuple[int, ...]:
         """The lengths to time so that every length of the distribution lies between two of them (or on one): the
-        powers of two in NODE_LENGTHS that bracket its support, and its largest length where that is no power."""
+        powers of two in NODE_LENGTHS from the largest at or below its shortest length to the smallest at or above
+        its longest (capped at `cap`, and the shortest length itself where no power lies below it). The top node is
+        the profile's own length whenever the cap is (a request of 66 tokens capped at 128: 128), so a table filled
+        for the profile's fixed length already holds that node's rows."""
         lo, hi = self.lengths[0], self.lengths[-1]
         if self.is_fixed:
             return (lo,)
         below = [n for n in NODE_LENGTHS if n <= lo]
-        inner = [n for n in NODE_LENGTHS if lo < n < hi]
-        return tuple(sorted({below[-1] if below else lo, *inner, hi}))
+        above = [n for n in NODE_LENGTHS if n >= hi]
+        top = min(above[0], self.cap) if above else hi
+        inner = [n for n in NODE_LENGTHS if lo < n < top]
+        return tuple(sorted({below[-1] if below else lo, *inner, top}))
 
     def describe(self) -> str:
         if self.is_fixed:

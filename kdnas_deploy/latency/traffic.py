@@ -17,7 +17,7 @@ import numpy as np
 
 from kdnas_deploy.hardware import HardwareProfile
 from kdnas_deploy.latency.lengths import LengthDistribution, interpolate
-from kdnas_deploy.latency.predictor import Item, LatencyModel
+from kdnas_deploy.latency.predictor import LatencyModel
 from kdnas_deploy.latency.table import LatencyTable
 from kdnas_deploy.space import StudentArch
 
@@ -71,14 +71,10 @@ class TrafficLatency:
         values = tuple(self.models[n].predict(arch).ms for n in self.nodes)
         return interpolate(length, self.nodes, values)
 
-    def missing(self, items: Sequence[Item]) -> dict[int, list[Item]]:
-        """Per node length, the items the table lacks."""
-        return {n: m.missing(items) for n, m in self.models.items()}
-
-    def fill(self, items: Sequence[Item], fill_one: Callable[[LatencyModel, Sequence[Item]], Any]) -> list[Any]:
-        """`fill_one(model, items)` for each node length's model, longest first (the profile's own length is
-        usually the longest, and its rows the most used)."""
-        return [fill_one(self.models[n], items) for n in sorted(self.nodes, reverse=True)]
+    def by_length(self) -> list[LatencyModel]:
+        """The model of each node length, longest first (the profile's own length is usually the longest, and its rows
+        the most used): what a caller fills, in that order."""
+        return [self.models[n] for n in sorted(self.nodes, reverse=True)]
 
 
 def node_weights(padded: LengthDistribution, nodes: tuple[int, ...]) -> dict[int, float]:

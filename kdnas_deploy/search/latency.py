@@ -43,7 +43,7 @@ class LatencyOracle:
         """Every (profile name, model) whose rows the search reads: one per profile, or one per node length."""
         if not self.traffic:
             return list(self.models.items())
-        return [(name, t.models[n]) for name, t in self.traffic.items() for n in sorted(t.nodes, reverse=True)]
+        return [(name, model) for name, t in self.traffic.items() for model in t.by_length()]
 
     def shape(self, name: str) -> str:
         """The shape a profile's latencies are answered at, in words."""
