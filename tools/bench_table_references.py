@@ -52,6 +52,19 @@ HELD_OUT_PAIRS = (
     ("L4-H256-A2-I1024", "L3-H384-A4-I576"), ("L6-H96-A2-I288", "L2-H128-A2-I256"),
 )
 
+#: A second set, registered before any of it was timed, for the same-window protocol: the table is filled cold and
+#: every pair compared right after it (then compared again, which states compare's own re-test spread in that
+#: window), because compare's ratio of one pair moved 6.8% in 70 minutes on this host (docs/decisions/paired-table.md).
+#: Target as the issue states it: mean |table / paired - 1| <= 1.5%, worst <= 3%, paired = the first compare pass.
+HELD_OUT_REFERENCE_2 = "L6-H256-A8-I768"
+HELD_OUT_PAIRS_2 = (
+    ("L2-H192-A6-I576", HELD_OUT_REFERENCE_2), ("L4-H128-A2-I384", HELD_OUT_REFERENCE_2),
+    ("L3-H256-A8-I1024", HELD_OUT_REFERENCE_2), ("L1-H256-A4-I768", HELD_OUT_REFERENCE_2),
+    ("L6-H128-A4-I256", HELD_OUT_REFERENCE_2), ("L2-H384-A12-I768", HELD_OUT_REFERENCE_2),
+    ("L5-H192-A6-I384", HELD_OUT_REFERENCE_2), ("L4-H384-A6-I384", HELD_OUT_REFERENCE_2),
+    ("L4-H384-A6-I384", "L3-H384-A12-I768"), ("L6-H128-A4-I256", "L2-H192-A6-I576"),
+)
+
 #: The benchmark's teacher and hand-crafted students, then picks its searches made.
 ARCHS = ("L6-H384-A12-I1536", "L3-H384-A12-I1536", "L4-H312-A12-I1200", "L2-H256-A4-I1024",
          "L2-H384-A2-I1536", "L1-H384-A2-I1152", "L3-H384-A12-I1152", "L2-H384-A12-I1536")
