@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from kdnas_deploy.hardware import HardwareProfile
 from kdnas_deploy.latency.lengths import LengthDistribution, interpolate
@@ -46,6 +45,7 @@ class TrafficLatency:
         self.padded = lengths.batch_max(profile.shape.batch_size)
         self.nodes = self.padded.nodes()
         self.models = {n: LatencyModel(table, profile.with_shape(seq_len=n), **model_options) for n in self.nodes}
+        self._weights = node_weights(self.padded, self.nodes)
 
     def shape(self) -> str:
         """The shape latencies are reported at, in words."""
@@ -54,9 +54,8 @@ class TrafficLatency:
     def predict(self, arch: StudentArch) -> TrafficPrediction:
         node_ms = {n: self.models[n].predict(arch).ms for n in self.nodes}
         values = tuple(node_ms[n] for n in self.nodes)
-        per_length = np.array([interpolate(length, self.nodes, values) for length in self.padded.lengths])
         return TrafficPrediction(
-            arch, float(np.dot(per_length, self.padded.probs)),
+            arch, float(sum(w * node_ms[n] for n, w in self._weights.items())),
             interpolate(self.padded.quantile(0.5), self.nodes, values),
             interpolate(self.padded.quantile(0.9), self.nodes, values), node_ms)
 
@@ -64,7 +63,7 @@ class TrafficLatency:
         """How much each node length's latency counts in the expected latency: interpolation is linear in the node
         values, so mean = sum(weight[n] * latency at n). Anything timed at the node lengths (a `compare`, the finals)
         combines by these weights into the same expected latency the table predicts."""
-        return node_weights(self.padded, self.nodes)
+        return dict(self._weights)
 
     def at(self, arch: StudentArch, length: int) -> float:
         """The predicted latency of one batch padded to `length` tokens."""
