@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
 from kdnas_deploy.hardware import HardwareProfile
 from kdnas_deploy.latency.lengths import LengthDistribution, interpolate
 from kdnas_deploy.latency.predictor import LatencyModel
