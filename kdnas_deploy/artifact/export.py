@@ -69,6 +69,7 @@ def export_artifact(
     from kdnas_deploy.data.prepare import check_fits_task, prepare, source_from_teacher
     from kdnas_deploy.distill.evaluation import evaluate_model
     from kdnas_deploy.latency.graph import FP32_FILE, build_profile_graph
+    from kdnas_deploy.latency.lengths import named_lengths
     from kdnas_deploy.latency.timing import make_session
     from kdnas_deploy.model_folder import load_classifier
     from kdnas_deploy.data.tasks import compute_metrics
@@ -128,7 +129,7 @@ def export_artifact(
                              f"{100 * torch_metrics['score']:.2f} for PyTorch: a drop of {drop:.2f} points is above "
                              f"--max-drop {max_drop:g}; not writing {out}")
         latency = _latency(arch, profile, graph.path, model.config.vocab_size, table, measure, say, machine)
-        traffic = _length_distribution(lengths, prepared.encoded.train, task.name, max_length)
+        traffic = named_lengths(lengths, prepared.encoded.train, task.name, max_length)
         if traffic is not None:
             latency["traffic"] = _traffic_latency(arch, profile, graph.path, model.config.vocab_size, table, measure,
                                                   say, machine, traffic)
@@ -254,18 +255,6 @@ def _latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size
     return result
 
 
-def _length_distribution(lengths: str | Path | None, train: Any, task: str, max_length: int) -> Any:
-    """The request lengths the card's traffic latency is taken under: "task" (the training rows), a file, or None
-    ("fixed")."""
-    from kdnas_deploy.latency.lengths import LengthDistribution
-
-    if lengths is None or str(lengths) == "fixed":
-        return None
-    if str(lengths) == "task":
-        return LengthDistribution.from_dataset(train, f"task {task} train", max_length)
-    return LengthDistribution.read(lengths, max_length)
-
-
 def _traffic_latency(arch: StudentArch, profile: HardwareProfile, path: Path, vocab_size: int,
                      table: str | Path | None, measure: bool, say: Callable[[str], None], machine: str | None,
                      lengths: Any) -> dict[str, Any]:
@@ -276,7 +265,7 @@ def _traffic_latency(arch: StudentArch, profile: HardwareProfile, path: Path, vo
     from kdnas_deploy.latency.predictor import items_for
     from kdnas_deploy.latency.profiler import profile_items
     from kdnas_deploy.latency.table import LatencyTable, default_table_path
-    from kdnas_deploy.latency.timing import combine_sessions, time_graph_lengths
+    from kdnas_deploy.latency.timing import combine_sessions, time_graph_lengths, weighted_ms
     from kdnas_deploy.latency.traffic import TrafficLatency
 
     with LatencyTable(Path(table) if table else default_table_path()) as tbl:
@@ -304,10 +293,10 @@ def _traffic_latency(arch: StudentArch, profile: HardwareProfile, path: Path, vo
         say(f"timing the artifact at {', '.join(map(str, traffic.nodes))} tokens ({profile.timing.sessions} sessions)")
         sessions = [time_graph_lengths(path, profile, traffic.nodes, seed=s, vocab_size=vocab_size)
                     for s in range(profile.timing.sessions)]
-        node_ms = tuple(combine_sessions([s[n] for s in sessions]).median_ms for n in traffic.nodes)
-        weights = traffic.weights()
+        combined = {n: combine_sessions([s[n] for s in sessions]) for n in traffic.nodes}
+        node_ms = tuple(combined[n].median_ms for n in traffic.nodes)
         out["measured"] = {
-            "mean_ms": round(sum(w * ms for w, ms in zip(weights.values(), node_ms)), 4),
+            "mean_ms": round(weighted_ms(combined, traffic.weights()), 4),
             "p50_ms": round(interpolate(traffic.padded.quantile(0.5), traffic.nodes, node_ms), 4),
             "p90_ms": round(interpolate(traffic.padded.quantile(0.9), traffic.nodes, node_ms), 4),
             "node_ms": {str(n): round(ms, 4) for n, ms in zip(traffic.nodes, node_ms)},

@@ -150,6 +150,17 @@ class LengthDistribution:
             raise KdnasError(f"a length distribution record is malformed ({exc})") from None
 
 
+def named_lengths(spec: str | Path | None, train: Any, task: str, cap: int) -> LengthDistribution | None:
+    """What a `--lengths` option names: "task" (the task's tokenized training split `train`), "fixed" or None (one
+    length: no distribution), or a file of lengths; capped at `cap` (the task's max length). One reading for `search`
+    and `export`, so a card's distribution is the one its search optimised for."""
+    if spec is None or str(spec) == "fixed":
+        return None
+    if str(spec) == "task":
+        return LengthDistribution.from_dataset(train, f"task {task} train", cap)
+    return LengthDistribution.read(spec, cap)
+
+
 def interpolate(length: float, nodes: tuple[int, ...], values: tuple[float, ...]) -> float:
     """Latency at `length` from latencies at the node lengths: piecewise linear between nodes, held flat beyond the
     end nodes (a distribution's nodes bracket it, so that happens only below the shortest node, where the fixed

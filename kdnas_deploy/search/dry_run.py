@@ -26,7 +26,7 @@ def dry_run(settings: SearchSettings, measure_steps: int = 3) -> dict[str, Any]:
 
     r = resolve(settings)
     prepared = prepare(settings.teacher, DataSource.from_dict(settings.data), settings.max_length)
-    lengths = settings.length_distribution(prepared.encoded.train)
+    lengths = settings.length_distribution(prepared.encoded.train, prepared.task.name)
     with LatencyTable(r.table_path) as table:
         oracle = LatencyOracle(table, r.profiles, settings.machines or (), lengths)
         coverage = oracle.coverage(r.space, [r.teacher_arch], settings.calibration, settings.seed)

@@ -63,7 +63,7 @@ def run_search(settings: SearchSettings, out: Path, *, resume: bool = False, pro
     source = DataSource.from_dict(settings.data)
     teacher = load_classifier(settings.teacher)
     prepared = prepare(settings.teacher, source, settings.max_length)
-    lengths = settings.length_distribution(prepared.encoded.train)
+    lengths = settings.length_distribution(prepared.encoded.train, prepared.task.name)
     with LatencyTable(r.table_path) as table:
         oracle = LatencyOracle(table, r.profiles, settings.machines or (), lengths)
         elsewhere = oracle.elsewhere()

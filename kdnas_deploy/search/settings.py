@@ -140,16 +140,12 @@ class SearchSettings:
                 raise KdnasError("give --lengths FILE or --seq-len, not both: --seq-len times every latency at one length")
             self.lengths = "fixed"
 
-    def length_distribution(self, train: Any) -> Any:
-        """The distribution `lengths` names, over the task's tokenized training split `train`; None when fixed."""
-        from kdnas_deploy.latency.lengths import LengthDistribution
+    def length_distribution(self, train: Any, task: str | None = None) -> Any:
+        """The distribution `lengths` names over the task's tokenized training split `train` (`task`: its name,
+        default the data's); None when fixed."""
+        from kdnas_deploy.latency.lengths import named_lengths
 
-        if self.lengths == "fixed":
-            return None
-        if self.lengths == "task":
-            task = self.data.get("task") or "custom"
-            return LengthDistribution.from_dataset(train, f"task {task} train", self.max_length)
-        return LengthDistribution.read(self.lengths, self.max_length)
+        return named_lengths(self.lengths, train, task or self.data.get("task") or "custom", self.max_length)
 
 
 def settings_from(flags: dict[str, Any], data: DataSource, config: Path | None = None) -> SearchSettings:
